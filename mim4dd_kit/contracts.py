@@ -1,0 +1,311 @@
+"""Typed contracts between the engine and the plugins (the public plugin API).
+
+Every component is a class with a nested Pydantic ``Params`` model. The registry
+validates a recipe's parameters against ``Params`` before anything is built; the engine
+then constructs the component with the validated parameters plus keyword-only context
+that depends on its kind:
+
+- datasets: ``cls(params)``; ``.load() -> RealData``
+- backbones: ``cls(params, *, channels, num_classes, image_size)``; a :class:`Backbone`
+- critics: ``cls(params, *, in_features)``; an ``nn.Module`` mapping (B, D) -> (B, E)
+- augmentations: ``cls(params, *, data_info)``; an :class:`Augmentation`
+- dd_losses: ``cls(params, *, ctx)``; a :class:`DDLoss`
+- regularizers: ``cls(params, *, num_classes, feature_dims, registry)``; a :class:`Regularizer`
+- evaluators: ``cls(params)``; an :class:`Evaluator`
+
+See ``docs/plugins.md`` for the prose version with an example.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor, nn
+
+
+class Params(BaseModel):
+    """Base of every component's parameters model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ComponentRef(BaseModel):
+    """A reference to another component inside a parameters model, e.g. a critic.
+
+    Written inline in YAML as ``{name: linear, out_dim: 128}``: every key but ``name``
+    is a parameter of the referenced component. Subclasses fix the plugin ``kind`` so the
+    registry can validate the nested parameters too (errors then name the full key path,
+    e.g. ``regularizer.critic.out_dim``).
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    kind: ClassVar[str] = ""
+    name: str = Field(min_length=1, description="registered plugin name, or package:name")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        # `backbone: convnet` is short for `backbone: {name: convnet}`
+        return {"name": value} if isinstance(value, str) else value
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class CriticRef(ComponentRef):
+    kind: ClassVar[str] = "critics"
+
+
+class BackboneRef(ComponentRef):
+    kind: ClassVar[str] = "backbones"
+
+
+class AugmentationRef(ComponentRef):
+    kind: ClassVar[str] = "augmentations"
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What components need to know about a data set without its pixels."""
+
+    name: str
+    num_classes: int
+    channels: int
+    image_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: tuple[str, ...]
+    #: False for data where a horizontal flip changes the class meaning (digits).
+    flip_ok: bool = True
+
+
+@dataclass
+class RealData:
+    """A labelled image data set held as tensors, normalised, with per-class indices.
+
+    Images are float32 ``(N, C, H, W)`` in the data set's normalised space; labels
+    int64 ``(N,)`` in ``[0, num_classes)``.
+    """
+
+    info: DataInfo
+    train_images: Tensor
+    train_labels: Tensor
+    test_images: Tensor
+    test_labels: Tensor
+    #: identity recorded in provenance: name, split, size, sha256 of the raw content
+    identity: dict[str, Any] = field(default_factory=dict)
+    _by_class: Tensor | None = field(default=None, repr=False)
+    _counts: Tensor | None = field(default=None, repr=False)
+
+    def to(self, device: torch.device | str) -> RealData:
+        """Return a copy living on ``device`` (real data stays there for the whole run)."""
+        return RealData(
+            self.info,
+            self.train_images.to(device),
+            self.train_labels.to(device),
+            self.test_images.to(device),
+            self.test_labels.to(device),
+            dict(self.identity),
+        )
+
+    def _index(self) -> tuple[Tensor, Tensor]:
+        if self._by_class is None:
+            labels = self.train_labels
+            counts = torch.bincount(labels, minlength=self.info.num_classes)
+            order = torch.argsort(labels, stable=True)
+            width = int(counts.max())
+            starts = torch.cumsum(counts, 0) - counts
+            pos = torch.arange(width, device=labels.device)
+            # (C, width) matrix of sample indices per class, padded with -1
+            gather = (starts[:, None] + pos[None, :]).clamp(max=len(labels) - 1)
+            table = torch.where(pos[None, :] < counts[:, None], order[gather], -1)
+            self._by_class, self._counts = table, counts
+        return self._by_class, self._counts  # type: ignore[return-value]
+
+    def class_counts(self) -> Tensor:
+        return self._index()[1]
+
+    def sample_per_class(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Draw ``n`` distinct training images of every class in one vectorised step.
+
+        Returns images ``(C * n, ...)`` grouped by class (class 0 first) and their labels.
+        ``n`` is capped at the smallest class size.
+        """
+        table, counts = self._index()
+        n = min(n, int(counts.min()))
+        if n <= 0:
+            raise ValueError("a class of the training set has no images")
+        # random keys, padding pushed to the end, then the n smallest keys per class
+        keys = torch.rand(table.shape, generator=generator, device=table.device)
+        keys = keys.masked_fill(table < 0, 2.0)
+        pick = keys.topk(n, dim=1, largest=False).indices
+        idx = table.gather(1, pick).reshape(-1)
+        return self.train_images[idx], self.train_labels[idx]
+
+
+class Backbone(nn.Module):
+    """A network split into K blocks whose outputs are exposed as features.
+
+    ``features(x)`` returns the output of each block (K tensors, each ``(B, ...)``);
+    ``classify(last)`` maps the last block's output to logits ``(B, num_classes)``.
+    ``forward`` composes the two. ``embed`` is the flattened last block output, the
+    embedding used by distribution matching.
+    """
+
+    def features(self, x: Tensor) -> list[Tensor]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def classify(self, last: Tensor) -> Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classify(self.features(x)[-1])
+
+    def embed(self, x: Tensor) -> Tensor:
+        return self.features(x)[-1].flatten(1)
+
+
+@runtime_checkable
+class Augmentation(Protocol):
+    """A differentiable augmentation.
+
+    ``siamese(real, real_groups, syn, syn_groups)`` applies the *same* sampled
+    transformation to every real and synthetic sample that share a group id (DM and DC
+    use the class as the group). ``__call__(x)`` augments each sample independently
+    (evaluation training).
+    """
+
+    def siamese(
+        self, real: Tensor, real_groups: Tensor, syn: Tensor, syn_groups: Tensor
+    ) -> tuple[Tensor, Tensor]: ...
+
+    def __call__(self, x: Tensor) -> Tensor: ...
+
+
+@dataclass
+class LossOutput:
+    """What a DD loss hands to the engine for one iteration.
+
+    ``loss`` is the scalar L_DD. When the engine asked for features, ``syn_feats`` and
+    ``real_feats`` hold one tensor per backbone block (``(M, ...)`` and ``(N, ...)``),
+    computed by the networks the loss's method prescribes (SPEC section 2); synthetic
+    features carry gradient to the images, real ones need not.
+    """
+
+    loss: Tensor
+    syn_feats: list[Tensor] | None = None
+    syn_labels: Tensor | None = None
+    real_feats: list[Tensor] | None = None
+    real_labels: Tensor | None = None
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RunContext:
+    """Everything a DD loss may use; built once per run by the engine."""
+
+    data: RealData
+    ipc: int
+    batch_real: int
+    device: torch.device
+    make_backbone: Callable[[], Backbone]
+    augment: Augmentation | None
+    seed: int
+
+
+@dataclass
+class SyntheticState:
+    """The learnable synthetic set during a run."""
+
+    images: Tensor  # (M, C, H, W), requires grad
+    labels: Tensor  # (M,)
+    lr: Tensor | None = None  # learnable scalar, where the method learns one
+
+
+class DDLoss(Protocol):
+    """A dataset-distillation loss (``mdk.dd_losses``).
+
+    ``compute`` returns L_DD for one outer iteration; with ``want_features`` it also
+    returns the per-block features of both sides for a regularizer. It may keep state
+    (a network trained between outer steps, expert buffers) in ``state_dict`` /
+    ``load_state_dict`` so runs resume exactly. ``learns_lr`` tells the engine to create
+    a learnable lr.
+    """
+
+    learns_lr: ClassVar[bool]
+
+    def compute(
+        self, syn: SyntheticState, iteration: int, want_features: bool
+    ) -> LossOutput: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Regularizer(Protocol):
+    """An MI regularizer (``mdk.regularizers``), an ``nn.Module``.
+
+    Called as ``reg(syn_feats, syn_labels, real_feats, real_labels)`` and returns the
+    already weighted scalar added to L_DD. Its own parameters (critic heads) are trained
+    jointly with the images; ``lr`` is the learning rate the engine gives them.
+    """
+
+    lr: float
+
+    def __call__(
+        self,
+        syn_feats: list[Tensor],
+        syn_labels: Tensor,
+        real_feats: list[Tensor],
+        real_labels: Tensor,
+    ) -> Tensor: ...
+
+    def parameters(self): ...
+
+
+@dataclass
+class EvalRequest:
+    """A synthetic set handed to an evaluator, with what it needs to train on it."""
+
+    images: Tensor
+    labels: Tensor
+    lr: float | None
+    data: RealData
+    device: torch.device
+    seed: int
+    #: the backbone the set was distilled with (``name`` plus parameters), if known
+    backbone: BackboneRef | None
+    #: the augmentation the run used, if known
+    augmentation: AugmentationRef | None
+
+
+class Evaluator(Protocol):
+    """Scores a synthetic set (``mdk.evaluators``); returns a JSON-serialisable dict."""
+
+    def evaluate(
+        self, request: EvalRequest, registry: Any, progress: Callable[..., None] | None = None
+    ) -> dict[str, Any]: ...
+
+
+class DatasetRef(ComponentRef):
+    kind: ClassVar[str] = "datasets"
+
+
+class LossRef(ComponentRef):
+    kind: ClassVar[str] = "dd_losses"
+
+
+class RegularizerRef(ComponentRef):
+    kind: ClassVar[str] = "regularizers"
+
+
+class EvaluatorRef(ComponentRef):
+    kind: ClassVar[str] = "evaluators"

@@ -1,0 +1,321 @@
+"""The run loop: a validated recipe becomes a distilled, evaluated, stamped set.
+
+``run()`` seeds everything, loads the data once onto the device, builds the components
+through the registry, optimises the synthetic images (plus critic heads and a learnable
+lr where present) with the recipe's schedule, checkpoints atomically every N iterations,
+and finally writes the set with its provenance and evaluation results.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import platform
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from . import __version__
+from .contracts import RealData, RunContext, SyntheticState
+from .errors import CheckpointError, DataError, PluginError, RunError
+from .evaluate import run_evaluators
+from .recipe import Recipe, load_recipe
+from .registry import Registry, default_registry
+from .runtime import isolated_rng, resolve_device, rng_state, seed_everything, set_rng_state
+from .synthetic import atomic_write, save_synthetic, update_metadata
+
+CHECKPOINT = "checkpoint.pt"
+Callback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    synthetic_path: Path
+    iterations: int
+    final_losses: dict[str, float]
+    evaluations: dict[str, Any]
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _feature_dims(make_backbone, info, device) -> list[int]:
+    # a one-image probe gives each block's flattened size for any backbone
+    probe = make_backbone().to(device).eval()
+    with torch.no_grad():
+        x = torch.zeros(1, info.channels, *info.image_size, device=device)
+        return [f[0].numel() for f in probe.features(x)]
+
+
+class Run:
+    """One distillation run; ``run()`` is the functional entry point."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, device: torch.device, registry: Registry):
+        self.recipe, self.run_dir, self.device, self.registry = recipe, run_dir, device, registry
+        self.history: list[dict[str, float]] = []
+        self.started = _now()
+
+    # -- set-up ---------------------------------------------------------------------------
+    def setup(self) -> None:
+        r, reg = self.recipe, self.registry
+        seed_everything(r.seed)
+        data: RealData = reg.build("datasets", r.dataset).load()
+        self.data = data.to(self.device)
+        info = self.data.info
+        bb_cls = reg.load("backbones", r.backbone.name)
+        bb_params = reg.validate("backbones", r.backbone)
+
+        def make_backbone():
+            return bb_cls(bb_params, channels=info.channels, num_classes=info.num_classes,
+                          image_size=info.image_size)
+
+        augment = (reg.build("augmentations", r.augmentation, data_info=info)
+                   if r.augmentation is not None else None)
+        s = r.synthetic
+        self.ctx = RunContext(self.data, s.ipc, s.batch_real, self.device, make_backbone,
+                              augment, r.seed)
+        self.loss = reg.build("dd_losses", r.dd_loss, ctx=self.ctx)
+        # parts whose randomness must not move the main stream (so lambda = 0 or no
+        # regularizer leave the base method's trajectory bit-identical)
+        with isolated_rng(r.seed + 1, self.device):
+            dims = _feature_dims(make_backbone, info, self.device)
+            self.reg = (reg.build("regularizers", r.regularizer, num_classes=info.num_classes,
+                                  feature_dims=dims, registry=reg).to(self.device)
+                        if r.regularizer is not None else None)
+        self._init_synthetic()
+
+    def _init_synthetic(self) -> None:
+        s, info = self.recipe.synthetic, self.data.info
+        counts = self.data.class_counts()
+        if s.init == "real":
+            if int(counts.min()) < s.ipc:
+                raise DataError(
+                    f"synthetic.ipc is {s.ipc} but class {int(counts.argmin())} of "
+                    f"{info.name!r} has only {int(counts.min())} training images"
+                )
+            images, labels = self.data.sample_per_class(s.ipc)
+        else:
+            labels = torch.arange(info.num_classes, device=self.device).repeat_interleave(s.ipc)
+            images = torch.randn(len(labels), info.channels, *info.image_size,
+                                 device=self.device)
+        self.syn = SyntheticState(images.detach().clone().requires_grad_(True), labels)
+        self.opt_img = torch.optim.SGD([self.syn.images], lr=s.lr, momentum=s.momentum)
+        self.sched = torch.optim.lr_scheduler.MultiStepLR(
+            self.opt_img, milestones=s.schedule.milestones, gamma=s.schedule.gamma)
+        self.opt_lr = None
+        if s.learn_lr or getattr(self.loss, "learns_lr", False):
+            self.syn.lr = torch.tensor(s.lr_init, device=self.device, requires_grad=True)
+            self.opt_lr = torch.optim.SGD([self.syn.lr], lr=s.lr_lr, momentum=0.5)
+        params = list(self.reg.parameters()) if self.reg is not None else []
+        self.opt_reg = torch.optim.Adam(params, lr=self.reg.lr) if params else None
+
+    # -- checkpoints ----------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT
+
+    def save_checkpoint(self, iteration: int) -> None:
+        state = {
+            "fingerprint": self.recipe.fingerprint(),
+            "iteration": iteration,
+            "started": self.started,
+            "images": self.syn.images.detach(),
+            "lr": None if self.syn.lr is None else self.syn.lr.detach(),
+            "opt_img": self.opt_img.state_dict(),
+            "sched": self.sched.state_dict(),
+            "opt_lr": None if self.opt_lr is None else self.opt_lr.state_dict(),
+            "reg": None if self.reg is None else self.reg.state_dict(),
+            "opt_reg": None if self.opt_reg is None else self.opt_reg.state_dict(),
+            "loss": self.loss.state_dict(),
+            "rng": rng_state(),
+            "history": self.history,
+        }
+        atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
+
+    def load_checkpoint(self) -> int:
+        try:
+            state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        except Exception as exc:
+            raise CheckpointError(f"cannot read checkpoint {self.checkpoint_path}: {exc}") from None
+        if state.get("fingerprint") != self.recipe.fingerprint():
+            raise CheckpointError(
+                f"checkpoint {self.checkpoint_path} was made by a different recipe; resume "
+                "with the recipe (and --set overrides) that started the run, or pass "
+                "--overwrite to start over"
+            )
+        with torch.no_grad():
+            self.syn.images.copy_(state["images"])
+            if self.syn.lr is not None and state["lr"] is not None:
+                self.syn.lr.copy_(state["lr"])
+        self.opt_img.load_state_dict(state["opt_img"])
+        self.sched.load_state_dict(state["sched"])
+        if self.opt_lr is not None:
+            self.opt_lr.load_state_dict(state["opt_lr"])
+        if self.reg is not None:
+            self.reg.load_state_dict(state["reg"])
+            if self.opt_reg is not None:
+                self.opt_reg.load_state_dict(state["opt_reg"])
+        self.loss.load_state_dict(state["loss"])
+        set_rng_state(state["rng"])
+        self.history = list(state["history"])
+        self.started = state["started"]
+        return int(state["iteration"])
+
+    # -- the loop -------------------------------------------------------------------------
+    def step(self, iteration: int) -> dict[str, float]:
+        want = self.reg is not None
+        out = self.loss.compute(self.syn, iteration, want)
+        total = out.loss
+        logs = {"loss_dd": float(out.loss.detach()), **out.logs}
+        if self.reg is not None:
+            if out.syn_feats is None or out.real_feats is None:
+                raise PluginError(
+                    f"dd loss {self.recipe.dd_loss.name!r} returned no features although "
+                    f"regularizer {self.recipe.regularizer.name!r} needs them"
+                )
+            r = self.reg(out.syn_feats, out.syn_labels, out.real_feats, out.real_labels)
+            total = total + r
+            logs["loss_reg"] = float(r.detach())
+            logs.update(getattr(self.reg, "last_logs", {}))
+        logs["loss"] = float(total.detach())
+        if not math.isfinite(logs["loss"]):
+            raise RunError(
+                f"the loss became {logs['loss']} at iteration {iteration + 1}; lower "
+                "synthetic.lr or check the recipe"
+            )
+        opts = [o for o in (self.opt_img, self.opt_lr, self.opt_reg) if o is not None]
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        total.backward()
+        for o in opts:
+            o.step()
+        self.sched.step()
+        if self.syn.lr is not None:
+            logs["lr"] = float(self.syn.lr.detach())
+        return logs
+
+    def loop(self, start: int, progress: bool, callbacks: Iterable[Callback]) -> None:
+        total = self.recipe.synthetic.iterations
+        every = self.recipe.output.checkpoint_every
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeRemainingColumn(), TextColumn("{task.fields[losses]}")]
+        with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
+            task = bar.add_task(self.recipe.name, total=total, completed=start, losses="")
+            for it in range(start, total):
+                logs = self.step(it)
+                self.history.append({"iteration": it + 1, **logs})
+                shown = " ".join(f"{k}={v:.4g}" for k, v in logs.items() if k.startswith("loss"))
+                bar.update(task, advance=1, losses=shown)
+                for cb in callbacks:
+                    cb(it + 1, logs)
+                if every and (it + 1) % every == 0:
+                    self.save_checkpoint(it + 1)
+        self.save_checkpoint(total)
+
+    # -- outputs --------------------------------------------------------------------------
+    def provenance(self, iterations: int) -> dict[str, Any]:
+        r, reg = self.recipe, self.registry
+        components = []
+        for key, ref in r.components():
+            components.append({"key": key, **reg.provenance(ref.kind, ref.name)})
+            for sub in reg.nested(reg.validate(ref.kind, ref)):
+                components.append({"key": f"{key}.{sub.kind}", **reg.provenance(sub.kind,
+                                                                                 sub.name)})
+        info = self.data.info
+        return {
+            "toolkit_version": __version__,
+            "components": components,
+            "recipe": r.to_dict(),
+            "recipe_fingerprint": r.fingerprint(),
+            "seed": r.seed,
+            "device": str(self.device),
+            "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+            "dataset": {**self.data.identity, "name": info.name,
+                        "num_classes": info.num_classes, "class_names": list(info.class_names),
+                        "channels": info.channels, "image_size": list(info.image_size),
+                        "mean": list(info.mean), "std": list(info.std)},
+            "started": self.started,
+            "finished": _now(),
+            "iterations": iterations,
+            "final_losses": {k: v for k, v in (self.history[-1] if self.history else {}).items()
+                             if k != "iteration"},
+        }
+
+    def write_logs(self) -> None:
+        text = "".join(json.dumps(h) + "\n" for h in self.history)
+        atomic_write(self.run_dir / "losses.jsonl",
+                     lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        recipe_text = yaml.safe_dump(self.recipe.to_dict(), sort_keys=False)
+        atomic_write(self.run_dir / "recipe.yaml",
+                     lambda tmp: Path(tmp).write_text(recipe_text, encoding="utf-8"))
+
+
+def run(
+    recipe: Recipe | str | Path,
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+    device: str | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    evaluate: bool = True,
+    callbacks: Iterable[Callback] = (),
+    registry: Registry | None = None,
+) -> RunResult:
+    """Distill a data set as the recipe says and write the synthetic set.
+
+    Returns where the outputs are and the evaluation results. ``resume`` continues from
+    the run folder's checkpoint; without it an existing run folder is an error unless
+    ``overwrite`` is given.
+    """
+    registry = registry or default_registry()
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides, registry)
+    dev = resolve_device(device or recipe.device)
+    run_dir = Path(out or recipe.output.dir or Path("runs") / recipe.name)
+    final = run_dir / recipe.output.file
+    r = Run(recipe, run_dir, dev, registry)
+    has_ckpt = r.checkpoint_path.exists()
+    if not overwrite:
+        if final.exists() and not has_ckpt:
+            raise RunError(
+                f"{final} already exists from a finished run; choose another --out or pass "
+                "--overwrite to replace it"
+            )
+        if has_ckpt and not resume:
+            raise RunError(
+                f"{run_dir} holds a checkpoint of an unfinished run; pass --resume to "
+                "continue it or --overwrite to start over"
+            )
+    t0 = time.perf_counter()
+    r.setup()
+    start = r.load_checkpoint() if (resume and has_ckpt and not overwrite) else 0
+    r.loop(start, progress, list(callbacks))
+    iterations = recipe.synthetic.iterations
+    lr = None if r.syn.lr is None else float(r.syn.lr.detach())
+    meta = r.provenance(iterations)
+    meta["run_seconds"] = time.perf_counter() - t0
+    save_synthetic(final, r.syn.images, r.syn.labels, lr, meta)
+    r.write_logs()
+    evaluations: dict[str, Any] = {}
+    if evaluate and recipe.evaluators:
+        evaluations = run_evaluators(
+            recipe.evaluators, r.syn.images.detach(), r.syn.labels, lr, r.data,
+            device=dev, seed=recipe.seed, backbone=recipe.backbone,
+            augmentation=recipe.augmentation, registry=registry,
+        )
+        update_metadata(final, evaluations=evaluations)
+    r.checkpoint_path.unlink(missing_ok=True)
+    return RunResult(run_dir, final, iterations, meta["final_losses"], evaluations)

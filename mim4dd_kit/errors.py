@@ -1,0 +1,39 @@
+"""The toolkit's error hierarchy.
+
+Every error a user can cause by their input (a recipe, a file, a plugin name, missing
+data) is an :class:`MdkError`. The CLI turns these into a one-paragraph message and a
+non-zero exit code in one place (``cli.py``); anything else is a bug and is reported
+as such.
+"""
+
+from __future__ import annotations
+
+
+class MdkError(Exception):
+    """Base class of every error caused by user input. ``str(err)`` is the message."""
+
+    exit_code = 2
+
+
+class RecipeError(MdkError):
+    """A recipe is malformed, has an unknown key, or a parameter is invalid."""
+
+
+class PluginError(MdkError):
+    """A plugin is unknown, ambiguous, fails to import, or breaks its contract."""
+
+
+class DataError(MdkError):
+    """A data set cannot be found, read, or does not fit the run."""
+
+
+class SyntheticSetError(MdkError):
+    """A file is not a readable synthetic set, or its content contradicts its metadata."""
+
+
+class CheckpointError(MdkError):
+    """A checkpoint is missing, unreadable, or belongs to a different recipe."""
+
+
+class RunError(MdkError):
+    """A run cannot start or continue as asked (existing outputs, diverged loss)."""

@@ -1,0 +1,129 @@
+"""The field's evaluation protocol: train fresh networks on the set, test on real data.
+
+Defaults follow the MIM4DD paper (section 3.1) and the DC/DSA/DM reference code: ConvNet,
+SGD lr 0.01 (or the lr the method learned) with momentum 0.9 and weight decay 5e-4,
+batch 256, lr x0.1 for the second half of training, DSA augmentation on every batch,
+300 epochs, 5 networks; accuracy mean and (population) std over networks, in percent.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from ..contracts import AugmentationRef, BackboneRef, EvalRequest, Params
+from ..runtime import isolated_rng
+
+
+@torch.no_grad()
+def accuracy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             batch: int = 1024) -> float:
+    """Top-1 accuracy in percent of ``net`` (in eval mode) on a labelled tensor set."""
+    net.eval()
+    correct = 0
+    for i in range(0, len(images), batch):
+        correct += int((net(images[i:i + batch]).argmax(1) == labels[i:i + batch]).sum())
+    return 100.0 * correct / max(len(images), 1)
+
+
+def train_network(
+    net: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    batch_size: int,
+    augment=None,
+) -> torch.nn.Module:
+    """SGD on a (small) labelled tensor set, lr x0.1 after half the epochs."""
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    decay_at = epochs // 2
+    n = len(images)
+    for epoch in range(epochs):
+        if epoch == decay_at and epoch > 0:
+            for group in opt.param_groups:
+                group["lr"] = lr * 0.1
+        net.train()
+        order = torch.randperm(n, device=images.device)
+        for i in range(0, n, batch_size):
+            idx = order[i:i + batch_size]
+            x, y = images[idx], labels[idx]
+            if augment is not None:
+                x = augment(x)
+            loss = F.cross_entropy(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return net
+
+
+class TrainFromScratch:
+    """Train fresh networks on the synthetic set and test them on the real test split."""
+
+    class Params(Params):
+        models: int = Field(5, ge=1, description="networks trained (paper: 5)")
+        epochs: int = Field(300, ge=1, description="training epochs (paper: 300)")
+        lr: float = Field(0.01, gt=0, description="SGD lr when the set has no learned lr")
+        use_learned_lr: bool = Field(True, description="use the set's learned lr if any")
+        momentum: float = Field(0.9, ge=0, lt=1)
+        weight_decay: float = Field(5e-4, ge=0)
+        batch_size: int = Field(256, ge=1)
+        backbone: BackboneRef | None = Field(
+            None, description="network to train; default: the one the set was distilled "
+            "with, else convnet"
+        )
+        augmentation: AugmentationRef | None = Field(
+            default_factory=lambda: AugmentationRef(name="dsa"),
+            description="augmentation during training (protocol: DSA); null for none",
+        )
+
+    def __init__(self, params: TrainFromScratch.Params):
+        self.params = params
+
+    def evaluate(self, request: EvalRequest, registry, progress=None) -> dict[str, Any]:
+        p = self.params
+        info = request.data.info
+        backbone = p.backbone or request.backbone or BackboneRef(name="convnet")
+        augment = (
+            registry.build("augmentations", p.augmentation, data_info=info)
+            if p.augmentation is not None else None
+        )
+        lr = request.lr if (p.use_learned_lr and request.lr is not None) else p.lr
+        images = request.images.to(request.device)
+        labels = request.labels.to(request.device)
+        accs = []
+        start = time.perf_counter()
+        for i in range(p.models):
+            # each network has its own seeded stream: init, batch order, augmentation
+            with isolated_rng(request.seed + 7919 * i, request.device):
+                net = registry.build(
+                    "backbones", backbone, channels=info.channels,
+                    num_classes=info.num_classes, image_size=info.image_size,
+                ).to(request.device)
+                train_network(
+                    net, images, labels, epochs=p.epochs, lr=lr, momentum=p.momentum,
+                    weight_decay=p.weight_decay, batch_size=p.batch_size, augment=augment,
+                )
+            accs.append(accuracy(net, request.data.test_images, request.data.test_labels))
+            if progress is not None:
+                progress(i + 1, p.models, accs[-1])
+        return {
+            "accuracy_mean": float(np.mean(accs)),
+            "accuracy_std": float(np.std(accs)),
+            "accuracies": accs,
+            "models": p.models,
+            "epochs": p.epochs,
+            "lr": lr,
+            "backbone": {"name": backbone.name, **backbone.params},
+            "augmentation": p.augmentation.name if p.augmentation else None,
+            "test_size": len(request.data.test_labels),
+            "seconds": time.perf_counter() - start,
+        }

@@ -1,0 +1,301 @@
+"""The recipe schema, its YAML loading, command-line overrides and validation.
+
+A recipe is YAML validated by Pydantic (unknown keys are errors). Components are written
+inline, ``backbone: {name: convnet, width: 128}``: every key but ``name`` is a parameter
+validated by the component's own ``Params`` model, so errors name the full key path and,
+where the key is in the file, its line: ``recipe.yaml:5: backbone.depht: unknown key``.
+
+YAML is read with YAML 1.2 scalar rules rather than PyYAML's 1.1 defaults: ``1e-3`` is a
+float, only ``true``/``false`` are booleans (``on``/``no`` stay strings, so a typed field
+rejects them), and ``0012`` is the integer 12, not octal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .contracts import (
+    AugmentationRef,
+    BackboneRef,
+    ComponentRef,
+    DatasetRef,
+    EvaluatorRef,
+    LossRef,
+    RegularizerRef,
+)
+from .errors import PluginError, RecipeError
+from .registry import ParamsError, Problem, Registry, _pretty, default_registry
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Schedule(_Strict):
+    milestones: list[int] = Field(
+        default_factory=list, description="iterations at which the image lr is multiplied"
+    )
+    gamma: float = Field(0.5, gt=0, description="factor applied at each milestone")
+
+
+class SyntheticSettings(_Strict):
+    ipc: int = Field(10, ge=1, description="synthetic images per class")
+    init: Literal["real", "noise"] = Field("real", description="initialisation")
+    iterations: int = Field(1000, ge=0, description="outer distillation iterations")
+    lr: float = Field(1.0, gt=0, description="learning rate of the synthetic images")
+    momentum: float = Field(0.5, ge=0, lt=1, description="SGD momentum of the images")
+    schedule: Schedule = Field(default_factory=Schedule)
+    batch_real: int = Field(256, ge=1, description="real images per class per iteration")
+    learn_lr: bool = Field(False, description="learn a training lr with the images")
+    lr_init: float = Field(0.01, gt=0, description="initial value of a learned lr")
+    lr_lr: float = Field(1e-5, gt=0, description="learning rate of the learned lr")
+
+
+class OutputSettings(_Strict):
+    dir: Path | None = Field(None, description="run folder; default runs/<name>")
+    file: str = Field("synthetic.safetensors", description="synthetic set file name")
+    checkpoint_every: int = Field(100, ge=0, description="iterations between checkpoints")
+
+
+class Recipe(_Strict):
+    """A distillation run, declaratively."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="run name")
+    seed: int = 0
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
+    dataset: DatasetRef
+    synthetic: SyntheticSettings = Field(default_factory=SyntheticSettings)
+    backbone: BackboneRef = Field(default_factory=lambda: BackboneRef(name="convnet"))
+    dd_loss: LossRef = Field(default_factory=lambda: LossRef(name="dm"))
+    regularizer: RegularizerRef | None = None
+    augmentation: AugmentationRef | None = Field(
+        default_factory=lambda: AugmentationRef(name="dsa")
+    )
+    evaluators: list[EvaluatorRef] = Field(
+        default_factory=lambda: [EvaluatorRef(name="train_from_scratch")]
+    )
+    output: OutputSettings = Field(default_factory=OutputSettings)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v):
+            raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+        return v
+
+    def components(self) -> list[tuple[str, ComponentRef]]:
+        """(key path, reference) of every top-level component, in recipe order."""
+        out: list[tuple[str, ComponentRef]] = [
+            ("dataset", self.dataset),
+            ("backbone", self.backbone),
+            ("dd_loss", self.dd_loss),
+        ]
+        if self.regularizer is not None:
+            out.append(("regularizer", self.regularizer))
+        if self.augmentation is not None:
+            out.append(("augmentation", self.augmentation))
+        out += [(f"evaluators.{i}", ev) for i, ev in enumerate(self.evaluators)]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json(by_alias=True))
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the result (the output folder does not)."""
+        d = self.to_dict()
+        d.pop("output", None)
+        d.pop("device", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 core-schema booleans, ints and floats."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag not in (
+        "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.copy().items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789")
+)
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+.0123456789"),
+)
+# 1.2 ints are decimal: `0012` is 12 (PyYAML's 1.1 constructor would read octal)
+_Yaml12Loader.add_constructor(
+    "tag:yaml.org,2002:int", lambda loader, node: int(loader.construct_scalar(node), 10)
+)
+
+
+def parse_yaml(text: str, source: str = "<recipe>") -> Any:
+    try:
+        return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(f"{where}: malformed YAML: {problem}") from None
+
+
+def _line_of(root: yaml.Node | None, path: tuple[str | int, ...]) -> int | None:
+    """1-based line of the deepest node of ``path`` present in the composed YAML."""
+    node, line = root, None
+    for part in path:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == str(part):
+                    node, line = value, key.start_mark.line + 1
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                return line
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], parsed value), the value read as YAML."""
+    if "=" not in text:
+        raise RecipeError(f"override {text!r} must look like key.path=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise RecipeError(f"override {text!r} has an empty key in {key!r}")
+    return parts, parse_yaml(raw, f"override {text!r}") if raw.strip() else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+                continue
+            if not isinstance(node, dict):
+                raise RecipeError(
+                    f"override {text!r}: {'.'.join(parts[: i + 1])} is not a mapping"
+                )
+            if isinstance(node.get(part), str):  # shorthand component `backbone: convnet`
+                node[part] = {"name": node[part]}
+            node = node.setdefault(part, {})
+        if isinstance(node, list) and parts[-1].isdigit() and int(parts[-1]) < len(node):
+            node[int(parts[-1])] = value
+        elif isinstance(node, dict):
+            node[parts[-1]] = value
+        else:
+            raise RecipeError(f"override {text!r}: {'.'.join(parts[:-1])} is not a mapping")
+    return data
+
+
+def _format(source: str, root: yaml.Node | None, problems: list[Problem]) -> RecipeError:
+    lines = []
+    for p in problems:
+        line = _line_of(root, p.path)
+        where = f"{source}:{line}" if line else source
+        lines.append(f"{where}: {'.'.join(map(str, p.path)) or '(top level)'}: {p.message}")
+    head = "invalid recipe: " if len(lines) > 1 else ""
+    return RecipeError(head + "; ".join(lines))
+
+
+def validate_recipe(
+    data: Any,
+    *,
+    source: str = "<recipe>",
+    text: str | None = None,
+    registry: Registry | None = None,
+) -> Recipe:
+    """Validate a recipe mapping and every component's parameters (no data is loaded)."""
+    registry = registry or default_registry()
+    root = yaml.compose(text, Loader=_Yaml12Loader) if text else None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: a recipe must be a YAML mapping of keys to values")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise _format(
+            source, root, [Problem(tuple(e["loc"]), _pretty(e)) for e in exc.errors()]
+        ) from None
+    problems: list[Problem] = []
+    for key, ref in recipe.components():
+        prefix = tuple(int(p) if p.isdigit() else p for p in key.split("."))
+        try:
+            registry.validate(ref.kind, ref)
+        except ParamsError as exc:
+            problems += [Problem((*prefix, *p.path), p.message) for p in exc.problems]
+        except PluginError as exc:
+            problems.append(Problem((*prefix, "name"), str(exc)))
+    if problems:
+        raise _format(source, root, problems)
+    return recipe
+
+
+def load_recipe(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), registry: Registry | None = None
+) -> Recipe:
+    """Read, override and validate a recipe file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"recipe file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"cannot read recipe file {path}: {exc}") from None
+    data = parse_yaml(text, str(path))
+    if data is None:
+        raise RecipeError(f"{path}: the recipe is empty")
+    if overrides:
+        if not isinstance(data, dict):
+            raise RecipeError(f"{path}: a recipe must be a YAML mapping of keys to values")
+        data = apply_overrides(data, list(overrides))
+    return validate_recipe(data, source=str(path), text=text, registry=registry)
+
+
+def recipe_json_schema(registry: Registry | None = None) -> dict[str, Any]:
+    """JSON Schema of recipes, each component field listing the installed plugins."""
+    registry = registry or default_registry()
+    schema = Recipe.model_json_schema(by_alias=True)
+    defs = schema.setdefault("$defs", {})
+    for ref_cls in (DatasetRef, BackboneRef, LossRef, RegularizerRef, AugmentationRef,
+                    EvaluatorRef):
+        options = []
+        for info in registry.describe(ref_cls.kind):
+            if info.error:
+                continue
+            params = registry.load(ref_cls.kind, info.name).Params.model_json_schema(
+                by_alias=True
+            )
+            props = {"name": {"const": info.name, "description": info.description}}
+            props.update(params.get("properties", {}))
+            options.append({
+                "type": "object",
+                "properties": props,
+                "required": ["name", *params.get("required", [])],
+                "additionalProperties": False,
+            })
+            defs.update(params.get("$defs", {}))
+        if options and ref_cls.__name__ in defs:
+            defs[ref_cls.__name__] = {"anyOf": [{"type": "string"}, *options]}
+    return schema

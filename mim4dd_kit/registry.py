@@ -1,0 +1,281 @@
+"""Plugin discovery through entry points (the only module that knows how).
+
+Every component kind is one entry-point group. Built-in components register through the
+toolkit's own ``pyproject.toml`` exactly as a third-party package does. Discovery uses
+the ``entrypoints`` package; keeping it behind this module makes a move to
+``importlib.metadata`` a one-file change.
+
+Two packages registering the same name in one group is an error that names both; the
+qualified form ``package:name`` picks one. Importing is lazy: a run imports only the
+components its recipe names, while :meth:`Registry.describe` imports everything to
+report broken plugins without failing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+import entrypoints
+from pydantic import BaseModel, ValidationError
+
+from .contracts import ComponentRef
+from .errors import PluginError, RecipeError
+
+KINDS: dict[str, str] = {
+    "datasets": "mdk.datasets",
+    "backbones": "mdk.backbones",
+    "critics": "mdk.critics",
+    "dd_losses": "mdk.dd_losses",
+    "regularizers": "mdk.regularizers",
+    "evaluators": "mdk.evaluators",
+    "augmentations": "mdk.augmentations",
+}
+
+
+def _norm_pkg(name: str) -> str:
+    return name.lower().replace("-", "_").replace(".", "_")
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One registered component as :func:`Registry.describe` reports it."""
+
+    kind: str
+    name: str
+    package: str
+    version: str
+    target: str
+    description: str = ""
+    error: str | None = None
+
+    @property
+    def qualified(self) -> str:
+        return f"{_norm_pkg(self.package)}:{self.name}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "package": self.package,
+            "version": self.version,
+            "target": self.target,
+            "description": self.description,
+            "error": self.error,
+        }
+
+
+@dataclass
+class Problem:
+    """One invalid value: dotted key path (relative to the component) and message."""
+
+    path: tuple[str | int, ...]
+    message: str
+
+
+class ParamsError(RecipeError):
+    """Parameters of one or more components are invalid; ``problems`` lists them."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__(
+            "; ".join(".".join(map(str, p.path)) + ": " + p.message for p in problems)
+        )
+
+
+def _pkg_of(ep: entrypoints.EntryPoint) -> tuple[str, str]:
+    d = ep.distro
+    name = d.name if d else "?"
+    ver = d.version if d and d.version else None
+    if ver is None:
+        # entrypoints leaves the version empty for some dist-info layouts
+        try:
+            ver = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            ver = "?"
+    return name, ver
+
+
+def _first_doc_line(obj: Any) -> str:
+    doc = (getattr(obj, "__doc__", None) or "").strip()
+    return doc.splitlines()[0].strip() if doc else ""
+
+
+class Registry:
+    """The components installed in this environment.
+
+    ``path`` restricts discovery to those directories (tests use it to add a fake
+    distribution); by default ``sys.path`` is searched.
+    """
+
+    def __init__(self, path: list[str] | None = None):
+        self._path = path
+        self._cache: dict[str, list[entrypoints.EntryPoint]] = {}
+
+    def entries(self, kind: str) -> list[entrypoints.EntryPoint]:
+        if kind not in KINDS:
+            raise PluginError(
+                f"unknown plugin kind {kind!r}; kinds are: {', '.join(KINDS)}"
+            )
+        if kind not in self._cache:
+            self._cache[kind] = entrypoints.get_group_all(KINDS[kind], path=self._path)
+        return self._cache[kind]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted({ep.name for ep in self.entries(kind)})
+
+    def resolve(self, kind: str, name: str) -> entrypoints.EntryPoint:
+        """Find the single entry point called ``name`` (or ``package:name``)."""
+        pkg = None
+        if ":" in name:
+            pkg, name = name.split(":", 1)
+        found = [ep for ep in self.entries(kind) if ep.name == name]
+        if pkg is not None:
+            found = [ep for ep in found if _norm_pkg(_pkg_of(ep)[0]) == _norm_pkg(pkg)]
+        if not found:
+            hint = difflib.get_close_matches(name, self.names(kind), n=1, cutoff=0.5)
+            known = ", ".join(self.names(kind)) or "none installed"
+            msg = f"no {kind[:-1].replace('_', ' ')} plugin named {name!r}"
+            if pkg is not None:
+                msg += f" in package {pkg!r}"
+            msg += f" (did you mean {hint[0]!r}?)" if hint else f"; available: {known}"
+            raise PluginError(msg)
+        if len(found) > 1:
+            pkgs = " and ".join(f"{_pkg_of(ep)[0]} ({ep.module_name})" for ep in found)
+            qual = ", ".join(f"'{_norm_pkg(_pkg_of(ep)[0])}:{name}'" for ep in found)
+            raise PluginError(
+                f"{kind[:-1].replace('_', ' ')} name {name!r} is registered by more than "
+                f"one package: {pkgs}. Name one of them qualified: {qual}."
+            )
+        return found[0]
+
+    def load(self, kind: str, name: str) -> type:
+        """Import the component class; an import failure is a hard error here."""
+        ep = self.resolve(kind, name)
+        return self._load_ep(kind, ep)
+
+    def _load_ep(self, kind: str, ep: entrypoints.EntryPoint) -> type:
+        pkg, ver = _pkg_of(ep)
+        try:
+            obj = ep.load()
+        except Exception as exc:  # any import-time failure of third-party code
+            raise PluginError(
+                f"plugin {ep.name!r} ({kind}) from package {pkg} {ver} failed to import "
+                f"{ep.module_name}:{ep.object_name}: {type(exc).__name__}: {exc}"
+            ) from exc
+        params = getattr(obj, "Params", None)
+        ok = isinstance(params, type) and issubclass(params, BaseModel)
+        try:
+            if ok:
+                params.model_json_schema()
+        except Exception as exc:
+            ok = False
+            detail = f"{type(exc).__name__}: {exc}"
+        else:
+            detail = "it has no nested Pydantic model called Params"
+        if not ok:
+            raise PluginError(
+                f"plugin {ep.name!r} ({kind}) from package {pkg} {ver} has a broken "
+                f"parameters model: {detail}"
+            )
+        return obj
+
+    def describe(self, kind: str | None = None) -> list[PluginInfo]:
+        """Import every plugin (of ``kind``) and report it, broken ones with their error."""
+        out = []
+        for k in [kind] if kind else list(KINDS):
+            for ep in self.entries(k):
+                pkg, ver = _pkg_of(ep)
+                target = f"{ep.module_name}:{ep.object_name}"
+                try:
+                    obj = self._load_ep(k, ep)
+                except PluginError as exc:
+                    out.append(PluginInfo(k, ep.name, pkg, ver, target, error=str(exc)))
+                else:
+                    out.append(PluginInfo(k, ep.name, pkg, ver, target, _first_doc_line(obj)))
+        return sorted(out, key=lambda p: (list(KINDS).index(p.kind), p.name, p.package))
+
+    def provenance(self, kind: str, name: str) -> dict[str, str]:
+        ep = self.resolve(kind, name)
+        pkg, ver = _pkg_of(ep)
+        return {"kind": kind, "name": ep.name, "package": pkg, "version": ver,
+                "target": f"{ep.module_name}:{ep.object_name}"}
+
+    def validate(self, kind: str, ref: ComponentRef | dict[str, Any]) -> BaseModel:
+        """Validate a component reference's parameters, nested references included.
+
+        Raises :class:`ParamsError` whose problem paths are relative to the reference
+        (``("critic", "out_dim")``), or :class:`PluginError` for an unknown name.
+        """
+        if isinstance(ref, dict):
+            ref = ComponentRef.model_validate(ref)
+        cls = self.load(kind, ref.name)
+        try:
+            params = cls.Params.model_validate(ref.params)
+        except ValidationError as exc:
+            raise ParamsError(
+                [Problem(tuple(e["loc"]), _pretty(e)) for e in exc.errors()]
+            ) from None
+        problems: list[Problem] = []
+        for field, value in params:
+            for sub, sref in _refs(value):
+                try:
+                    self.validate(sref.kind, sref)
+                except ParamsError as exc:
+                    problems += [Problem((field, *sub, *p.path), p.message) for p in exc.problems]
+                except PluginError as exc:
+                    problems.append(Problem((field, *sub, "name"), str(exc)))
+        if problems:
+            raise ParamsError(problems)
+        return params
+
+    def nested(self, params: BaseModel) -> list[ComponentRef]:
+        """Component references inside a validated parameters model, recursively."""
+        out = []
+        for _, value in params:
+            for _, ref in _refs(value):
+                out.append(ref)
+                out += self.nested(self.validate(ref.kind, ref))
+        return out
+
+    def build(self, kind: str, ref: ComponentRef | dict[str, Any], **context: Any) -> Any:
+        """Validate ``ref`` and construct the component with the kind's context."""
+        if isinstance(ref, dict):
+            ref = ComponentRef.model_validate(ref)
+        params = self.validate(kind, ref)
+        cls = self.load(kind, ref.name)
+        try:
+            return cls(params, **context)
+        except (ValueError, TypeError) as exc:
+            # a component rejecting its context (e.g. a depth too large for the images)
+            raise PluginError(
+                f"{kind[:-1].replace('_', ' ')} {ref.name!r} could not be built: {exc}"
+            ) from exc
+
+
+def _refs(value: Any) -> list[tuple[tuple[str | int, ...], ComponentRef]]:
+    if isinstance(value, ComponentRef) and value.kind:
+        return [((), value)]
+    if isinstance(value, (list, tuple)):
+        return [((i, *s), r) for i, v in enumerate(value) for s, r in _refs(v)]
+    return []
+
+
+def _pretty(err: dict[str, Any]) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "missing":
+        return "required key is missing"
+    msg = err["msg"]
+    if "input" in err and err["type"] not in ("missing",):
+        msg += f" (got {err['input']!r})"
+    return msg
+
+
+@functools.lru_cache(maxsize=1)
+def default_registry() -> Registry:
+    """The registry of the running environment (cached)."""
+    return Registry()

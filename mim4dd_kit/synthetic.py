@@ -1,0 +1,170 @@
+"""The synthetic-set file format: safetensors tensors plus JSON provenance.
+
+Tensors: ``images`` (float32, (N, C, H, W), in the data set's normalised space),
+``labels`` (int64, (N,)) and, when a method learned one, ``lr`` (float32 scalar).
+``__metadata__`` is str -> str only, so each provenance entry is a JSON string under a
+``mdk.`` key. The header's key order is not stable, so integrity is a sha256 of the
+tensor bytes, never of the file. Metadata is untrusted text: it is parsed as JSON and
+nothing in it is ever imported or evaluated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .errors import SyntheticSetError
+
+FORMAT = "mim4dd_kit.synthetic/1"
+PREFIX = "mdk."
+
+
+def tensors_sha256(images: torch.Tensor, labels: torch.Tensor, lr: float | None = None) -> str:
+    """sha256 over the canonical bytes of the set's tensors (float32 / int64, C order)."""
+    h = hashlib.sha256()
+    h.update(images.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    h.update(labels.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
+    if lr is not None:
+        h.update(torch.tensor(float(lr), dtype=torch.float32).numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class SyntheticSet:
+    """A loaded synthetic set. ``metadata`` holds the decoded ``mdk.`` entries."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    lr: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def made_by_mdk(self) -> bool:
+        return self.metadata.get("format") == FORMAT
+
+    @property
+    def num_classes(self) -> int:
+        ds = self.metadata.get("dataset") or {}
+        return int(ds.get("num_classes") or int(self.labels.max()) + 1)
+
+    def ipc(self) -> int:
+        return int(torch.bincount(self.labels).max())
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_synthetic(
+    path: str | Path,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    lr: float | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write a synthetic set atomically; ``metadata`` values are stored as JSON."""
+    path = Path(path)
+    images = images.detach().to("cpu", torch.float32).contiguous()
+    labels = labels.detach().to("cpu", torch.int64).contiguous()
+    _check_tensors(images, labels, str(path))
+    tensors = {"images": images, "labels": labels}
+    if lr is not None:
+        tensors["lr"] = torch.tensor(float(lr), dtype=torch.float32)
+    meta = dict(metadata or {})
+    meta["format"] = FORMAT
+    meta["tensors_sha256"] = tensors_sha256(images, labels, lr)
+    header = {PREFIX + k: json.dumps(v, sort_keys=True, default=str) for k, v in meta.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    return path
+
+
+def _check_tensors(images: torch.Tensor, labels: torch.Tensor, where: str) -> None:
+    if images.ndim != 4:
+        raise SyntheticSetError(
+            f"{where}: 'images' must have shape (N, C, H, W), got {tuple(images.shape)}"
+        )
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise SyntheticSetError(
+            f"{where}: 'labels' must have shape ({images.shape[0]},) to match 'images', "
+            f"got {tuple(labels.shape)}"
+        )
+    if labels.numel() and int(labels.min()) < 0:
+        raise SyntheticSetError(f"{where}: 'labels' holds negative class ids")
+
+
+def load_synthetic(path: str | Path, verify: bool = True) -> SyntheticSet:
+    """Read and check a synthetic set (from mdk or any conforming producer)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SyntheticSetError(f"synthetic set {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            keys = set(f.keys())
+            missing = {"images", "labels"} - keys
+            if missing:
+                raise SyntheticSetError(
+                    f"{path} is not a synthetic set: it lacks the tensor(s) "
+                    f"{', '.join(sorted(missing))} (found: {', '.join(sorted(keys)) or 'none'})"
+                )
+            images = f.get_tensor("images")
+            labels = f.get_tensor("labels")
+            lr = float(f.get_tensor("lr")) if "lr" in keys else None
+    except SyntheticSetError:
+        raise
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise SyntheticSetError(
+            f"{path} is not a readable safetensors file ({type(exc).__name__}: {exc})"
+        ) from None
+    if not images.is_floating_point():
+        raise SyntheticSetError(f"{path}: 'images' must be floating point, got {images.dtype}")
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise SyntheticSetError(f"{path}: 'labels' must be integers, got {labels.dtype}")
+    images, labels = images.float(), labels.long()
+    _check_tensors(images, labels, str(path))
+    metadata: dict[str, Any] = {}
+    for key, value in header.items():
+        if not key.startswith(PREFIX):
+            continue
+        try:
+            metadata[key[len(PREFIX):]] = json.loads(value)
+        except json.JSONDecodeError:
+            raise SyntheticSetError(
+                f"{path}: metadata entry {key!r} is not valid JSON; the file is damaged"
+            ) from None
+    expected = metadata.get("tensors_sha256")
+    if verify and expected is not None and expected != tensors_sha256(images, labels, lr):
+        raise SyntheticSetError(
+            f"{path}: the tensors do not match the sha256 recorded in the metadata; "
+            "the file was modified or is corrupt"
+        )
+    return SyntheticSet(images, labels, lr, metadata)
+
+
+def update_metadata(path: str | Path, **entries: Any) -> SyntheticSet:
+    """Merge ``entries`` into a set's metadata and rewrite the file atomically."""
+    s = load_synthetic(path)
+    meta = {**s.metadata, **entries}
+    meta.pop("format", None)
+    meta.pop("tensors_sha256", None)
+    save_synthetic(path, s.images, s.labels, s.lr, meta)
+    return load_synthetic(path)

@@ -269,7 +269,7 @@ def _pretty(err: dict[str, Any]) -> str:
         return "unknown key"
     if err["type"] == "missing":
         return "required key is missing"
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
     if "input" in err and err["type"] not in ("missing",):
         msg += f" (got {err['input']!r})"
     return msg

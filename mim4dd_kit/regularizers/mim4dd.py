@@ -18,7 +18,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from torch import Tensor, nn
 
 from ..contracts import CriticRef, Params
@@ -61,12 +61,12 @@ class MIM4DD(nn.Module):
         lam: float = Field(
             0.8, ge=0, alias="lambda", description="lambda in Eq. 2.17 (paper: 0.8)"
         )
-        beta: float = Field(2.0, gt=0, description="layer weighting base in Eq. 2.17, > 1")
         strict_beta: bool = Field(
             True,
             description="enforce beta > 1 as Eq. 2.17 states; false allows the paper's "
             "Table 2 ablation values 0.5 and 1.0",
         )
+        beta: float = Field(2.0, gt=0, description="layer weighting base in Eq. 2.17, > 1")
         tau: float = Field(0.07, gt=0, description="temperature of the scores")
         critic: CriticRef = Field(
             default_factory=lambda: CriticRef(name="linear"),
@@ -78,13 +78,18 @@ class MIM4DD(nn.Module):
         )
         critic_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the critics")
 
-        @model_validator(mode="after")
-        def _beta_range(self):
-            if self.strict_beta and self.beta <= 1:
+        @field_validator("beta")
+        @classmethod
+        def _beta_range(cls, beta: float, info: ValidationInfo) -> float:
+            if info.data.get("strict_beta", True) and beta <= 1:
                 raise ValueError(
-                    f"beta must be > 1 (Eq. 2.17), got {self.beta}; set strict_beta: false "
-                    "to run the paper's beta ablation"
+                    "must be > 1 (Eq. 2.17); set strict_beta: false to run the paper's "
+                    "beta ablation"
                 )
+            return beta
+
+        @model_validator(mode="after")
+        def _layers(self):
             if self.layers is not None and (not self.layers or min(self.layers) < 1):
                 raise ValueError("layers must be a non-empty list of 1-based block indices")
             return self

@@ -278,6 +278,7 @@ def recipe_json_schema(registry: Registry | None = None) -> dict[str, Any]:
     registry = registry or default_registry()
     schema = Recipe.model_json_schema(by_alias=True)
     defs = schema.setdefault("$defs", {})
+    ref_defs: dict[str, Any] = {}
     for ref_cls in (DatasetRef, BackboneRef, LossRef, RegularizerRef, AugmentationRef,
                     EvaluatorRef):
         options = []
@@ -295,7 +296,9 @@ def recipe_json_schema(registry: Registry | None = None) -> dict[str, Any]:
                 "required": ["name", *params.get("required", [])],
                 "additionalProperties": False,
             })
-            defs.update(params.get("$defs", {}))
-        if options and ref_cls.__name__ in defs:
-            defs[ref_cls.__name__] = {"anyOf": [{"type": "string"}, *options]}
+            for key, value in params.get("$defs", {}).items():
+                defs.setdefault(key, value)
+        if options:
+            ref_defs[ref_cls.__name__] = {"anyOf": [{"type": "string"}, *options]}
+    defs.update(ref_defs)  # last, so that no plugin's own copy of a ref replaces them
     return schema

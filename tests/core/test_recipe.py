@@ -74,10 +74,12 @@ def test_wrong_type_and_unknown_top_level_key(tmp_path):
     assert "r.yaml:5: synthetic.ipc" in msg and "extra_key: unknown key" in msg
 
 
-def test_yaml11_booleans_are_not_accepted_as_bool(tmp_path):
-    bad = GOOD.replace("  iterations: 3", "  iterations: 3\n  learn_lr: on")
-    with pytest.raises(RecipeError, match="synthetic.learn_lr"):
-        load_recipe(_write(tmp_path, bad))
+def test_yaml11_booleans_stay_strings(tmp_path):
+    # YAML 1.1 would turn `no` into False and fail the string field `name`
+    r = load_recipe(_write(tmp_path, GOOD.replace("name: test", "name: no")))
+    assert r.name == "no"
+    with pytest.raises(RecipeError, match="r.yaml:2: seed"):
+        load_recipe(_write(tmp_path, GOOD.replace("seed: 1", "seed: yes")))
 
 
 def test_octal_looking_int_is_decimal():

@@ -43,7 +43,7 @@ def test_builtins_are_registered_and_importable():
 def test_example_plugin_is_discovered():
     reg = default_registry()
     info = [i for i in reg.describe("backbones") if i.name == "lenet"]
-    assert info and info[0].package == "mdk-plugin-example" and info[0].error is None
+    assert info and info[0].package == "mdk_plugin_example" and info[0].error is None
 
 
 @pytest.fixture

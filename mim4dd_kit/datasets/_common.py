@@ -1,0 +1,85 @@
+"""Helpers shared by the data set plugins: roots, normalisation, identity."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..contracts import DataInfo, RealData
+
+
+def data_roots(root: Path | None, *subdirs: str) -> list[Path]:
+    """Where to look, in order: the recipe's ``root``, ``$MDK_DATA``, the cache dir."""
+    bases = []
+    if root is not None:
+        bases.append(Path(root).expanduser())
+    if os.environ.get("MDK_DATA"):
+        bases.append(Path(os.environ["MDK_DATA"]).expanduser())
+    bases.append(Path("~/.cache/mim4dd_kit/data").expanduser())
+    out = []
+    for b in bases:
+        out += [b / s for s in subdirs] + [b]
+    return out
+
+
+def default_root(root: Path | None) -> Path:
+    return data_roots(root)[0]
+
+
+def content_sha256(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def to_float_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 or float 0..1 images, (N, H, W), (N, H, W, C) or (N, C, H, W)."""
+    t = torch.as_tensor(np.asarray(images))
+    if t.ndim == 3:
+        t = t[:, None]
+    t = t.float() / 255.0 if not t.is_floating_point() else t.float()
+    return t.contiguous()
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    m = torch.tensor(mean, dtype=x.dtype)[None, :, None, None]
+    s = torch.tensor(std, dtype=x.dtype)[None, :, None, None]
+    return (x - m) / s
+
+
+def build_real_data(
+    name: str,
+    train_x: torch.Tensor,
+    train_y: np.ndarray | torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: np.ndarray | torch.Tensor,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    class_names: Sequence[str],
+    flip_ok: bool,
+    sha256: str,
+) -> RealData:
+    """Normalise float (N, C, H, W) images in [0, 1] and wrap them with their identity."""
+    ty = torch.as_tensor(np.asarray(train_y)).long()
+    vy = torch.as_tensor(np.asarray(test_y)).long()
+    info = DataInfo(
+        name=name,
+        num_classes=len(class_names),
+        channels=int(train_x.shape[1]),
+        image_size=(int(train_x.shape[2]), int(train_x.shape[3])),
+        mean=tuple(float(m) for m in mean),
+        std=tuple(float(s) for s in std),
+        class_names=tuple(class_names),
+        flip_ok=flip_ok,
+    )
+    identity = {"name": name, "split": "train", "size": int(len(ty)), "sha256": sha256,
+                "num_classes": info.num_classes}
+    return RealData(info, normalize(train_x, mean, std), ty, normalize(test_x, mean, std), vy,
+                    identity)

@@ -1,0 +1,103 @@
+"""MNIST, CIFAR-10, CIFAR-100 and SVHN through torchvision, from a local root.
+
+Normalisation constants are those of the DC/DSA/DM reference code
+(VICO-UoE/DatasetCondensation ``utils.py``). Nothing is downloaded unless the recipe says
+``download: true``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import Field
+
+from ..contracts import Params, RealData
+from ..errors import DataError
+from ._common import build_real_data, content_sha256, data_roots, to_float_nchw
+
+
+class _TorchvisionSet:
+    name: ClassVar[str]
+    tv_class: ClassVar[str]
+    mean: ClassVar[tuple[float, ...]]
+    std: ClassVar[tuple[float, ...]]
+    flip_ok: ClassVar[bool] = True
+
+    class Params(Params):
+        root: Path | None = Field(None, description="torchvision root folder")
+        download: bool = Field(False, description="download if missing (needs a network)")
+
+    def __init__(self, params: Any):
+        self.params = params
+
+    def _split(self, root: Path, train: bool):
+        import torchvision
+
+        cls = getattr(torchvision.datasets, self.tv_class)
+        if self.tv_class == "SVHN":
+            return cls(str(root), split="train" if train else "test",
+                       download=self.params.download)
+        return cls(str(root), train=train, download=self.params.download)
+
+    @staticmethod
+    def _arrays(ds) -> tuple[np.ndarray, np.ndarray]:
+        labels = getattr(ds, "targets", None)
+        if labels is None:
+            labels = ds.labels
+        return np.asarray(ds.data), np.asarray(labels)
+
+    def load(self) -> RealData:
+        roots = data_roots(self.params.root)
+        errors = []
+        for root in roots:
+            try:
+                train, test = self._split(root, True), self._split(root, False)
+                break
+            except (RuntimeError, OSError) as exc:
+                errors.append(f"{root}: {exc}")
+        else:
+            raise DataError(
+                f"{self.name}: data not found in {', '.join(str(r) for r in roots)} "
+                f"({errors[-1] if errors else ''}); put torchvision's {self.tv_class} files "
+                "under `root:` or MDK_DATA, or set `download: true` where a network is available"
+            )
+        tx, ty = self._arrays(train)
+        vx, vy = self._arrays(test)
+        if self.tv_class == "SVHN":  # stored (N, C, H, W) already
+            tx, vx = tx.transpose(0, 2, 3, 1), vx.transpose(0, 2, 3, 1)
+        classes = list(getattr(train, "classes", None) or [str(i) for i in range(10)])
+        to_nchw = (lambda a: to_float_nchw(a).permute(0, 3, 1, 2).contiguous()
+                   if a.ndim == 4 else to_float_nchw(a))
+        return build_real_data(
+            self.name, to_nchw(tx), ty, to_nchw(vx), vy, mean=self.mean, std=self.std,
+            class_names=classes, flip_ok=self.flip_ok, sha256=content_sha256(tx, ty),
+        )
+
+
+class MNIST(_TorchvisionSet):
+    """MNIST handwritten digits, 28x28 grey, 10 classes (torchvision, local root)."""
+
+    name, tv_class, mean, std, flip_ok = "mnist", "MNIST", (0.1307,), (0.3081,), False
+
+
+class CIFAR10(_TorchvisionSet):
+    """CIFAR-10, 32x32 colour, 10 classes (torchvision, local root)."""
+
+    name, tv_class = "cifar10", "CIFAR10"
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+
+
+class CIFAR100(_TorchvisionSet):
+    """CIFAR-100, 32x32 colour, 100 classes (torchvision, local root)."""
+
+    name, tv_class = "cifar100", "CIFAR100"
+    mean, std = (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)
+
+
+class SVHN(_TorchvisionSet):
+    """SVHN house-number digits, 32x32 colour, 10 classes (torchvision, local root)."""
+
+    name, tv_class, flip_ok = "svhn", "SVHN", False
+    mean, std = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)

@@ -1,0 +1,1 @@
+"""Example plugin package for mim4dd_kit."""

@@ -1,89 +1,160 @@
-"""The dataset-distillation standard ConvNet (DC/DSA/DM/MTT code bases; MIM4DD paper 3.1).
+"""The dataset-distillation standard ConvNet (MIM4DD paper section 3.1; DC/DSA/DM/MTT).
 
-``depth`` blocks of Conv 3x3 (``width`` channels, padding 1) -> norm -> activation ->
-pool 2x2, then one linear classifier. On 1-channel input the first conv pads by 3, so
-28x28 images become 32x32 and the classifier sees 128x4x4 = 2048 features, as in
-VICO-UoE/DatasetCondensation ``networks.py``. Instance norm is
-``GroupNorm(width, width, affine=True)`` there, and here.
+Layout, following ``ConvNet`` in VICO-UoE/DatasetCondensation ``networks.py``: ``depth``
+blocks of Conv 3x3 (``width`` channels, padding 1) -> norm -> activation -> pool 2x2
+stride 2, then one linear classifier on the flattened last block.
+
+Two details of the reference code are kept on purpose:
+
+- on 1-channel input the *first* conv pads by 3 instead of 1, so 28x28 images become
+  32x32 after it and the classifier sees ``128 x 4 x 4 = 2048`` features (Fashion-MNIST
+  ConvNet: 317,706 parameters);
+- "instance norm" is ``GroupNorm(width, width, affine=True)`` (one group per channel),
+  i.e. instance norm with a learnable per-channel affine, identical in train and eval.
+
+The reference code hard-codes "28x28 -> 32x32"; here every block's output size follows
+from the padding by arithmetic, which agrees with it on 1x28x28 and stays right for other
+sizes.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from ..contracts import Backbone, Params
 
-
-def _norm(kind: str, width: int) -> nn.Module:
-    return {
-        "instance": lambda: nn.GroupNorm(width, width, affine=True),
-        "batch": lambda: nn.BatchNorm2d(width),
-        "layer": lambda: nn.GroupNorm(1, width, affine=True),
-        "group": lambda: nn.GroupNorm(4, width, affine=True),
-        "none": nn.Identity,
-    }[kind]()
+NormKind = Literal["instance", "batch", "layer", "group", "none"]
+ActKind = Literal["relu", "leakyrelu", "sigmoid"]
+PoolKind = Literal["avg", "max", "none"]
 
 
-def _act(kind: str) -> nn.Module:
-    return {"relu": lambda: nn.ReLU(inplace=True),
-            "leakyrelu": lambda: nn.LeakyReLU(0.01, inplace=True),
-            "sigmoid": nn.Sigmoid}[kind]()
+def make_norm(kind: str, width: int) -> nn.Module | None:
+    """The normalisation layer of one block, or None for ``none``."""
+    if kind == "instance":
+        # per sample, per channel over (H, W), with a per-channel affine (reference code)
+        return nn.GroupNorm(width, width, affine=True)
+    if kind == "batch":
+        return nn.BatchNorm2d(width)
+    if kind == "layer":
+        # per sample over (C, H, W); per-channel affine (the reference uses a full
+        # elementwise LayerNorm, which would tie the layer to one image size)
+        return nn.GroupNorm(1, width, affine=True)
+    if kind == "group":
+        if width % 4:
+            raise ValueError(f"norm 'group' uses 4 groups and needs width % 4 == 0, got {width}")
+        return nn.GroupNorm(4, width, affine=True)
+    if kind == "none":
+        return None
+    raise ValueError(f"unknown norm {kind!r}")
 
 
-def _pool(kind: str) -> nn.Module:
-    return {"avg": lambda: nn.AvgPool2d(2, 2), "max": lambda: nn.MaxPool2d(2, 2),
-            "none": nn.Identity}[kind]()
+def make_activation(kind: str) -> nn.Module:
+    # not in place: block outputs are handed to consumers (regularizers) as features
+    if kind == "relu":
+        return nn.ReLU()
+    if kind == "leakyrelu":
+        return nn.LeakyReLU(negative_slope=0.01)
+    if kind == "sigmoid":
+        return nn.Sigmoid()
+    raise ValueError(f"unknown activation {kind!r}")
+
+
+def make_pool(kind: str) -> nn.Module | None:
+    if kind == "avg":
+        return nn.AvgPool2d(kernel_size=2, stride=2)
+    if kind == "max":
+        return nn.MaxPool2d(kernel_size=2, stride=2)
+    if kind == "none":
+        return None
+    raise ValueError(f"unknown pooling {kind!r}")
 
 
 class ConvNet(Backbone):
-    """The DD-standard ConvNet: depth x [Conv3x3-Norm-Act-Pool2] + linear classifier."""
+    """DD-standard ConvNet, depth x [Conv3x3-Norm-Act-Pool2] + fc (DatasetCondensation)."""
 
     class Params(Params):
-        width: int = Field(128, gt=0, description="channels of every conv (paper: 128)")
-        depth: int = Field(3, gt=0, description="number of blocks (paper: 3)")
-        norm: Literal["instance", "batch", "layer", "group", "none"] = "instance"
-        activation: Literal["relu", "leakyrelu", "sigmoid"] = "relu"
-        pooling: Literal["avg", "max", "none"] = "avg"
+        width: int = Field(128, gt=0, description="output channels of every conv (paper: 128)")
+        depth: int = Field(3, gt=0, description="number of conv blocks K (paper: 3)")
+        norm: NormKind = Field(
+            "instance",
+            description="instance (paper), batch, layer (GroupNorm 1 group), group "
+            "(GroupNorm 4 groups) or none",
+        )
+        activation: ActKind = Field(
+            "relu", description="relu (paper), leakyrelu (slope 0.01) or sigmoid"
+        )
+        pooling: PoolKind = Field(
+            "avg", description="2x2 stride-2 pooling closing each block: avg (paper), max, none"
+        )
 
-    def __init__(self, params: ConvNet.Params, *, channels: int, num_classes: int,
-                 image_size: tuple[int, int]):
+        @model_validator(mode="after")
+        def _groups_divide_width(self) -> ConvNet.Params:
+            # caught at recipe validation rather than when the network is first built
+            if self.norm == "group" and self.width % 4:
+                raise ValueError(f"norm 'group' uses 4 groups; width {self.width} is not a "
+                                 f"multiple of 4")
+            return self
+
+    def __init__(
+        self,
+        params: ConvNet.Params,
+        *,
+        channels: int,
+        num_classes: int,
+        image_size: tuple[int, int],
+    ):
         super().__init__()
-        p = params
+        if channels < 1 or num_classes < 1 or min(image_size) < 1:
+            raise ValueError(
+                f"ConvNet needs positive channels, classes and image size; got "
+                f"channels={channels}, num_classes={num_classes}, image_size={image_size}"
+            )
+        self.params = params
         h, w = image_size
-        blocks, shapes, in_ch = [], [], channels
-        for d in range(p.depth):
-            pad = 3 if (channels == 1 and d == 0) else 1
-            h, w = h + 2 * pad - 2, w + 2 * pad - 2
-            layers = [nn.Conv2d(in_ch, p.width, 3, padding=pad), _norm(p.norm, p.width),
-                      _act(p.activation)]
-            if p.pooling != "none":
-                layers.append(_pool(p.pooling))
-                h, w = h // 2, w // 2
+        in_ch = channels
+        blocks: list[nn.Sequential] = []
+        shapes: list[tuple[int, int, int]] = []
+        for k in range(params.depth):
+            # reference code: grey images get padding 3 on the first conv (28 -> 32)
+            pad = 3 if channels == 1 and k == 0 else 1
+            layers: list[nn.Module] = [nn.Conv2d(in_ch, params.width, 3, padding=pad)]
+            h, w = h + 2 * pad - 2, w + 2 * pad - 2  # 3x3 conv, stride 1
+            norm = make_norm(params.norm, params.width)
+            if norm is not None:
+                layers.append(norm)
+            layers.append(make_activation(params.activation))
+            pool = make_pool(params.pooling)
+            if pool is not None:
+                layers.append(pool)
+                h, w = h // 2, w // 2  # 2x2 stride 2, floor
             if h < 1 or w < 1:
                 raise ValueError(
-                    f"depth {p.depth} shrinks {image_size[0]}x{image_size[1]} images to "
-                    f"nothing at block {d + 1}; use a smaller depth or pooling: none"
+                    f"depth {params.depth} is too deep for {image_size[0]}x{image_size[1]} "
+                    f"images: the feature map reaches {h}x{w} at block {k + 1}; use a "
+                    f"smaller depth or pooling: none"
                 )
             blocks.append(nn.Sequential(*layers))
-            shapes.append((p.width, h, w))
-            in_ch = p.width
+            shapes.append((params.width, h, w))
+            in_ch = params.width
         self.blocks = nn.ModuleList(blocks)
         self._shapes = shapes
-        self.classifier = nn.Linear(p.width * h * w, num_classes)
+        self.classifier = nn.Linear(params.width * h * w, num_classes)
 
     def feature_shapes(self) -> list[tuple[int, ...]]:
-        """Per-block output shape without the batch dimension."""
+        """Each block's output shape without the batch dimension, ``(width, h_k, w_k)``."""
         return list(self._shapes)
 
-    def features(self, x: Tensor) -> list[Tensor]:  # K x (B, width, h_k, w_k)
+    def features(self, x: Tensor) -> list[Tensor]:
+        """(B, C, H, W) -> K tensors (B, width, h_k, w_k), one per block."""
         out = []
         for block in self.blocks:
             x = block(x)
             out.append(x)
         return out
 
-    def classify(self, last: Tensor) -> Tensor:  # (B, width, h, w) -> (B, classes)
+    def classify(self, last: Tensor) -> Tensor:
+        """(B, width, h_K, w_K) -> logits (B, num_classes)."""
         return self.classifier(last.flatten(1))

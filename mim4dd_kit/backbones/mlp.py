@@ -1,4 +1,9 @@
-"""The MLP of the DC code base: flatten -> [fc-ReLU] x depth -> fc."""
+"""The MLP of the DC code base (VICO-UoE/DatasetCondensation ``networks.py``).
+
+flatten -> [fc ``width`` -> ReLU] x ``depth`` -> fc ``num_classes``; the reference is
+width 128, depth 2. Each hidden layer is one block, so ``features`` returns ``depth``
+tensors of shape (B, width).
+"""
 
 from __future__ import annotations
 
@@ -11,29 +16,43 @@ from ..contracts import Backbone, Params
 
 
 class MLP(Backbone):
-    """Fully connected network (DC code base's MLP: two hidden layers of 128)."""
+    """Fully connected net, flatten -> depth x [fc-ReLU] -> fc (DatasetCondensation MLP)."""
 
     class Params(Params):
-        width: int = Field(128, gt=0, description="hidden units per layer")
-        depth: int = Field(2, gt=0, description="hidden layers (blocks)")
+        width: int = Field(128, gt=0, description="units of every hidden layer (reference: 128)")
+        depth: int = Field(2, gt=0, description="hidden layers, i.e. blocks K (reference: 2)")
 
-    def __init__(self, params: MLP.Params, *, channels: int, num_classes: int,
-                 image_size: tuple[int, int]):
+    def __init__(
+        self,
+        params: MLP.Params,
+        *,
+        channels: int,
+        num_classes: int,
+        image_size: tuple[int, int],
+    ):
         super().__init__()
-        d_in = channels * math.prod(image_size)
-        dims = [d_in] + [params.width] * params.depth
+        in_features = channels * math.prod(image_size)
+        if in_features < 1 or num_classes < 1:
+            raise ValueError(
+                f"MLP needs positive channels, classes and image size; got channels="
+                f"{channels}, num_classes={num_classes}, image_size={image_size}"
+            )
+        self.params = params
+        dims = [in_features] + [params.width] * params.depth
+        # ReLU not in place: block outputs are handed out as features
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.Linear(a, b), nn.ReLU(inplace=True))
-            for a, b in zip(dims[:-1], dims[1:], strict=True)
+            nn.Sequential(nn.Linear(d_in, d_out), nn.ReLU())
+            for d_in, d_out in zip(dims[:-1], dims[1:], strict=True)
         )
-        self._shapes = [(params.width,)] * params.depth
         self.classifier = nn.Linear(params.width, num_classes)
 
     def feature_shapes(self) -> list[tuple[int, ...]]:
-        return list(self._shapes)
+        """Each block's output shape without the batch dimension, ``(width,)``."""
+        return [(self.params.width,)] * self.params.depth
 
-    def features(self, x: Tensor) -> list[Tensor]:  # K x (B, width)
-        x = x.flatten(1)
+    def features(self, x: Tensor) -> list[Tensor]:
+        """(B, C, H, W) -> K tensors (B, width), one per hidden layer."""
+        x = x.flatten(1)  # (B, C*H*W)
         out = []
         for block in self.blocks:
             x = block(x)
@@ -41,4 +60,5 @@ class MLP(Backbone):
         return out
 
     def classify(self, last: Tensor) -> Tensor:
+        """(B, width) -> logits (B, num_classes)."""
         return self.classifier(last)

@@ -1,4 +1,4 @@
-"""Identity critic: no network (MIM4DD paper Table 2, "critic function w.o network")."""
+"""Identity critic: scores use the features themselves (MIM4DD Table 2, "w.o network")."""
 
 from __future__ import annotations
 
@@ -8,14 +8,18 @@ from ..contracts import Params
 
 
 class IdentityCritic(nn.Module):
-    """No critic network: scores use the flattened features themselves."""
+    """No critic network: the flattened features are the embedding (MIM4DD Table 2)."""
 
     class Params(Params):
-        pass
+        """The identity critic has no parameters."""
 
     def __init__(self, params: IdentityCritic.Params, *, in_features: int):
         super().__init__()
+        if in_features < 1:
+            raise ValueError(f"in_features must be positive, got {in_features}")
+        self.params = params
         self.out_dim = in_features
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, D) -> (B, D)
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, D) -> the same tensor (B, D)."""
         return x

@@ -1,4 +1,4 @@
-"""One fully connected layer critic (MIM4DD paper Table 2, its best: 65.9 on CIFAR-10)."""
+"""One fully connected layer critic: MIM4DD Table 2 "1 fc-layer", the paper's best."""
 
 from __future__ import annotations
 
@@ -9,16 +9,20 @@ from ..contracts import Params
 
 
 class LinearCritic(nn.Module):
-    """One fc layer mapping flattened features to the contrastive space (paper's best)."""
+    """One fc layer into the contrastive space (MIM4DD Table 2 "1 fc-layer", its best)."""
 
     class Params(Params):
-        out_dim: int = Field(128, gt=0, description="size of the contrastive space")
-        bias: bool = True
+        out_dim: int = Field(128, gt=0, description="size E of the contrastive embedding")
+        bias: bool = Field(True, description="learn an additive bias")
 
     def __init__(self, params: LinearCritic.Params, *, in_features: int):
         super().__init__()
+        if in_features < 1:
+            raise ValueError(f"in_features must be positive, got {in_features}")
+        self.params = params
         self.out_dim = params.out_dim
         self.fc = nn.Linear(in_features, params.out_dim, bias=params.bias)
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, D) -> (B, E)
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, D) -> (B, out_dim)."""
         return self.fc(x)

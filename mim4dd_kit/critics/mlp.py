@@ -1,4 +1,8 @@
-"""Two fully connected layers critic (MIM4DD paper Table 2, "2 fc-layer")."""
+"""Two fully connected layers critic: MIM4DD Table 2 "2 fc-layer".
+
+The paper does not give the hidden width; 256 (twice the default embedding size) is our
+choice and a parameter.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +13,24 @@ from ..contracts import Params
 
 
 class MLPCritic(nn.Module):
-    """Two fc layers with a ReLU between them (paper Table 2's 2-layer critic)."""
+    """Two fc layers with a ReLU between them (MIM4DD Table 2 "2 fc-layer")."""
 
     class Params(Params):
-        hidden: int = Field(256, gt=0, description="hidden width (not given by the paper)")
-        out_dim: int = Field(128, gt=0, description="size of the contrastive space")
+        hidden: int = Field(256, gt=0, description="hidden units (not given by the paper)")
+        out_dim: int = Field(128, gt=0, description="size E of the contrastive embedding")
 
     def __init__(self, params: MLPCritic.Params, *, in_features: int):
         super().__init__()
+        if in_features < 1:
+            raise ValueError(f"in_features must be positive, got {in_features}")
+        self.params = params
         self.out_dim = params.out_dim
         self.net = nn.Sequential(
-            nn.Linear(in_features, params.hidden), nn.ReLU(inplace=True),
+            nn.Linear(in_features, params.hidden),
+            nn.ReLU(),
             nn.Linear(params.hidden, params.out_dim),
         )
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, D) -> (B, E)
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, D) -> (B, out_dim)."""
         return self.net(x)

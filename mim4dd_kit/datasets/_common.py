@@ -40,7 +40,10 @@ def content_sha256(*arrays: np.ndarray) -> str:
 
 def to_float_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 0..255 or float 0..1 images, (N, H, W), (N, H, W, C) or (N, C, H, W)."""
-    t = torch.as_tensor(np.asarray(images))
+    if isinstance(images, torch.Tensor):
+        t = images
+    else:
+        t = torch.from_numpy(np.array(images))  # a copy: IDX buffers are read-only
     if t.ndim == 3:
         t = t[:, None]
     t = t.float() / 255.0 if not t.is_floating_point() else t.float()
@@ -51,6 +54,12 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     m = torch.tensor(mean, dtype=x.dtype)[None, :, None, None]
     s = torch.tensor(std, dtype=x.dtype)[None, :, None, None]
     return (x - m) / s
+
+
+def _labels(y: np.ndarray | torch.Tensor) -> torch.Tensor:
+    if isinstance(y, torch.Tensor):
+        return y.long()
+    return torch.from_numpy(np.array(y, dtype=np.int64))
 
 
 def build_real_data(
@@ -67,8 +76,7 @@ def build_real_data(
     sha256: str,
 ) -> RealData:
     """Normalise float (N, C, H, W) images in [0, 1] and wrap them with their identity."""
-    ty = torch.as_tensor(np.asarray(train_y)).long()
-    vy = torch.as_tensor(np.asarray(test_y)).long()
+    ty, vy = _labels(train_y), _labels(test_y)
     info = DataInfo(
         name=name,
         num_classes=len(class_names),

@@ -40,29 +40,34 @@ class TensorFile:
             raise DataError(f"tensor_file: {path} is not a readable safetensors file: {exc}") \
                 from None
 
+    def _check(self, name: str, x: torch.Tensor, y: torch.Tensor) -> None:
+        path = self.params.path
+        if x.ndim not in (3, 4) or y.ndim != 1 or len(x) != len(y):
+            raise DataError(
+                f"tensor_file: {path}: {name} images must be (N, C, H, W) or (N, H, W) "
+                f"with N labels; got {tuple(x.shape)} and {tuple(y.shape)}"
+            )
+        if y.is_floating_point() or (len(y) and int(y.min()) < 0):
+            raise DataError(f"tensor_file: {path}: {name} labels must be integers >= 0")
+
     def load(self) -> RealData:
         t, path = self._read(), self.params.path
         if {"train_images", "train_labels"} <= t.keys():
             tx, ty = t["train_images"], t["train_labels"]
+            self._check("train", tx, ty)
             if {"test_images", "test_labels"} <= t.keys():
                 vx, vy = t["test_images"], t["test_labels"]
+                self._check("test", vx, vy)
             else:
                 tx, ty, vx, vy = self._split(tx, ty)
         elif {"images", "labels"} <= t.keys():
+            self._check("", t["images"], t["labels"])
             tx, ty, vx, vy = self._split(t["images"], t["labels"])
         else:
             raise DataError(
                 f"tensor_file: {path} needs tensors train_images/train_labels or "
                 f"images/labels (found: {', '.join(sorted(t)) or 'none'})"
             )
-        for name, x, y in (("train", tx, ty), ("test", vx, vy)):
-            if x.ndim not in (3, 4) or y.ndim != 1 or len(x) != len(y):
-                raise DataError(
-                    f"tensor_file: {path}: {name} images must be (N, C, H, W) or (N, H, W) "
-                    f"with N labels; got {tuple(x.shape)} and {tuple(y.shape)}"
-                )
-            if y.is_floating_point() or (len(y) and int(y.min()) < 0):
-                raise DataError(f"tensor_file: {path}: {name} labels must be integers >= 0")
         tx, vx = to_float_nchw(tx), to_float_nchw(vx)
         num = int(max(int(ty.max()), int(vy.max()) if len(vy) else 0)) + 1
         names = self.params.class_names or [str(i) for i in range(num)]

@@ -68,8 +68,9 @@ class _TorchvisionSet:
         if self.tv_class == "SVHN":  # stored (N, C, H, W) already
             tx, vx = tx.transpose(0, 2, 3, 1), vx.transpose(0, 2, 3, 1)
         classes = list(getattr(train, "classes", None) or [str(i) for i in range(10)])
-        to_nchw = (lambda a: to_float_nchw(a).permute(0, 3, 1, 2).contiguous()
-                   if a.ndim == 4 else to_float_nchw(a))
+        def to_nchw(a):
+            return (to_float_nchw(a).permute(0, 3, 1, 2).contiguous()
+                           if a.ndim == 4 else to_float_nchw(a))
         return build_real_data(
             self.name, to_nchw(tx), ty, to_nchw(vx), vy, mean=self.mean, std=self.std,
             class_names=classes, flip_ok=self.flip_ok, sha256=content_sha256(tx, ty),

@@ -126,7 +126,7 @@ class MIM4DD(nn.Module):
     def scores(self, syn_feats: list[Tensor], real_feats: list[Tensor]) -> list[Tensor]:
         """One (M, N) score matrix per selected layer."""
         out = []
-        for critic, k in zip(self.critics, self.layers, strict=False):
+        for critic, k in zip(self.critics, self.layers, strict=True):
             zs = critic(syn_feats[k - 1].flatten(1))  # (M, E)
             zr = critic(real_feats[k - 1].flatten(1))  # (N, E)
             if self.params.normalize:

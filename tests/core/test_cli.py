@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 import yaml
+from conftest import TINY
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from conftest import TINY
 from mim4dd_kit.cli import app
 
 runner = CliRunner()

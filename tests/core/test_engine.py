@@ -93,3 +93,22 @@ def test_noise_init_and_distillation_changes_images(tiny_recipe, tmp_path):
     images = _images(recipe, tmp_path / "n")
     assert images.shape == (30, 1, 8, 8)
     assert images.abs().mean() > 0.5  # standard normal start, not real data
+
+
+@pytest.mark.slow
+def test_example_plugin_backbone_from_a_recipe(tiny_recipe, tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    x = torch.rand(60, 1, 28, 28)
+    save_file({"images": x, "labels": torch.arange(60) % 3}, str(tmp_path / "d.safetensors"))
+    recipe = tiny_recipe(
+        dataset={"name": "tensor_file", "path": str(tmp_path / "d.safetensors")},
+        backbone="lenet",
+        regularizer=MIM,
+        synthetic={"ipc": 2, "iterations": 2, "batch_real": 8},
+    )
+    s = load_synthetic(run(recipe, out=tmp_path / "r", progress=False).synthetic_path)
+    assert s.images.shape == (6, 1, 28, 28)
+    comps = {c["key"]: c for c in s.metadata["components"]}
+    assert comps["backbone"]["package"] == "mdk_plugin_example"

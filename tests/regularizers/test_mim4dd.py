@@ -15,8 +15,10 @@ def _logsig(x: float) -> float:
 
 
 def _reference_nce(scores, positive, c):
-    pos = [s for row, prow in zip(scores, positive) for s, p in zip(row, prow) if p]
-    neg = [s for row, prow in zip(scores, positive) for s, p in zip(row, prow) if not p]
+    pairs = [(s, p) for row, prow in zip(scores, positive, strict=True)
+             for s, p in zip(row, prow, strict=True)]
+    pos = [s for s, p in pairs if p]
+    neg = [s for s, p in pairs if not p]
     mp = sum(_logsig(s) for s in pos) / len(pos) if pos else 0.0
     mn = sum(_logsig(-s) for s in neg) / len(neg) if neg else 0.0
     return -(mp + (c - 1) * mn)
@@ -72,7 +74,7 @@ def test_identity_critic_total_matches_manual_sum():
     got = reg(syn, ys, real, yr)
     positive = (ys[:, None] == yr[None, :]).tolist()
     expected = 0.0
-    for k, w in zip(range(2), [1.0, 2.0]):  # K = 2: weights 1/2^0, 1/2^-1
+    for k, w in zip(range(2), [1.0, 2.0], strict=True):  # K = 2: weights 1/2^0, 1/2^-1
         s = (syn[k].flatten(1) @ real[k].flatten(1).T / 0.5).tolist()
         expected += w * _reference_nce(s, positive, 3)
     assert got.item() == pytest.approx(0.8 * expected, rel=1e-10)

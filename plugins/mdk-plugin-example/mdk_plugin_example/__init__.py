@@ -1,1 +1,5 @@
-"""Example plugin package for mim4dd_kit."""
+"""Example third-party plugin package for mim4dd_kit: registers a LeNet backbone."""
+
+from .lenet import LeNet
+
+__all__ = ["LeNet"]

@@ -1,39 +1,77 @@
-"""LeNet as in the DC code base's cross-architecture experiments."""
+"""LeNet as in the DC code base (VICO-UoE/DatasetCondensation ``networks.py``).
+
+conv(C -> 6, 5x5, padding 2 on grey input) -> act -> maxpool 2 -> conv(6 -> 16, 5x5) ->
+act -> maxpool 2 -> fc 120 -> act -> fc 84 -> act -> fc num_classes. The padding of 2 makes
+a 1x28x28 image behave like the classic 32x32 input, so both 1x28x28 and 3x32x32 reach
+16x5x5 = 400 features after the conv stages.
+
+Blocks (what ``features`` returns): the two conv stages ``(B, 6, h1, w1)`` and
+``(B, 16, h2, w2)``, then the two hidden fc layers ``(B, 120)`` and ``(B, 84)``.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from mim4dd_kit.contracts import Backbone, Params
+from pydantic import Field
 from torch import Tensor, nn
+
+from mim4dd_kit.contracts import Backbone, Params
+
+
+def _activation(kind: str) -> nn.Module:
+    # not in place: block outputs are handed to consumers as features
+    return {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}[kind]()
+
+
+def _conv_pool_size(n: int, pad: int) -> int:
+    """Side length after a 5x5 conv (stride 1) and a 2x2 stride-2 max pool."""
+    return (n + 2 * pad - 4) // 2
 
 
 class LeNet(Backbone):
-    """LeNet-5 style network (two conv stages, two hidden fc layers)."""
+    """LeNet-5: 2 conv stages + 2 hidden fc layers (DatasetCondensation networks.py)."""
 
     class Params(Params):
-        activation: Literal["relu", "sigmoid"] = "relu"
+        activation: Literal["relu", "sigmoid", "tanh"] = Field(
+            "relu", description="activation after every conv and hidden fc (reference: relu)"
+        )
 
-    def __init__(self, params: LeNet.Params, *, channels: int, num_classes: int,
-                 image_size: tuple[int, int]):
+    def __init__(
+        self,
+        params: LeNet.Params,
+        *,
+        channels: int,
+        num_classes: int,
+        image_size: tuple[int, int],
+    ):
         super().__init__()
-        act = nn.ReLU if params.activation == "relu" else nn.Sigmoid
-        pad = 2 if channels == 1 else 0  # 28x28 grey input is treated as 32x32
-        h = (image_size[0] + 2 * pad - 4) // 2
-        h = (h - 4) // 2
-        w = (image_size[1] + 2 * pad - 4) // 2
-        w = (w - 4) // 2
-        if h < 1 or w < 1:
-            raise ValueError(f"LeNet needs images of at least 28x28, got {image_size}")
+        self.params = params
+        pad = 2 if channels == 1 else 0  # reference code: 28x28 grey input acts as 32x32
+        h1, w1 = (_conv_pool_size(n, pad) for n in image_size)
+        h2, w2 = _conv_pool_size(h1, 0), _conv_pool_size(w1, 0)
+        if min(h1, w1, h2, w2) < 1:
+            raise ValueError(
+                f"LeNet's two 5x5 conv stages need larger images than "
+                f"{image_size[0]}x{image_size[1]} (at least 28x28 grey or 32x32 colour)"
+            )
+        act = params.activation
+        self._shapes: list[tuple[int, ...]] = [(6, h1, w1), (16, h2, w2), (120,), (84,)]
         self.blocks = nn.ModuleList([
-            nn.Sequential(nn.Conv2d(channels, 6, 5, padding=pad), act(), nn.MaxPool2d(2)),
-            nn.Sequential(nn.Conv2d(6, 16, 5), act(), nn.MaxPool2d(2), nn.Flatten()),
-            nn.Sequential(nn.Linear(16 * h * w, 120), act()),
-            nn.Sequential(nn.Linear(120, 84), act()),
+            nn.Sequential(nn.Conv2d(channels, 6, 5, padding=pad), _activation(act),
+                          nn.MaxPool2d(2, 2)),
+            nn.Sequential(nn.Conv2d(6, 16, 5), _activation(act), nn.MaxPool2d(2, 2)),
+            nn.Sequential(nn.Flatten(), nn.Linear(16 * h2 * w2, 120), _activation(act)),
+            nn.Sequential(nn.Linear(120, 84), _activation(act)),
         ])
         self.classifier = nn.Linear(84, num_classes)
 
+    def feature_shapes(self) -> list[tuple[int, ...]]:
+        """Each block's output shape without the batch dimension."""
+        return list(self._shapes)
+
     def features(self, x: Tensor) -> list[Tensor]:
+        """(B, C, H, W) -> [(B, 6, h1, w1), (B, 16, h2, w2), (B, 120), (B, 84)]."""
         out = []
         for block in self.blocks:
             x = block(x)
@@ -41,4 +79,5 @@ class LeNet(Backbone):
         return out
 
     def classify(self, last: Tensor) -> Tensor:
+        """(B, 84) -> logits (B, num_classes)."""
         return self.classifier(last)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
@@ -218,6 +219,10 @@ class RunContext:
     make_backbone: Callable[[], Backbone]
     augment: Augmentation | None
     seed: int
+    #: the recipe's backbone as ``{"name": ..., **params}`` (keys for cached artefacts)
+    backbone_spec: dict[str, Any] = field(default_factory=dict)
+    #: where losses may cache artefacts shared across runs (e.g. expert trajectories)
+    cache_dir: Path = field(default_factory=lambda: Path("~/.cache/mim4dd_kit").expanduser())
 
 
 @dataclass

@@ -29,7 +29,14 @@ from .errors import CheckpointError, DataError, PluginError, RunError
 from .evaluate import run_evaluators
 from .recipe import Recipe, load_recipe
 from .registry import Registry, default_registry
-from .runtime import isolated_rng, resolve_device, rng_state, seed_everything, set_rng_state
+from .runtime import (
+    cache_dir,
+    isolated_rng,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from .synthetic import atomic_write, save_synthetic, update_metadata
 
 CHECKPOINT = "checkpoint.pt"
@@ -83,7 +90,8 @@ class Run:
                    if r.augmentation is not None else None)
         s = r.synthetic
         self.ctx = RunContext(self.data, s.ipc, s.batch_real, self.device, make_backbone,
-                              augment, r.seed)
+                              augment, r.seed, {"name": r.backbone.name, **r.backbone.params},
+                              cache_dir())
         self.loss = reg.build("dd_losses", r.dd_loss, ctx=self.ctx)
         # parts whose randomness must not move the main stream (so lambda = 0 or no
         # regularizer leave the base method's trajectory bit-identical)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,11 @@ def resolve_device(name: str) -> torch.device:
 
         raise RecipeError(f"device {name!r} was asked for but CUDA is not available here")
     return dev
+
+
+def cache_dir() -> Path:
+    """The toolkit's cache: ``$MDK_CACHE``, else ``~/.cache/mim4dd_kit``."""
+    return Path(os.environ.get("MDK_CACHE") or "~/.cache/mim4dd_kit").expanduser()
 
 
 def seed_everything(seed: int) -> None:

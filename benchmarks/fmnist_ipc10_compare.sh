@@ -8,17 +8,18 @@ cd "$(dirname "$0")/.."
 ITERS=${ITERS:-400}
 BATCH_REAL=${BATCH_REAL:-64}
 MDK=.venv/bin/mdk
+mkdir -p runs
 common=(--set synthetic.batch_real="$BATCH_REAL" --set output.checkpoint_every=100 --overwrite)
 $MDK run recipes/fashion_mnist_ipc10_dm.yaml --out runs/fm10_random --json \
-    --set synthetic.iterations=0 "${common[@]}" > runs_fm10_random.json
+    --set synthetic.iterations=0 "${common[@]}" > runs/fm10_random.json
 $MDK run recipes/fashion_mnist_ipc10_dm.yaml --out runs/fm10_dm --json \
-    --set synthetic.iterations="$ITERS" "${common[@]}" > runs_fm10_dm.json
+    --set synthetic.iterations="$ITERS" "${common[@]}" > runs/fm10_dm.json
 $MDK run recipes/fashion_mnist_ipc10_dm_mim.yaml --out runs/fm10_dm_mim --json \
-    --set synthetic.iterations="$ITERS" "${common[@]}" > runs_fm10_dm_mim.json
+    --set synthetic.iterations="$ITERS" "${common[@]}" > runs/fm10_dm_mim.json
 for r in random dm dm_mim; do
     .venv/bin/python - "$r" <<'PY'
 import json, sys
-d = json.load(open(f"runs_fm10_{sys.argv[1]}.json"))
+d = json.load(open(f"runs/fm10_{sys.argv[1]}.json"))
 e = d["evaluations"]["train_from_scratch"]
 print(f"{sys.argv[1]:8s} {e['accuracy_mean']:.2f} ± {e['accuracy_std']:.2f}  {e['accuracies']}")
 PY

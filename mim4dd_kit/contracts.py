@@ -158,13 +158,24 @@ class Backbone(nn.Module):
     ``classify(last)`` maps the last block's output to logits ``(B, num_classes)``.
     ``forward`` composes the two. ``embed`` is the flattened last block output, the
     embedding used by distribution matching.
+
+    A subclass that stores its blocks in ``self.blocks`` (an ``nn.ModuleList`` applied in
+    order) and its head in ``self.classifier`` (applied to the flattened last block) gets
+    ``features`` and ``classify`` for free; others override them.
     """
 
-    def features(self, x: Tensor) -> list[Tensor]:  # pragma: no cover - interface
-        raise NotImplementedError
+    blocks: nn.ModuleList
+    classifier: nn.Module
 
-    def classify(self, last: Tensor) -> Tensor:  # pragma: no cover - interface
-        raise NotImplementedError
+    def features(self, x: Tensor) -> list[Tensor]:
+        out = []
+        for block in self.blocks:
+            x = block(x)
+            out.append(x)
+        return out
+
+    def classify(self, last: Tensor) -> Tensor:
+        return self.classifier(last.flatten(1))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classify(self.features(x)[-1])

@@ -52,13 +52,4 @@ class MLP(Backbone):
 
     def features(self, x: Tensor) -> list[Tensor]:
         """(B, C, H, W) -> K tensors (B, width), one per hidden layer."""
-        x = x.flatten(1)  # (B, C*H*W)
-        out = []
-        for block in self.blocks:
-            x = block(x)
-            out.append(x)
-        return out
-
-    def classify(self, last: Tensor) -> Tensor:
-        """(B, width) -> logits (B, num_classes)."""
-        return self.classifier(last)
+        return super().features(x.flatten(1))  # (B, C*H*W) into the fc blocks

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field
-from torch import Tensor, nn
+from torch import nn
 
 from mim4dd_kit.contracts import Backbone, Params
 
@@ -69,15 +69,3 @@ class LeNet(Backbone):
     def feature_shapes(self) -> list[tuple[int, ...]]:
         """Each block's output shape without the batch dimension."""
         return list(self._shapes)
-
-    def features(self, x: Tensor) -> list[Tensor]:
-        """(B, C, H, W) -> [(B, 6, h1, w1), (B, 16, h2, w2), (B, 120), (B, 84)]."""
-        out = []
-        for block in self.blocks:
-            x = block(x)
-            out.append(x)
-        return out
-
-    def classify(self, last: Tensor) -> Tensor:
-        """(B, 84) -> logits (B, num_classes)."""
-        return self.classifier(last)

@@ -158,3 +158,12 @@ class ConvNet(Backbone):
     def classify(self, last: Tensor) -> Tensor:
         """(B, width, h_K, w_K) -> logits (B, num_classes)."""
         return self.classifier(last.flatten(1))
+
+
+class ConvNetD4(ConvNet):
+    """ConvNet with 4 blocks by default, for 64x64 inputs (DatasetCondensation ConvNetD4)."""
+
+    class Params(ConvNet.Params):
+        depth: int = Field(
+            4, gt=0, description="number of conv blocks K (ConvNetD4: 4, for 64x64 images)"
+        )

@@ -10,7 +10,7 @@ from mim4dd_kit.registry import KINDS, Registry, default_registry
 BUILTINS = {
     "datasets": {"fashion_mnist", "mnist", "cifar10", "cifar100", "svhn", "digits",
                  "tensor_file"},
-    "backbones": {"convnet", "mlp"},
+    "backbones": {"convnet", "mlp", "convnet_d4", "alexnet", "vgg11", "resnet18"},
     "critics": {"identity", "linear", "mlp"},
     "dd_losses": {"dm"},
     "regularizers": {"mim4dd"},

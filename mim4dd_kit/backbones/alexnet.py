@@ -24,6 +24,7 @@ from pydantic import Field
 from torch import nn
 
 from ..contracts import Backbone, Params
+from ._checks import check_context
 from .convnet import make_norm
 
 #: (out channels, kernel, padding, max-pool after) of each conv; the first conv's
@@ -51,11 +52,7 @@ class AlexNet(Backbone):
         image_size: tuple[int, int],
     ):
         super().__init__()
-        if channels < 1 or num_classes < 1 or min(image_size) < 1:
-            raise ValueError(
-                f"AlexNet needs positive channels, classes and image size; got "
-                f"channels={channels}, num_classes={num_classes}, image_size={image_size}"
-            )
+        check_context("AlexNet", channels, num_classes, image_size)
         self.params = params
         h, w = image_size
         in_ch = channels

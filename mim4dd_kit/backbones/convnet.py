@@ -22,9 +22,10 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, model_validator
-from torch import Tensor, nn
+from torch import nn
 
 from ..contracts import Backbone, Params
+from ._checks import check_context
 
 NormKind = Literal["instance", "batch", "layer", "group", "none"]
 ActKind = Literal["relu", "leakyrelu", "sigmoid"]
@@ -107,11 +108,7 @@ class ConvNet(Backbone):
         image_size: tuple[int, int],
     ):
         super().__init__()
-        if channels < 1 or num_classes < 1 or min(image_size) < 1:
-            raise ValueError(
-                f"ConvNet needs positive channels, classes and image size; got "
-                f"channels={channels}, num_classes={num_classes}, image_size={image_size}"
-            )
+        check_context("ConvNet", channels, num_classes, image_size)
         self.params = params
         h, w = image_size
         in_ch = channels
@@ -147,17 +144,6 @@ class ConvNet(Backbone):
         """Each block's output shape without the batch dimension, ``(width, h_k, w_k)``."""
         return list(self._shapes)
 
-    def features(self, x: Tensor) -> list[Tensor]:
-        """(B, C, H, W) -> K tensors (B, width, h_k, w_k), one per block."""
-        out = []
-        for block in self.blocks:
-            x = block(x)
-            out.append(x)
-        return out
-
-    def classify(self, last: Tensor) -> Tensor:
-        """(B, width, h_K, w_K) -> logits (B, num_classes)."""
-        return self.classifier(last.flatten(1))
 
 
 class ConvNetD4(ConvNet):

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..contracts import Backbone, Params
+from ._checks import check_context
 from .convnet import make_norm
 
 _WIDTHS = (64, 128, 256, 512)
@@ -83,11 +84,7 @@ class ResNet18(Backbone):
         image_size: tuple[int, int],
     ):
         super().__init__()
-        if channels < 1 or num_classes < 1 or min(image_size) < 1:
-            raise ValueError(
-                f"ResNet18 needs positive channels, classes and image size; got "
-                f"channels={channels}, num_classes={num_classes}, image_size={image_size}"
-            )
+        check_context("ResNet18", channels, num_classes, image_size)
         self.params = params
         h, w = image_size
         stem = nn.Sequential(

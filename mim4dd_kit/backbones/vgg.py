@@ -20,6 +20,7 @@ from pydantic import Field
 from torch import nn
 
 from ..contracts import Backbone, Params
+from ._checks import check_context
 from .convnet import make_norm
 
 #: convs per stage; each stage ends with a 2x2 max-pool
@@ -45,11 +46,7 @@ class VGG11(Backbone):
         image_size: tuple[int, int],
     ):
         super().__init__()
-        if channels < 1 or num_classes < 1 or min(image_size) < 1:
-            raise ValueError(
-                f"VGG11 needs positive channels, classes and image size; got "
-                f"channels={channels}, num_classes={num_classes}, image_size={image_size}"
-            )
+        check_context("VGG11", channels, num_classes, image_size)
         self.params = params
         h, w = image_size
         in_ch = channels

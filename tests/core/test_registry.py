@@ -12,7 +12,7 @@ BUILTINS = {
                  "tensor_file"},
     "backbones": {"convnet", "mlp", "convnet_d4", "alexnet", "vgg11", "resnet18"},
     "critics": {"identity", "linear", "mlp"},
-    "dd_losses": {"dm"},
+    "dd_losses": {"dm", "bptt", "cafe"},
     "regularizers": {"mim4dd"},
     "evaluators": {"train_from_scratch"},
     "augmentations": {"dsa", "none"},

@@ -1,0 +1,209 @@
+"""BPTT: meta-gradients through the functional unroll, truncation, engine integration."""
+
+import copy
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from pydantic import ValidationError
+
+from mim4dd_kit.backbones.mlp import MLP
+from mim4dd_kit.engine import Run, run
+from mim4dd_kit.losses.bptt import BPTT, _FeaturesAndLogits, unroll
+from mim4dd_kit.recipe import validate_recipe
+from mim4dd_kit.registry import Registry, default_registry
+from mim4dd_kit.synthetic import load_synthetic
+
+BASE = {
+    "name": "tiny_bptt",
+    "seed": 0,
+    "device": "cpu",
+    "dataset": {"name": "digits"},
+    "synthetic": {"ipc": 3, "iterations": 3, "lr": 1.0, "batch_real": 24},
+    "backbone": {"name": "convnet", "width": 8, "depth": 2},
+    "dd_loss": {"name": "bptt", "inner_steps": 4},
+    "augmentation": {"name": "dsa"},
+    "evaluators": [],
+    "output": {"checkpoint_every": 0},
+}
+MIM = {"name": "mim4dd", "lambda": 0.8, "critic": {"name": "linear", "out_dim": 16}}
+
+
+@pytest.fixture(scope="module")
+def reg(tmp_path_factory):
+    """The default registry, plus a stand-in distribution while bptt is not registered."""
+    if {"bptt", "cafe"} <= set(default_registry().names("dd_losses")):
+        return default_registry()
+    root = tmp_path_factory.mktemp("dist")
+    info = root / "mdk_pending_losses-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: mdk_pending_losses\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[mdk.dd_losses]\nbptt = mim4dd_kit.losses.bptt:BPTT\n"
+        "cafe = mim4dd_kit.losses.cafe:CAFE\n")
+    return Registry(path=[str(root), *sys.path])
+
+
+def recipe(reg, **changes):
+    data = copy.deepcopy(BASE)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return validate_recipe(data, registry=reg)
+
+
+def make_run(reg, tmp_path, **changes) -> Run:
+    r = Run(recipe(reg, **changes), tmp_path, torch.device("cpu"), reg)
+    r.setup()
+    return r
+
+
+def test_gradients_reach_images_and_lr(reg, tmp_path):
+    r = make_run(reg, tmp_path)
+    assert r.syn.lr is not None and r.syn.lr.requires_grad
+    out = r.loss.compute(r.syn, 0, want_features=False)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert r.syn.images.grad is not None and r.syn.images.grad.abs().sum() > 0
+    assert r.syn.lr.grad is not None and r.syn.lr.grad.abs() > 0
+
+
+def test_meta_loss_decreases_over_engine_steps(reg, tmp_path):
+    r = make_run(reg, tmp_path, augmentation=None)
+
+    def probe() -> float:  # same network init and real batch every time
+        torch.manual_seed(123)
+        return float(r.loss.compute(r.syn, 0, want_features=False).loss.detach())
+
+    before = probe()
+    torch.manual_seed(0)
+    for it in range(5):
+        assert all(torch.isfinite(torch.tensor(v)) for v in r.step(it).values())
+    assert probe() < before
+
+
+def test_features_for_the_regularizer(reg, tmp_path):
+    r = make_run(reg, tmp_path, regularizer=MIM)
+    out = r.loss.compute(r.syn, 0, want_features=True)
+    m, n = len(r.syn.labels), 10 * 24
+    assert len(out.syn_feats) == len(out.real_feats) == 2
+    for f_s, f_r in zip(out.syn_feats, out.real_feats, strict=True):
+        assert f_s.shape[0] == m and f_r.shape[0] == n and f_s.shape[1:] == f_r.shape[1:]
+        assert f_s.shape[1] == 8 and f_s.requires_grad
+    assert torch.equal(out.syn_labels, r.syn.labels) and out.real_labels.shape == (n,)
+    value = r.reg(out.syn_feats, out.syn_labels, out.real_feats, out.real_labels)
+    assert torch.isfinite(value)
+    # the real features come from the unrolled parameters: gradient to the lr, not images
+    (out.real_feats[-1].sum()).backward()
+    assert r.syn.lr.grad is not None and r.syn.lr.grad.abs() > 0
+
+
+def _images(reg, rec, out):
+    return load_synthetic(run(rec, out=out, progress=False, registry=reg).synthetic_path)
+
+
+def test_lambda_zero_reproduces_bptt_exactly(reg, tmp_path):
+    base = _images(reg, recipe(reg), tmp_path / "a")
+    zero = _images(reg, recipe(reg, regularizer={**MIM, "lambda": 0.0}), tmp_path / "b")
+    full = _images(reg, recipe(reg, regularizer=MIM), tmp_path / "c")
+    assert torch.equal(base.images, zero.images) and base.lr == zero.lr
+    assert base.lr is not None and not torch.equal(base.images, full.images)
+
+
+def _tiny_problem():
+    torch.manual_seed(0)
+    net = MLP(MLP.Params(width=6, depth=1), channels=1, num_classes=3,
+              image_size=(2, 2)).double()
+    model = _FeaturesAndLogits(net)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    images = torch.randn(6, 1, 2, 2, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    real = torch.randn(9, 1, 2, 2, dtype=torch.float64)
+    real_y = torch.tensor([0, 1, 2] * 3)
+    return model, params, images, labels, real, real_y
+
+
+def _meta_loss(model, params, images, labels, lr, real, real_y, **kw):
+    w = unroll(model, params, {}, images, labels, lr, **kw)
+    _, logits = torch.func.functional_call(model, (w,), (real,))
+    return F.cross_entropy(logits, real_y)
+
+
+def test_meta_gradient_matches_finite_differences():
+    model, params, images, labels, real, real_y = _tiny_problem()
+    lr = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    kw = {"steps": 3, "momentum": 0.9}
+    loss = _meta_loss(model, params, images, labels, lr, real, real_y, **kw)
+    g_img, g_lr = torch.autograd.grad(loss, [images, lr])
+    eps = 1e-6
+
+    def at(img, step_lr):
+        loss = _meta_loss(model, params, img, labels, step_lr, real, real_y, **kw)
+        return float(loss.detach())
+
+    fd_lr = (at(images.detach(), lr.detach() + eps) - at(images.detach(), lr.detach() - eps))
+    torch.testing.assert_close(g_lr, torch.tensor(fd_lr / (2 * eps), dtype=torch.float64),
+                               rtol=1e-6, atol=1e-9)
+    bump = torch.zeros_like(images)
+    bump[2, 0, 1, 0] = eps
+    fd_px = at(images.detach() + bump, lr.detach()) - at(images.detach() - bump, lr.detach())
+    torch.testing.assert_close(g_img[2, 0, 1, 0], torch.tensor(fd_px / (2 * eps),
+                               dtype=torch.float64), rtol=1e-6, atol=1e-9)
+
+
+def test_truncation_keeps_forward_and_cuts_the_prefix_gradient():
+    model, params, images, labels, real, real_y = _tiny_problem()
+    lr = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+
+    def loss_and_grads(**kw):
+        loss = _meta_loss(model, params, images, labels, lr, real, real_y, **kw)
+        return (loss.detach(), *torch.autograd.grad(loss, [images, lr]))
+
+    full = loss_and_grads(steps=5, momentum=0.9)
+    trunc = loss_and_grads(steps=5, momentum=0.9, keep_from=3)
+    same = loss_and_grads(steps=5, momentum=0.9, keep_from=0)
+    torch.testing.assert_close(trunc[0], full[0], rtol=0, atol=0)  # forward unchanged
+    assert not torch.allclose(trunc[2], full[2])  # the prefix did contribute before
+    assert all(torch.equal(a, b) for a, b in zip(full, same, strict=True))
+    # with momentum 0 the state after the prefix is the parameters alone: the truncated
+    # gradient is exactly the full gradient of the last 2 steps started from that state
+    t0 = loss_and_grads(steps=5, momentum=0.0, keep_from=3)
+    start = unroll(model, params, {}, images.detach(), labels, lr.detach(), steps=3,
+                   momentum=0.0)
+    tail = loss_and_grads_from(model, start, images, labels, lr, real, real_y)
+    for a, b in zip(t0, tail, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def loss_and_grads_from(model, start, images, labels, lr, real, real_y):
+    loss = _meta_loss(model, {k: v.detach() for k, v in start.items()}, images, labels, lr,
+                      real, real_y, steps=2, momentum=0.0)
+    return (loss.detach(), *torch.autograd.grad(loss, [images, lr]))
+
+
+def test_truncated_loss_matches_full_unroll_in_the_plugin(reg, tmp_path):
+    full = make_run(reg, tmp_path / "f", augmentation=None,
+                    dd_loss={"name": "bptt", "inner_steps": 6})
+    trunc = make_run(reg, tmp_path / "t", augmentation=None,
+                     dd_loss={"name": "bptt", "inner_steps": 6, "truncate": 2})
+    torch.manual_seed(7)
+    a = full.loss.compute(full.syn, 0, False).loss
+    torch.manual_seed(7)
+    b = trunc.loss.compute(trunc.syn, 0, False).loss
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    b.backward()
+    assert trunc.syn.images.grad.abs().sum() > 0 and trunc.syn.lr.grad.abs() > 0
+
+
+def test_random_window_and_params(reg, tmp_path):
+    r = make_run(reg, tmp_path, augmentation=None, dd_loss={
+        "name": "bptt", "inner_steps": 5, "truncate": 2, "random_window": True,
+        "batch_syn": 10})
+    seen = {r.loss.compute(r.syn, 0, False).logs["bptt_steps"] for _ in range(12)}
+    assert seen <= {2.0, 3.0, 4.0, 5.0} and len(seen) > 1
+    with pytest.raises(ValidationError, match="random_window needs truncate"):
+        BPTT.Params(random_window=True)

@@ -1,0 +1,164 @@
+"""CAFE: alignment and discrimination terms, the persistent network, engine integration."""
+
+import copy
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mim4dd_kit.engine import Run, run
+from mim4dd_kit.errors import RunError
+from mim4dd_kit.losses.cafe import alignment_loss, discrimination_loss
+from mim4dd_kit.recipe import validate_recipe
+from mim4dd_kit.registry import Registry, default_registry
+from mim4dd_kit.synthetic import load_synthetic
+
+BASE = {
+    "name": "tiny_cafe",
+    "seed": 0,
+    "device": "cpu",
+    "dataset": {"name": "digits"},
+    "synthetic": {"ipc": 3, "iterations": 6, "lr": 1.0, "batch_real": 24},
+    "backbone": {"name": "convnet", "width": 8, "depth": 2},
+    "dd_loss": {"name": "cafe", "outer_loop": 3, "inner_loop": 2},
+    "augmentation": {"name": "dsa"},
+    "evaluators": [],
+    "output": {"checkpoint_every": 2},
+}
+MIM = {"name": "mim4dd", "lambda": 0.8, "critic": {"name": "linear", "out_dim": 16}}
+
+
+@pytest.fixture(scope="module")
+def reg(tmp_path_factory):
+    """The default registry, plus a stand-in distribution while cafe is not registered."""
+    if {"bptt", "cafe"} <= set(default_registry().names("dd_losses")):
+        return default_registry()
+    root = tmp_path_factory.mktemp("dist")
+    info = root / "mdk_pending_losses-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: mdk_pending_losses\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[mdk.dd_losses]\nbptt = mim4dd_kit.losses.bptt:BPTT\n"
+        "cafe = mim4dd_kit.losses.cafe:CAFE\n")
+    return Registry(path=[str(root), *sys.path])
+
+
+def recipe(reg, **changes):
+    data = copy.deepcopy(BASE)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return validate_recipe(data, registry=reg)
+
+
+def make_run(reg, tmp_path, **changes) -> Run:
+    r = Run(recipe(reg, **changes), tmp_path, torch.device("cpu"), reg)
+    r.setup()
+    return r
+
+
+def test_alignment_is_zero_for_equal_features_and_weighted_per_layer():
+    torch.manual_seed(0)
+    feats = [torch.randn(12, 3, 2, 2), torch.randn(12, 5)]
+    y = torch.arange(4).repeat_interleave(3)
+    assert float(alignment_loss(feats, y, feats, y, 4)) == 0.0
+    # same class means from different samples: still zero
+    syn = [f.reshape(4, 3, *f.shape[1:]).mean(1) for f in feats]
+    torch.testing.assert_close(alignment_loss(feats, y, syn, torch.arange(4), 4),
+                               torch.tensor(0.0), atol=1e-10, rtol=0)
+    moved = [feats[0], feats[1] + 1.0]  # every class mean moves by 1 in 5 dims
+    torch.testing.assert_close(alignment_loss(feats, y, moved, y, 4, [7.0, 0.5]),
+                               torch.tensor(0.5 * 4 * 5))
+
+
+def test_discrimination_matches_hand_computation():
+    real = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    real_y = torch.tensor([0, 1, 1])
+    syn = torch.tensor([[1.0, 1.0], [3.0, 1.0], [0.0, -1.0], [2.0, 1.0]])
+    syn_y = torch.tensor([0, 0, 1, 1])
+    # class means of syn: c0 = (2, 1), c1 = (1, 0); logits = <real, mean> / T with T = 2
+    logits = [[1.0, 0.5], [1.0, 0.0], [1.5, 0.5]]
+    expected = 0.0
+    for row, y in zip(logits, [0, 1, 1], strict=True):
+        expected += -row[y] + torch.logsumexp(torch.tensor(row), 0).item()
+    got = discrimination_loss(real, real_y, syn, syn_y, 2, temperature=2.0)
+    torch.testing.assert_close(got, torch.tensor(expected))
+    assert torch.isclose(got, F.cross_entropy(torch.tensor(logits), real_y, reduction="sum"))
+
+
+def test_gradients_and_features(reg, tmp_path):
+    r = make_run(reg, tmp_path, regularizer=MIM)
+    out = r.loss.compute(r.syn, 0, want_features=True)
+    assert torch.isfinite(out.loss) and {"cafe_align", "cafe_disc"} <= set(out.logs)
+    m, n = len(r.syn.labels), 10 * 24
+    assert len(out.syn_feats) == len(out.real_feats) == 2
+    for f_s, f_r in zip(out.syn_feats, out.real_feats, strict=True):
+        assert f_s.shape[0] == m and f_r.shape[0] == n and f_s.shape[1:] == f_r.shape[1:]
+        assert f_s.requires_grad and not f_r.requires_grad
+    value = r.reg(out.syn_feats, out.syn_labels, out.real_feats, out.real_labels)
+    (out.loss + value).backward()
+    assert r.syn.images.grad is not None and r.syn.images.grad.abs().sum() > 0
+    # the network is not trained by the distillation backward
+    assert all(p.grad is None for p in r.loss.net.parameters())
+
+
+def test_loss_decreases_over_engine_steps(reg, tmp_path):
+    r = make_run(reg, tmp_path, augmentation=None,
+                 dd_loss={"name": "cafe", "outer_loop": 1, "inner_loop": 0})
+
+    def probe() -> float:  # outer_loop 1: a fresh network from the same seed each time
+        torch.manual_seed(99)
+        return float(r.loss.compute(r.syn, 0, want_features=False).loss.detach())
+
+    before = probe()
+    torch.manual_seed(0)
+    for it in range(5):
+        r.step(it)
+    assert probe() < before
+
+
+def test_network_schedule_inner_training_and_reinit(reg, tmp_path):
+    r = make_run(reg, tmp_path, augmentation=None)
+    loss = r.loss
+    loss.compute(r.syn, 0, False)
+    first = loss.net
+    w0 = [p.detach().clone() for p in first.parameters()]
+    loss.compute(r.syn, 1, False)  # trained inner_loop steps on the synthetic set
+    assert loss.net is first
+    assert any(not torch.equal(a, b) for a, b in zip(w0, first.parameters(), strict=True))
+    loss.compute(r.syn, 2, False)
+    loss.compute(r.syn, 3, False)  # call 3 = outer_loop: a new network
+    assert loss.net is not first and loss.state_dict()["calls"] == 4
+
+
+def _images(reg, rec, out, **kw):
+    return load_synthetic(run(rec, out=out, progress=False, registry=reg, **kw).synthetic_path)
+
+
+def test_lambda_zero_reproduces_cafe_exactly(reg, tmp_path):
+    base = _images(reg, recipe(reg), tmp_path / "a")
+    zero = _images(reg, recipe(reg, regularizer={**MIM, "lambda": 0.0}), tmp_path / "b")
+    full = _images(reg, recipe(reg, regularizer=MIM), tmp_path / "c")
+    assert torch.equal(base.images, zero.images)
+    assert not torch.equal(base.images, full.images)
+
+
+def test_resume_restores_the_persistent_network(reg, tmp_path):
+    # checkpoint at iteration 4: call 4 trains the network made at call 3 (outer_loop 3)
+    rec = recipe(reg)
+    straight = _images(reg, rec, tmp_path / "s")
+
+    def interrupt(iteration, logs):
+        if iteration == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(rec, out=tmp_path / "r", progress=False, registry=reg, callbacks=[interrupt])
+    with pytest.raises(RunError):
+        run(rec, out=tmp_path / "r", progress=False, registry=reg)
+    resumed = _images(reg, rec, tmp_path / "r", resume=True)
+    assert torch.equal(resumed.images, straight.images)

@@ -1,4 +1,5 @@
-"""Time one distillation iteration and one evaluation model at Fashion-MNIST IPC 10 sizes.
+"""Time one distillation iteration of every method, with and without MIM4DD, and one
+evaluation model, at Fashion-MNIST IPC 10 sizes.
 
 Each case runs in its own process so that peak memory (max RSS, and CUDA peak allocated
 where used) belongs to that case alone. Usage:
@@ -6,9 +7,20 @@ where used) belongs to that case alone. Usage:
     python benchmarks/bench_iteration.py                 # all cases, a table
     python benchmarks/bench_iteration.py --json          # the same as JSON
     python benchmarks/bench_iteration.py --case dm --iters 5
+    python benchmarks/bench_iteration.py --methods dm bptt     # a subset
 
 Settings (the DM reference's): ConvNet width 128, depth 3, instance norm; IPC 10;
-256 real images per class; DSA on. ``--batch-real`` and ``--width`` shrink them.
+256 real images per class; DSA on; every method with its published per-iteration knobs
+(DC/DSA/DREAM: outer_loop 10, inner_loop 50 at IPC 10; BPTT: 20 unrolled steps; MTT:
+syn_steps 20 on the whole set). ``--batch-real`` and ``--width`` shrink them.
+
+An engine iteration is one update of the synthetic images. For DC/DSA/DREAM/CAFE that
+includes the inner training of the persistent network between updates, which happens on
+all calls but every ``outer_loop``-th; the median over iterations therefore reports the
+typical (training) call. MTT needs expert trajectories: the benchmark builds a buffer
+of one expert trained for ``--mtt-expert-epochs`` epochs on ``--mtt-expert-images``
+real images (the step's cost does not depend on how well the expert was trained), in a
+throw-away cache folder.
 """
 
 from __future__ import annotations
@@ -22,10 +34,26 @@ import sys
 import time
 from pathlib import Path
 
-CASES = ["dm", "dm_mim4dd", "eval_model"]
+METHODS = ["dm", "dc", "dsa", "dream", "mtt", "bptt", "cafe"]
+CASES = [c for m in METHODS for c in (m, f"{m}_mim4dd")] + ["eval_model"]
+#: the published per-iteration knobs at IPC 10 (see docs/components/<method>.md)
+LOSS_PARAMS = {
+    "dm": {},
+    "dc": {"outer_loop": 10, "inner_loop": 50},
+    "dsa": {"outer_loop": 10, "inner_loop": 50},
+    "dream": {"outer_loop": 10, "inner_loop": 50},
+    "mtt": {"syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 1, "num_experts": 1},
+    "bptt": {"inner_steps": 20},
+    "cafe": {},
+}
+
+
+def _method(case: str) -> str:
+    return case.removesuffix("_mim4dd") if case != "eval_model" else "dm"
 
 
 def _recipe(case: str, args) -> dict:
+    method = _method(case)
     data = {
         "name": f"bench_{case}",
         "seed": 0,
@@ -34,14 +62,43 @@ def _recipe(case: str, args) -> dict:
         "synthetic": {"ipc": args.ipc, "iterations": 1, "lr": 1.0,
                       "batch_real": args.batch_real},
         "backbone": {"name": "convnet", "width": args.width, "depth": 3, "norm": "instance"},
-        "dd_loss": {"name": "dm"},
+        "dd_loss": {"name": method, **LOSS_PARAMS[method]},
         "augmentation": {"name": "dsa"},
         "evaluators": [],
     }
-    if case == "dm_mim4dd":
+    if method == "mtt":
+        data["dd_loss"].update(train_epochs=args.mtt_expert_epochs)
+        data["synthetic"].update(learn_lr=True, lr_init=0.01, lr=100.0)
+        data["dataset"] = {"name": "tensor_file", "path": str(_mtt_subset(args)),
+                           "mean": [0.2861], "std": [0.3530], "flip_ok": True}
+    if case.endswith("_mim4dd"):
         data["regularizer"] = {"name": "mim4dd", "lambda": 0.8,
                                "critic": {"name": "linear", "out_dim": 128}}
     return data
+
+
+def _mtt_subset(args) -> Path:
+    """A per-class subset of the training set, so that the benchmark's expert trains fast."""
+    import os
+    import tempfile
+
+    import torch
+    from safetensors.torch import save_file
+
+    from mim4dd_kit.registry import default_registry
+
+    tmp = Path(tempfile.mkdtemp(prefix="mdk-bench-"))
+    os.environ["MDK_CACHE"] = str(tmp / "cache")
+    data = default_registry().build("datasets", {"name": args.dataset}).load()
+    table = data._index()[0][:, : args.mtt_expert_images].reshape(-1)
+    mean = torch.tensor(data.info.mean)[None, :, None, None]
+    std = torch.tensor(data.info.std)[None, :, None, None]
+    path = tmp / "subset.safetensors"
+    save_file({"train_images": (data.train_images[table] * std + mean).contiguous(),
+               "train_labels": data.train_labels[table].contiguous(),
+               "test_images": (data.test_images[:1000] * std + mean).contiguous(),
+               "test_labels": data.test_labels[:1000].contiguous()}, str(path))
+    return path
 
 
 def _sync(device) -> None:
@@ -101,6 +158,10 @@ def run_case(case: str, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--case", choices=CASES)
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
+    ap.add_argument("--mtt-expert-epochs", type=int, default=3)
+    ap.add_argument("--mtt-expert-images", type=int, default=300,
+                    help="real images per class the MTT benchmark's expert trains on")
     ap.add_argument("--dataset", default="fashion_mnist")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--ipc", type=int, default=10)
@@ -115,27 +176,34 @@ def main() -> None:
     if args.case:
         print(json.dumps(run_case(args.case, args)))
         return
+    keep = ["--dataset", args.dataset, "--device", args.device, "--ipc", str(args.ipc),
+            "--width", str(args.width), "--batch-real", str(args.batch_real),
+            "--iters", str(args.iters), "--warmup", str(args.warmup),
+            "--eval-epochs", str(args.eval_epochs), "--threads", str(args.threads),
+            "--mtt-expert-epochs", str(args.mtt_expert_epochs),
+            "--mtt-expert-images", str(args.mtt_expert_images)]
     rows = []
-    passthrough = [a for a in sys.argv[1:] if a != "--json"]
-    for case in CASES:
-        out = subprocess.run([sys.executable, __file__, "--case", case, *passthrough],
+    for case in [c for c in CASES if c == "eval_model" or _method(c) in args.methods]:
+        out = subprocess.run([sys.executable, __file__, "--case", case, *keep],
                              check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
+        print(f"done: {case}", file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    base = next(r["median_s"] for r in rows if r["case"] == "dm")
-    print(f"{'case':<12} {'time':>22} {'vs dm':>7} {'peak RSS MB':>12} {'peak CUDA MB':>13}")
-    for r in rows:
-        if "median_s" in r:
-            t, ratio = f"{r['median_s']:.3f} s/iter", f"{r['median_s'] / base:.2f}"
-        else:
-            t, ratio = f"{r['train_s']:.1f} s/{r['epochs']} ep", "-"
-        cuda = f"{r['peak_cuda_mb']:.0f}" if "peak_cuda_mb" in r else "-"
-        print(f"{r['case']:<12} {t:>22} {ratio:>7} {r['peak_rss_mb']:>12.0f} {cuda:>13}")
+    by = {r["case"]: r for r in rows}
+    print("| method | s / iteration | + mim4dd | mim4dd overhead | peak RSS MB | + mim4dd |")
+    print("|---|---|---|---|---|---|")
+    for m in args.methods:
+        a, b = by[m], by[f"{m}_mim4dd"]
+        print(f"| {m} | {a['median_s']:.3f} | {b['median_s']:.3f} | "
+              f"{100 * (b['median_s'] / a['median_s'] - 1):+.1f}% | {a['peak_rss_mb']:.0f} | "
+              f"{b['peak_rss_mb']:.0f} |")
+    e = by["eval_model"]
+    print(f"\none evaluation network: {e['train_s']:.1f} s for {e['epochs']} epochs "
+          f"+ {e['test_s']:.1f} s test, peak RSS {e['peak_rss_mb']:.0f} MB")
     print(f"device {rows[0]['device']}, threads {rows[0]['threads']}, width {args.width}, "
           f"batch_real {args.batch_real}/class, IPC {args.ipc}")
-
 
 if __name__ == "__main__":
     main()

@@ -279,6 +279,57 @@ def show(
     _print_evaluations(s.metadata.get("evaluations") or {})
 
 
+@app.command()
+@_guard
+def sweep(
+    file: Annotated[Path, typer.Argument(help="Sweep file (base recipe + grid).")],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Sweep folder.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Skip finished variants, continue interrupted ones.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and list the variants only.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+) -> None:
+    """Run every variant of a sweep file and tabulate their evaluations."""
+    from .sweep import format_table, load_sweep, run_sweep
+
+    spec = load_sweep(file)
+    quiet = as_json or not sys.stderr.isatty()
+
+    def announce(i: int, n: int, v) -> None:
+        if not as_json:
+            err.print(f"[{i}/{n}] {v.name}", highlight=False)
+
+    rows = run_sweep(spec, out_dir=out_dir, device=device, resume=resume,
+                     progress=not quiet, dry_run=dry_run, on_variant=announce)
+    sys.stdout.write(format_table(rows, "json" if as_json else "markdown"))
+    if as_json:
+        sys.stdout.write("\n")
+
+
+@app.command()
+@_guard
+def buffer(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file whose dd_loss is mtt.")],
+    set_: SetOpt = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Train (or find) the expert trajectories RECIPE's trajectory matching needs."""
+    from .buffers import buffer_for_recipe
+
+    info = buffer_for_recipe(recipe, overrides=set_ or [], device=device,
+                             progress=not as_json and sys.stderr.isatty())
+    if as_json:
+        _print_json(info)
+    else:
+        out.print(f"expert buffer: [bold]{info['path']}[/] ({info['experts']} experts, "
+                  f"{info['trained']} trained now)", highlight=False)
+
+
 def main() -> None:
     app()
 

@@ -234,6 +234,8 @@ class RunContext:
     backbone_spec: dict[str, Any] = field(default_factory=dict)
     #: where losses may cache artefacts shared across runs (e.g. expert trajectories)
     cache_dir: Path = field(default_factory=lambda: Path("~/.cache/mim4dd_kit").expanduser())
+    #: the recipe's dataset as ``{"name": ..., **params}`` (keys for cached artefacts)
+    dataset_spec: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -75,6 +75,22 @@ class Run:
     # -- set-up ---------------------------------------------------------------------------
     def setup(self) -> None:
         r, reg = self.recipe, self.registry
+        self.build_context()
+        info = self.data.info
+        make_backbone = self.ctx.make_backbone
+        self.loss = reg.build("dd_losses", r.dd_loss, ctx=self.ctx)
+        # parts whose randomness must not move the main stream (so lambda = 0 or no
+        # regularizer leave the base method's trajectory bit-identical)
+        with isolated_rng(r.seed + 1, self.device):
+            dims = _feature_dims(make_backbone, info, self.device)
+            self.reg = (reg.build("regularizers", r.regularizer, num_classes=info.num_classes,
+                                  feature_dims=dims, registry=reg).to(self.device)
+                        if r.regularizer is not None else None)
+        self._init_synthetic()
+
+    def build_context(self) -> RunContext:
+        """Seed, load the data onto the device and build what every DD loss may use."""
+        r, reg = self.recipe, self.registry
         seed_everything(r.seed)
         data: RealData = reg.build("datasets", r.dataset).load()
         self.data = data.to(self.device)
@@ -91,16 +107,8 @@ class Run:
         s = r.synthetic
         self.ctx = RunContext(self.data, s.ipc, s.batch_real, self.device, make_backbone,
                               augment, r.seed, {"name": r.backbone.name, **r.backbone.params},
-                              cache_dir())
-        self.loss = reg.build("dd_losses", r.dd_loss, ctx=self.ctx)
-        # parts whose randomness must not move the main stream (so lambda = 0 or no
-        # regularizer leave the base method's trajectory bit-identical)
-        with isolated_rng(r.seed + 1, self.device):
-            dims = _feature_dims(make_backbone, info, self.device)
-            self.reg = (reg.build("regularizers", r.regularizer, num_classes=info.num_classes,
-                                  feature_dims=dims, registry=reg).to(self.device)
-                        if r.regularizer is not None else None)
-        self._init_synthetic()
+                              cache_dir(), {"name": r.dataset.name, **r.dataset.params})
+        return self.ctx
 
     def _init_synthetic(self) -> None:
         s, info = self.recipe.synthetic, self.data.info

@@ -9,8 +9,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import Field
 
-from ..contracts import DataInfo, RealData
+from ..contracts import DataInfo, Params, RealData
+from .zca import fit_zca
+
+
+class ZCAParams(Params):
+    """Parameters shared by the image data sets that offer ZCA whitening (MTT's CIFAR)."""
+
+    zca: bool = Field(
+        False, description="ZCA-whiten train and test images with a transform fitted on the "
+        "training images, instead of mean/std normalisation (MTT's CIFAR setting)"
+    )
+    zca_eps: float = Field(
+        0.1, gt=0, description="eps added to the covariance eigenvalues (MTT: kornia "
+        "ZCAWhitening(eps=0.1))"
+    )
 
 
 def data_roots(root: Path | None, *subdirs: str) -> list[Path]:
@@ -74,13 +89,24 @@ def build_real_data(
     class_names: Sequence[str],
     flip_ok: bool,
     sha256: str,
+    zca_eps: float | None = None,
 ) -> RealData:
-    """Normalise float (N, C, H, W) images in [0, 1] and wrap them with their identity."""
+    """Normalise float (N, C, H, W) images in [0, 1] and wrap them with their identity.
+
+    With ``zca_eps`` the images are ZCA-whitened instead (transform fitted on the training
+    images, applied to both splits, no mean/std step); ``mean``/``std`` are then recorded
+    as 0/1 and the identity notes the whitening.
+    """
     ty, vy = _labels(train_y), _labels(test_y)
+    channels = int(train_x.shape[1])
+    if zca_eps is not None:
+        zca = fit_zca(train_x, zca_eps)
+        train_x, test_x = zca(train_x), zca(test_x)
+        mean, std = (0.0,) * channels, (1.0,) * channels
     info = DataInfo(
         name=name,
         num_classes=len(class_names),
-        channels=int(train_x.shape[1]),
+        channels=channels,
         image_size=(int(train_x.shape[2]), int(train_x.shape[3])),
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
@@ -89,5 +115,7 @@ def build_real_data(
     )
     identity = {"name": name, "split": "train", "size": int(len(ty)), "sha256": sha256,
                 "num_classes": info.num_classes}
+    if zca_eps is not None:
+        identity["zca"] = {"eps": float(zca_eps), "fitted_on": "train", "covariance": "unbiased"}
     return RealData(info, normalize(train_x, mean, std), ty, normalize(test_x, mean, std), vy,
                     identity)

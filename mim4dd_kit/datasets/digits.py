@@ -6,14 +6,14 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..contracts import Params, RealData
-from ._common import build_real_data, content_sha256
+from ..contracts import RealData
+from ._common import ZCAParams, build_real_data, content_sha256
 
 
 class Digits:
     """scikit-learn's 8x8 digits (1,797 images, 10 classes), offline; for quick runs."""
 
-    class Params(Params):
+    class Params(ZCAParams):
         test_fraction: float = Field(0.2, gt=0, lt=1, description="held-out test share")
         split_seed: int = Field(0, description="seed of the stratified split")
 
@@ -36,4 +36,5 @@ class Digits:
             "digits", tx, d.target[tr], vx, d.target[te], mean=mean, std=std,
             class_names=[str(i) for i in range(10)], flip_ok=False,
             sha256=content_sha256(images[tr], d.target[tr]),
+            zca_eps=self.params.zca_eps if self.params.zca else None,
         )

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from pydantic import Field
 
-from ..contracts import Params, RealData
+from ..contracts import RealData
 from ..errors import DataError
-from ._common import build_real_data, content_sha256, data_roots, to_float_nchw
+from ._common import ZCAParams, build_real_data, content_sha256, data_roots, to_float_nchw
 from .idx import read_idx
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -31,7 +31,7 @@ class FashionMNIST:
     #: normalisation of the DC/DSA/DM reference code (VICO-UoE/DatasetCondensation)
     MEAN, STD = (0.2861,), (0.3530,)
 
-    class Params(Params):
+    class Params(ZCAParams):
         root: Path | None = Field(None, description="folder with the four IDX files")
         download: bool = Field(False, description="download with torchvision if missing")
 
@@ -74,4 +74,5 @@ class FashionMNIST:
             "fashion_mnist", to_float_nchw(tx), ty, to_float_nchw(vx), vy,
             mean=self.MEAN, std=self.STD, class_names=CLASSES, flip_ok=True,
             sha256=content_sha256(tx, ty),
+            zca_eps=self.params.zca_eps if self.params.zca else None,
         )

@@ -1,7 +1,8 @@
 """MNIST, CIFAR-10, CIFAR-100 and SVHN through torchvision, from a local root.
 
 Normalisation constants are those of the DC/DSA/DM reference code
-(VICO-UoE/DatasetCondensation ``utils.py``). Nothing is downloaded unless the recipe says
+(VICO-UoE/DatasetCondensation ``utils.py``); ``zca: true`` replaces them by ZCA whitening
+(MTT's CIFAR preprocessing, see ``zca.py``). Nothing is downloaded unless the recipe says
 ``download: true``.
 """
 
@@ -13,9 +14,9 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
-from ..contracts import Params, RealData
+from ..contracts import RealData
 from ..errors import DataError
-from ._common import build_real_data, content_sha256, data_roots, to_float_nchw
+from ._common import ZCAParams, build_real_data, content_sha256, data_roots, to_float_nchw
 
 
 class _TorchvisionSet:
@@ -25,7 +26,7 @@ class _TorchvisionSet:
     std: ClassVar[tuple[float, ...]]
     flip_ok: ClassVar[bool] = True
 
-    class Params(Params):
+    class Params(ZCAParams):
         root: Path | None = Field(None, description="torchvision root folder")
         download: bool = Field(False, description="download if missing (needs a network)")
 
@@ -74,6 +75,7 @@ class _TorchvisionSet:
         return build_real_data(
             self.name, to_nchw(tx), ty, to_nchw(vx), vy, mean=self.mean, std=self.std,
             class_names=classes, flip_ok=self.flip_ok, sha256=content_sha256(tx, ty),
+            zca_eps=self.params.zca_eps if self.params.zca else None,
         )
 
 

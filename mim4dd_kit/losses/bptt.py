@@ -23,7 +23,7 @@ Dataset Distillation", ICLR 2024), still keeping the graph of the last W only.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -59,15 +59,22 @@ def unroll(
     batch_syn: int | None = None,
     keep_from: int = 0,
     augment: Any = None,
+    minibatch: Literal["random", "epoch"] = "random",
 ) -> dict[str, Tensor]:
     """Train ``model`` functionally for ``steps`` steps from ``params``; return the final ones.
 
     ``images`` (M, C, H, W), ``labels`` (M,), ``lr`` a scalar tensor. Steps with index
     ``< keep_from`` keep no graph to ``images``/``lr`` (truncated); the others use
     ``create_graph=True``. ``model`` returns logits, or (features, logits).
-    Minibatches (``batch_syn``) and ``augment`` draw from the global torch RNG.
+    Minibatches (``batch_syn``) and ``augment`` draw from the global torch RNG:
+    ``minibatch="random"`` draws ``batch_syn`` images afresh every step; ``"epoch"`` walks
+    through random permutations of the set in chunks of ``batch_syn`` (a new permutation
+    when one is used up; the last chunk may be smaller), as MTT's reference does.
     """
+    if minibatch not in ("random", "epoch"):
+        raise ValueError(f"minibatch must be 'random' or 'epoch', got {minibatch!r}")
     names = list(params)
+    chunks: list[Tensor] = []
     velocity = [torch.zeros_like(p) for p in params.values()]
     w = [p.detach() for p in params.values()]
     for t in range(steps):
@@ -78,7 +85,13 @@ def unroll(
             velocity = [v.detach() for v in velocity]
         x, y = images, labels
         if batch_syn is not None and batch_syn < len(labels):
-            idx = torch.randperm(len(labels), device=labels.device)[:batch_syn]
+            if minibatch == "random":
+                idx = torch.randperm(len(labels), device=labels.device)[:batch_syn]
+            else:
+                if not chunks:
+                    chunks = list(torch.randperm(len(labels), device=labels.device)
+                                  .split(batch_syn))
+                idx = chunks.pop(0)
             x, y = x[idx], y[idx]
         step_lr = lr if kept else lr.detach()
         if not kept:

@@ -12,8 +12,10 @@ reference ``distill.py`` (``MSELoss(reduction='sum')``, ``CrossEntropyLoss(reduc
 
 Network schedule (DC's outer/inner loops, in place of the reference's accuracy-watcher
 loops): call n re-initialises the network when ``n % outer_loop == 0``; every other call
-first trains it ``inner_loop`` SGD steps on the detached synthetic set. The network, its
-optimizer and the call counter are in ``state_dict`` for exact resume.
+first trains it ``inner_loop`` SGD steps on the detached synthetic set (the schedule is
+``gradient_matching.PersistentNetwork``, shared with ``dc``, whose inner loop counts epochs
+instead). The network, its optimizer and the call counter are in ``state_dict`` for exact
+resume.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch import Tensor
 
 from ..contracts import Backbone, LossOutput, Params, RunContext, SyntheticState
 from .dm import class_means
+from .gradient_matching import PersistentNetwork, sgd_steps
 
 
 def alignment_loss(
@@ -86,43 +89,21 @@ class CAFE:
     def __init__(self, params: CAFE.Params, *, ctx: RunContext):
         self.params = params
         self.ctx = ctx
-        self.calls = 0
-        self.net: Backbone | None = None
-        self.opt: torch.optim.Optimizer | None = None
+        self.schedule = PersistentNetwork(ctx, outer_loop=params.outer_loop, lr=params.net_lr,
+                                          momentum=params.net_momentum)
 
-    def _new_net(self) -> None:
-        self.net = self.ctx.make_backbone().to(self.ctx.device)
-        self.opt = torch.optim.SGD(self.net.parameters(), lr=self.params.net_lr,
-                                   momentum=self.params.net_momentum)
+    @property
+    def net(self) -> Backbone | None:
+        return self.schedule.net
 
-    def _train_net(self, images: Tensor, labels: Tensor) -> None:
-        """``inner_loop`` steps on detached synthetic images (augmented per sample)."""
-        p, net, opt = self.params, self.net, self.opt
-        assert net is not None and opt is not None
-        net.requires_grad_(True)
-        for _ in range(p.inner_loop):
-            x, y = images, labels
-            if p.batch_train is not None and p.batch_train < len(y):
-                idx = torch.randperm(len(y), device=y.device)[: p.batch_train]
-                x, y = x[idx], y[idx]
-            if self.ctx.augment is not None:
-                x = self.ctx.augment(x)
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(net(x), y).backward()
-            opt.step()
+    def _train_net(self, net: Backbone, opt: torch.optim.Optimizer, syn: SyntheticState) -> None:
+        """``inner_loop`` SGD steps on detached synthetic images (augmented per sample)."""
+        sgd_steps(net, opt, syn.images.detach(), syn.labels, steps=self.params.inner_loop,
+                  batch=self.params.batch_train, augment=self.ctx.augment)
 
     def compute(self, syn: SyntheticState, iteration: int, want_features: bool) -> LossOutput:
         ctx, p = self.ctx, self.params
-        if self.net is None or self.calls % p.outer_loop == 0:
-            self._new_net()
-        else:
-            self._train_net(syn.images.detach(), syn.labels)
-        self.calls += 1
-        net = self.net
-        assert net is not None
-        net.train()
-        # the engine's backward must reach the images only, not the network
-        net.requires_grad_(False)
+        net = self.schedule.advance(lambda n, o: self._train_net(n, o, syn))
         c = ctx.data.info.num_classes
         real, real_y = ctx.data.sample_per_class(ctx.batch_real)
         syn_x, syn_y = syn.images, syn.labels
@@ -144,18 +125,7 @@ class CAFE:
         return LossOutput(loss, syn_feats, syn_y, real_feats, real_y, logs)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "calls": self.calls,
-            "net": None if self.net is None else self.net.state_dict(),
-            "opt": None if self.opt is None else self.opt.state_dict(),
-        }
+        return self.schedule.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.calls = int(state.get("calls", 0))
-        self.net = self.opt = None
-        if state.get("net") is not None:
-            # building consumes RNG, but the engine restores the RNG state afterwards
-            self._new_net()
-            assert self.net is not None and self.opt is not None
-            self.net.load_state_dict(state["net"])
-            self.opt.load_state_dict(state["opt"])
+        self.schedule.load_state_dict(state)

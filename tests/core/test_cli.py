@@ -50,7 +50,7 @@ def test_list_plugins_json_is_one_document():
     assert res.exit_code == 0
     rows = json.loads(res.stdout)
     names = {(r["kind"], r["name"]) for r in rows}
-    assert ("regularizers", "mim4dd") in names and ("backbones", "lenet") in names
+    assert ("regularizers", "mim4dd") in names and ("backbones", "convnet_gap") in names
     res = runner.invoke(app, ["list-plugins", "--kind", "critics"])
     assert res.exit_code == 0 and "linear" in res.stdout and "convnet" not in res.stdout
 

@@ -104,7 +104,7 @@ def test_example_plugin_backbone_from_a_recipe(tiny_recipe, tmp_path):
     save_file({"images": x, "labels": torch.arange(60) % 3}, str(tmp_path / "d.safetensors"))
     recipe = tiny_recipe(
         dataset={"name": "tensor_file", "path": str(tmp_path / "d.safetensors")},
-        backbone="lenet",
+        backbone={"name": "convnet_gap", "width": 8, "depth": 2},
         regularizer=MIM,
         synthetic={"ipc": 2, "iterations": 2, "batch_real": 8},
     )

@@ -10,7 +10,7 @@ from mim4dd_kit.registry import KINDS, Registry, default_registry
 BUILTINS = {
     "datasets": {"fashion_mnist", "mnist", "cifar10", "cifar100", "svhn", "digits",
                  "tensor_file"},
-    "backbones": {"convnet", "mlp", "convnet_d4", "alexnet", "vgg11", "resnet18"},
+    "backbones": {"convnet", "mlp", "convnet_d4", "alexnet", "vgg11", "resnet18", "lenet"},
     "critics": {"identity", "linear", "mlp"},
     "dd_losses": {"dm", "bptt", "cafe"},
     "regularizers": {"mim4dd"},
@@ -42,7 +42,7 @@ def test_builtins_are_registered_and_importable():
 
 def test_example_plugin_is_discovered():
     reg = default_registry()
-    info = [i for i in reg.describe("backbones") if i.name == "lenet"]
+    info = [i for i in reg.describe("backbones") if i.name == "convnet_gap"]
     assert info and info[0].package == "mdk_plugin_example" and info[0].error is None
 
 

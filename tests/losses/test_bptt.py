@@ -1,7 +1,6 @@
 """BPTT: meta-gradients through the functional unroll, truncation, engine integration."""
 
 import copy
-import sys
 
 import pytest
 import torch
@@ -11,59 +10,52 @@ from pydantic import ValidationError
 from mim4dd_kit.backbones.mlp import MLP
 from mim4dd_kit.engine import Run, run
 from mim4dd_kit.losses.bptt import BPTT, _FeaturesAndLogits, unroll
-from mim4dd_kit.recipe import validate_recipe
-from mim4dd_kit.registry import Registry, default_registry
+from mim4dd_kit.registry import default_registry
 from mim4dd_kit.synthetic import load_synthetic
 
-BASE = {
+# changes to the shared tiny recipe (tests/conftest.py) that make it a BPTT recipe
+BPTT_CHANGES = {
     "name": "tiny_bptt",
-    "seed": 0,
-    "device": "cpu",
-    "dataset": {"name": "digits"},
-    "synthetic": {"ipc": 3, "iterations": 3, "lr": 1.0, "batch_real": 24},
-    "backbone": {"name": "convnet", "width": 8, "depth": 2},
+    "synthetic": {"iterations": 3},
     "dd_loss": {"name": "bptt", "inner_steps": 4},
-    "augmentation": {"name": "dsa"},
-    "evaluators": [],
     "output": {"checkpoint_every": 0},
 }
 MIM = {"name": "mim4dd", "lambda": 0.8, "critic": {"name": "linear", "out_dim": 16}}
 
 
 @pytest.fixture(scope="module")
-def reg(tmp_path_factory):
-    """The default registry, plus a stand-in distribution while bptt is not registered."""
-    if {"bptt", "cafe"} <= set(default_registry().names("dd_losses")):
-        return default_registry()
-    root = tmp_path_factory.mktemp("dist")
-    info = root / "mdk_pending_losses-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: mdk_pending_losses\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(
-        "[mdk.dd_losses]\nbptt = mim4dd_kit.losses.bptt:BPTT\n"
-        "cafe = mim4dd_kit.losses.cafe:CAFE\n")
-    return Registry(path=[str(root), *sys.path])
+def reg():
+    return default_registry()
 
 
-def recipe(reg, **changes):
-    data = copy.deepcopy(BASE)
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    return validate_recipe(data, registry=reg)
+@pytest.fixture
+def recipe(tiny_recipe):
+    """``recipe(**changes)``: the tiny BPTT recipe with top-level changes merged in."""
+
+    def make(**changes):
+        data = copy.deepcopy(BPTT_CHANGES)
+        for key, value in changes.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        return tiny_recipe(**data)
+
+    return make
 
 
-def make_run(reg, tmp_path, **changes) -> Run:
-    r = Run(recipe(reg, **changes), tmp_path, torch.device("cpu"), reg)
-    r.setup()
-    return r
+@pytest.fixture
+def make_run(reg, recipe):
+    def make(tmp_path, **changes) -> Run:
+        r = Run(recipe(**changes), tmp_path, torch.device("cpu"), reg)
+        r.setup()
+        return r
+
+    return make
 
 
-def test_gradients_reach_images_and_lr(reg, tmp_path):
-    r = make_run(reg, tmp_path)
+def test_gradients_reach_images_and_lr(make_run, tmp_path):
+    r = make_run(tmp_path)
     assert r.syn.lr is not None and r.syn.lr.requires_grad
     out = r.loss.compute(r.syn, 0, want_features=False)
     assert torch.isfinite(out.loss)
@@ -72,8 +64,8 @@ def test_gradients_reach_images_and_lr(reg, tmp_path):
     assert r.syn.lr.grad is not None and r.syn.lr.grad.abs() > 0
 
 
-def test_meta_loss_decreases_over_engine_steps(reg, tmp_path):
-    r = make_run(reg, tmp_path, augmentation=None)
+def test_meta_loss_decreases_over_engine_steps(make_run, tmp_path):
+    r = make_run(tmp_path, augmentation=None)
 
     def probe() -> float:  # same network init and real batch every time
         torch.manual_seed(123)
@@ -86,8 +78,8 @@ def test_meta_loss_decreases_over_engine_steps(reg, tmp_path):
     assert probe() < before
 
 
-def test_features_for_the_regularizer(reg, tmp_path):
-    r = make_run(reg, tmp_path, regularizer=MIM)
+def test_features_for_the_regularizer(make_run, tmp_path):
+    r = make_run(tmp_path, regularizer=MIM)
     out = r.loss.compute(r.syn, 0, want_features=True)
     m, n = len(r.syn.labels), 10 * 24
     assert len(out.syn_feats) == len(out.real_feats) == 2
@@ -106,10 +98,10 @@ def _images(reg, rec, out):
     return load_synthetic(run(rec, out=out, progress=False, registry=reg).synthetic_path)
 
 
-def test_lambda_zero_reproduces_bptt_exactly(reg, tmp_path):
-    base = _images(reg, recipe(reg), tmp_path / "a")
-    zero = _images(reg, recipe(reg, regularizer={**MIM, "lambda": 0.0}), tmp_path / "b")
-    full = _images(reg, recipe(reg, regularizer=MIM), tmp_path / "c")
+def test_lambda_zero_reproduces_bptt_exactly(reg, recipe, tmp_path):
+    base = _images(reg, recipe(), tmp_path / "a")
+    zero = _images(reg, recipe(regularizer={**MIM, "lambda": 0.0}), tmp_path / "b")
+    full = _images(reg, recipe(regularizer=MIM), tmp_path / "c")
     assert torch.equal(base.images, zero.images) and base.lr == zero.lr
     assert base.lr is not None and not torch.equal(base.images, full.images)
 
@@ -185,10 +177,10 @@ def loss_and_grads_from(model, start, images, labels, lr, real, real_y):
     return (loss.detach(), *torch.autograd.grad(loss, [images, lr]))
 
 
-def test_truncated_loss_matches_full_unroll_in_the_plugin(reg, tmp_path):
-    full = make_run(reg, tmp_path / "f", augmentation=None,
+def test_truncated_loss_matches_full_unroll_in_the_plugin(make_run, tmp_path):
+    full = make_run(tmp_path / "f", augmentation=None,
                     dd_loss={"name": "bptt", "inner_steps": 6})
-    trunc = make_run(reg, tmp_path / "t", augmentation=None,
+    trunc = make_run(tmp_path / "t", augmentation=None,
                      dd_loss={"name": "bptt", "inner_steps": 6, "truncate": 2})
     torch.manual_seed(7)
     a = full.loss.compute(full.syn, 0, False).loss
@@ -199,11 +191,33 @@ def test_truncated_loss_matches_full_unroll_in_the_plugin(reg, tmp_path):
     assert trunc.syn.images.grad.abs().sum() > 0 and trunc.syn.lr.grad.abs() > 0
 
 
-def test_random_window_and_params(reg, tmp_path):
-    r = make_run(reg, tmp_path, augmentation=None, dd_loss={
+def test_random_window_and_params(make_run, tmp_path):
+    r = make_run(tmp_path, augmentation=None, dd_loss={
         "name": "bptt", "inner_steps": 5, "truncate": 2, "random_window": True,
         "batch_syn": 10})
     seen = {r.loss.compute(r.syn, 0, False).logs["bptt_steps"] for _ in range(12)}
     assert seen <= {2.0, 3.0, 4.0, 5.0} and len(seen) > 1
     with pytest.raises(ValidationError, match="random_window needs truncate"):
         BPTT.Params(random_window=True)
+
+
+def test_epoch_minibatches_walk_through_permutations():
+    # image i is filled with i, so the augment hook sees which images each step used
+    model, params, _, _, _, _ = _tiny_problem()
+    images = torch.arange(6, dtype=torch.float64)[:, None, None, None].expand(6, 1, 2, 2)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    seen: list[list[int]] = []
+
+    def record(x):
+        seen.append(x[:, 0, 0, 0].long().tolist())
+        return x
+
+    lr = torch.tensor(0.1, dtype=torch.float64)
+    unroll(model, params, {}, images.clone(), labels, lr, steps=5, momentum=0.0,
+           batch_syn=4, augment=record, minibatch="epoch")
+    assert [len(b) for b in seen] == [4, 2, 4, 2, 4]
+    for first, second in ((0, 1), (2, 3)):  # each pair of steps is one permutation
+        assert sorted(seen[first] + seen[second]) == list(range(6))
+    with pytest.raises(ValueError, match="minibatch"):
+        unroll(model, params, {}, images, labels, lr, steps=1, momentum=0.0,
+               minibatch="sequential")

@@ -1,8 +1,5 @@
 """CAFE: alignment and discrimination terms, the persistent network, engine integration."""
 
-import copy
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,53 +7,35 @@ import torch.nn.functional as F
 from mim4dd_kit.engine import Run, run
 from mim4dd_kit.errors import RunError
 from mim4dd_kit.losses.cafe import alignment_loss, discrimination_loss
-from mim4dd_kit.recipe import validate_recipe
-from mim4dd_kit.registry import Registry, default_registry
+from mim4dd_kit.registry import default_registry
 from mim4dd_kit.synthetic import load_synthetic
 
-BASE = {
-    "name": "tiny_cafe",
-    "seed": 0,
-    "device": "cpu",
-    "dataset": {"name": "digits"},
-    "synthetic": {"ipc": 3, "iterations": 6, "lr": 1.0, "batch_real": 24},
-    "backbone": {"name": "convnet", "width": 8, "depth": 2},
-    "dd_loss": {"name": "cafe", "outer_loop": 3, "inner_loop": 2},
-    "augmentation": {"name": "dsa"},
-    "evaluators": [],
-    "output": {"checkpoint_every": 2},
-}
+CAFE = {"name": "cafe", "outer_loop": 3, "inner_loop": 2}
 MIM = {"name": "mim4dd", "lambda": 0.8, "critic": {"name": "linear", "out_dim": 16}}
 
 
-@pytest.fixture(scope="module")
-def reg(tmp_path_factory):
-    """The default registry, plus a stand-in distribution while cafe is not registered."""
-    if {"bptt", "cafe"} <= set(default_registry().names("dd_losses")):
-        return default_registry()
-    root = tmp_path_factory.mktemp("dist")
-    info = root / "mdk_pending_losses-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(
-        "Metadata-Version: 2.1\nName: mdk_pending_losses\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(
-        "[mdk.dd_losses]\nbptt = mim4dd_kit.losses.bptt:BPTT\n"
-        "cafe = mim4dd_kit.losses.cafe:CAFE\n")
-    return Registry(path=[str(root), *sys.path])
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny convolutions run faster on one thread on the shared CPU; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
-def recipe(reg, **changes):
-    data = copy.deepcopy(BASE)
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    return validate_recipe(data, registry=reg)
+@pytest.fixture
+def recipe(tiny_recipe):
+    """The shared tiny recipe (digits, ConvNet 8x2, DSA, 6 iterations) with cafe."""
+
+    def make(**changes):
+        changes.setdefault("dd_loss", CAFE)
+        return tiny_recipe(**changes)
+
+    return make
 
 
-def make_run(reg, tmp_path, **changes) -> Run:
-    r = Run(recipe(reg, **changes), tmp_path, torch.device("cpu"), reg)
+def make_run(recipe, tmp_path, **changes) -> Run:
+    r = Run(recipe(**changes), tmp_path, torch.device("cpu"), default_registry())
     r.setup()
     return r
 
@@ -90,8 +69,8 @@ def test_discrimination_matches_hand_computation():
     assert torch.isclose(got, F.cross_entropy(torch.tensor(logits), real_y, reduction="sum"))
 
 
-def test_gradients_and_features(reg, tmp_path):
-    r = make_run(reg, tmp_path, regularizer=MIM)
+def test_gradients_and_features(recipe, tmp_path):
+    r = make_run(recipe, tmp_path, regularizer=MIM)
     out = r.loss.compute(r.syn, 0, want_features=True)
     assert torch.isfinite(out.loss) and {"cafe_align", "cafe_disc"} <= set(out.logs)
     m, n = len(r.syn.labels), 10 * 24
@@ -106,8 +85,8 @@ def test_gradients_and_features(reg, tmp_path):
     assert all(p.grad is None for p in r.loss.net.parameters())
 
 
-def test_loss_decreases_over_engine_steps(reg, tmp_path):
-    r = make_run(reg, tmp_path, augmentation=None,
+def test_loss_decreases_over_engine_steps(recipe, tmp_path):
+    r = make_run(recipe, tmp_path, augmentation=None,
                  dd_loss={"name": "cafe", "outer_loop": 1, "inner_loop": 0})
 
     def probe() -> float:  # outer_loop 1: a fresh network from the same seed each time
@@ -121,44 +100,47 @@ def test_loss_decreases_over_engine_steps(reg, tmp_path):
     assert probe() < before
 
 
-def test_network_schedule_inner_training_and_reinit(reg, tmp_path):
-    r = make_run(reg, tmp_path, augmentation=None)
+def test_network_schedule_inner_training_and_reinit(recipe, tmp_path):
+    r = make_run(recipe, tmp_path, augmentation=None)
     loss = r.loss
     loss.compute(r.syn, 0, False)
     first = loss.net
     w0 = [p.detach().clone() for p in first.parameters()]
+    steps = []
+    real_step = loss.schedule.opt.step
+    loss.schedule.opt.step = lambda *a, **k: (steps.append(1), real_step(*a, **k))[1]
     loss.compute(r.syn, 1, False)  # trained inner_loop steps on the synthetic set
-    assert loss.net is first
+    assert loss.net is first and len(steps) == 2  # cafe counts SGD steps, not epochs
     assert any(not torch.equal(a, b) for a, b in zip(w0, first.parameters(), strict=True))
     loss.compute(r.syn, 2, False)
     loss.compute(r.syn, 3, False)  # call 3 = outer_loop: a new network
     assert loss.net is not first and loss.state_dict()["calls"] == 4
 
 
-def _images(reg, rec, out, **kw):
-    return load_synthetic(run(rec, out=out, progress=False, registry=reg, **kw).synthetic_path)
+def _images(rec, out, **kw):
+    return load_synthetic(run(rec, out=out, progress=False, **kw).synthetic_path)
 
 
-def test_lambda_zero_reproduces_cafe_exactly(reg, tmp_path):
-    base = _images(reg, recipe(reg), tmp_path / "a")
-    zero = _images(reg, recipe(reg, regularizer={**MIM, "lambda": 0.0}), tmp_path / "b")
-    full = _images(reg, recipe(reg, regularizer=MIM), tmp_path / "c")
+def test_lambda_zero_reproduces_cafe_exactly(recipe, tmp_path):
+    base = _images(recipe(), tmp_path / "a")
+    zero = _images(recipe(regularizer={**MIM, "lambda": 0.0}), tmp_path / "b")
+    full = _images(recipe(regularizer=MIM), tmp_path / "c")
     assert torch.equal(base.images, zero.images)
     assert not torch.equal(base.images, full.images)
 
 
-def test_resume_restores_the_persistent_network(reg, tmp_path):
+def test_resume_restores_the_persistent_network(recipe, tmp_path):
     # checkpoint at iteration 4: call 4 trains the network made at call 3 (outer_loop 3)
-    rec = recipe(reg)
-    straight = _images(reg, rec, tmp_path / "s")
+    rec = recipe()
+    straight = _images(rec, tmp_path / "s")
 
     def interrupt(iteration, logs):
         if iteration == 5:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run(rec, out=tmp_path / "r", progress=False, registry=reg, callbacks=[interrupt])
+        run(rec, out=tmp_path / "r", progress=False, callbacks=[interrupt])
     with pytest.raises(RunError):
-        run(rec, out=tmp_path / "r", progress=False, registry=reg)
-    resumed = _images(reg, rec, tmp_path / "r", resume=True)
+        run(rec, out=tmp_path / "r", progress=False)
+    resumed = _images(rec, tmp_path / "r", resume=True)
     assert torch.equal(resumed.images, straight.images)

@@ -1,5 +1,5 @@
-"""Example third-party plugin package for mim4dd_kit: registers a LeNet backbone."""
+"""Example third-party plugin package for mim4dd_kit: registers the ``convnet_gap`` backbone."""
 
-from .lenet import LeNet
+from .convnet_gap import ConvNetGAP
 
-__all__ = ["LeNet"]
+__all__ = ["ConvNetGAP"]

@@ -1,12 +1,19 @@
 """LeNet as in the DC code base (VICO-UoE/DatasetCondensation ``networks.py``).
 
-conv(C -> 6, 5x5, padding 2 on grey input) -> act -> maxpool 2 -> conv(6 -> 16, 5x5) ->
-act -> maxpool 2 -> fc 120 -> act -> fc 84 -> act -> fc num_classes. The padding of 2 makes
-a 1x28x28 image behave like the classic 32x32 input, so both 1x28x28 and 3x32x32 reach
-16x5x5 = 400 features after the conv stages.
+Layout::
+
+    conv(C -> 6, 5x5, padding 2 on 1-channel input, else 0) -> act -> maxpool 2
+    conv(6 -> 16, 5x5)                                      -> act -> maxpool 2
+    fc(16 * h * w -> 120) -> act -> fc(120 -> 84) -> act -> fc(84 -> num_classes)
+
+The padding of 2 on grey input makes a 1x28x28 image behave like the classic 32x32 one,
+so both 1x28x28 and 3x32x32 reach 16x5x5 = 400 features after the conv stages (the
+reference's hard-coded ``16 * 5 * 5``); here the size follows from arithmetic, so other
+image sizes work too. The reference uses ReLU everywhere.
 
 Blocks (what ``features`` returns): the two conv stages ``(B, 6, h1, w1)`` and
-``(B, 16, h2, w2)``, then the two hidden fc layers ``(B, 120)`` and ``(B, 84)``.
+``(B, 16, h2, w2)``, then the two hidden fc layers ``(B, 120)`` and ``(B, 84)``;
+``classifier`` is the last fc.
 """
 
 from __future__ import annotations
@@ -16,16 +23,17 @@ from typing import Literal
 from pydantic import Field
 from torch import nn
 
-from mim4dd_kit.contracts import Backbone, Params
+from ..contracts import Backbone, Params
+from ._checks import check_context
 
 
 def _activation(kind: str) -> nn.Module:
-    # not in place: block outputs are handed to consumers as features
+    # not in place: block outputs are handed to consumers (regularizers) as features
     return {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}[kind]()
 
 
 def _conv_pool_size(n: int, pad: int) -> int:
-    """Side length after a 5x5 conv (stride 1) and a 2x2 stride-2 max pool."""
+    """Side length after a 5x5 conv (stride 1, ``pad``) and a 2x2 stride-2 max pool."""
     return (n + 2 * pad - 4) // 2
 
 
@@ -46,14 +54,15 @@ class LeNet(Backbone):
         image_size: tuple[int, int],
     ):
         super().__init__()
+        check_context("LeNet", channels, num_classes, image_size)
         self.params = params
-        pad = 2 if channels == 1 else 0  # reference code: 28x28 grey input acts as 32x32
+        pad = 2 if channels == 1 else 0  # reference: 28x28 grey input acts as 32x32
         h1, w1 = (_conv_pool_size(n, pad) for n in image_size)
         h2, w2 = _conv_pool_size(h1, 0), _conv_pool_size(w1, 0)
         if min(h1, w1, h2, w2) < 1:
             raise ValueError(
                 f"LeNet's two 5x5 conv stages need larger images than "
-                f"{image_size[0]}x{image_size[1]} (at least 28x28 grey or 32x32 colour)"
+                f"{image_size[0]}x{image_size[1]} (at least 12x12 grey or 16x16 colour)"
             )
         act = params.activation
         self._shapes: list[tuple[int, ...]] = [(6, h1, w1), (16, h2, w2), (120,), (84,)]

@@ -1,0 +1,173 @@
+"""Dataset Condensation with gradient matching (Zhao, Mopuri & Bilen, ICLR 2021) and with
+Differentiable Siamese Augmentation (Zhao & Bilen, ICML 2021).
+
+Per class c, the gradients of the classification loss that one network gets from a real
+batch and from the class's synthetic images are matched (DC paper Eq. 9-10):
+
+    L_DD = sum_c D( grad_theta CE(theta; A(x_real^c)), grad_theta CE(theta; A(x_syn^c)) )
+
+with D the layer-wise distance ``ours`` (see ``gradient_matching``). DC uses no
+augmentation (A = identity); DSA draws one augmentation per class and applies it to the
+class's real and synthetic images alike (siamese, DSA paper Eq. 5).
+
+Network schedule (reference ``main.py``): an outer iteration makes ``outer_loop`` image
+updates on one freshly initialised network and trains it ``inner_loop`` epochs on the
+detached synthetic set between them (SGD lr 0.01, no momentum, batch 256; DSA augments
+those epochs per sample). Here one ``compute`` call is one image update: call n builds a
+new network when ``n % outer_loop == 0`` and otherwise first trains the current one.
+For BatchNorm backbones, 16 real images per class set the BN statistics in train mode
+before every matching and BN is then frozen (reference ``main.py``).
+
+All classes are matched in one vectorised gradient call per side; the features of the
+same forward are handed to a regularizer (both sides from the one network).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from ..contracts import Backbone, LossOutput, Params, RunContext, SyntheticState
+from .gradient_matching import (
+    Distance,
+    PersistentNetwork,
+    class_gradients,
+    freeze_batchnorm,
+    get_loops,
+    has_batchnorm,
+    match_distance,
+    sgd_epochs,
+)
+
+BN_PER_CLASS = 16  # real images per class that set BatchNorm statistics (reference BNSizePC)
+
+
+def group_by_class(x: Tensor, y: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Sort a batch by label (stably) and reshape it to (C, n, ...); every class needs n."""
+    order = torch.argsort(y, stable=True)
+    x, y = x[order], y[order]
+    counts = torch.bincount(y, minlength=num_classes)
+    if bool((counts != counts[0]).any()) or int(counts[0]) == 0:
+        raise ValueError("gradient matching needs the same number of images in every class, "
+                         f"got {counts.tolist()}")
+    n = int(counts[0])
+    return x.reshape(num_classes, n, *x.shape[1:]), y.reshape(num_classes, n)
+
+
+class DatasetCondensation:
+    """Gradient matching with a network trained on the synthetic set in between (DC)."""
+
+    learns_lr: ClassVar[bool] = False
+    #: the recipe name, for error messages
+    method: ClassVar[str] = "dc"
+
+    class Params(Params):
+        outer_loop: int | None = Field(
+            None, ge=1, description="image updates per network; None: reference get_loops "
+            "by IPC (1 -> 1, 10 -> 10, 20 -> 20, 30 -> 30, 40 -> 40, 50 -> 50)"
+        )
+        inner_loop: int | None = Field(
+            None, ge=0, description="epochs of network training on the synthetic set "
+            "between image updates; None: get_loops by IPC (1, 50, 25, 20, 15, 10)"
+        )
+        net_lr: float = Field(0.01, gt=0, description="network SGD lr (reference lr_net)")
+        net_momentum: float = Field(
+            0.0, ge=0, lt=1, description="network SGD momentum (reference: none)"
+        )
+        batch_train: int = Field(
+            256, ge=1, description="minibatch of the network's epochs (reference batch_train)"
+        )
+        distance: Distance = Field(
+            "ours", description="gradient distance: ours (layer-wise 1 - cos per output "
+            "unit), mse, cos (reference dis_metric)"
+        )
+        augment: bool = Field(
+            False, description="siamese augmentation of the matched batches and per-sample "
+            "augmentation of the network's epochs (DSA); DC uses none"
+        )
+
+    def __init__(self, params: DatasetCondensation.Params, *, ctx: RunContext):
+        self.params = params
+        self.ctx = ctx
+        if params.augment and ctx.augment is None:
+            raise ValueError(
+                f"{self.method} with augment: true needs an augmentation; set the recipe key "
+                "`augmentation` (e.g. `augmentation: {name: dsa}`)"
+            )
+        outer, inner = get_loops(ctx.ipc)
+        self.outer_loop = params.outer_loop if params.outer_loop is not None else outer
+        self.inner_loop = params.inner_loop if params.inner_loop is not None else inner
+        self.schedule = PersistentNetwork(ctx, outer_loop=self.outer_loop, lr=params.net_lr,
+                                          momentum=params.net_momentum)
+
+    @property
+    def net(self) -> Backbone | None:
+        return self.schedule.net
+
+    # -- hooks for subclasses -------------------------------------------------------------
+    def real_batch(self, net: Backbone) -> tuple[Tensor, Tensor, dict[str, float]]:
+        """The real images to match, grouped by class (class 0 first), and logs."""
+        x, y = self.ctx.data.sample_per_class(self.ctx.batch_real)
+        return x, y, {}
+
+    # -- the loss -------------------------------------------------------------------------
+    def _train_net(self, net: Backbone, opt: torch.optim.Optimizer, syn: SyntheticState) -> None:
+        augment = self.ctx.augment if self.params.augment else None
+        sgd_epochs(net, opt, syn.images.detach(), syn.labels, epochs=self.inner_loop,
+                   batch=self.params.batch_train, augment=augment)
+
+    def compute(self, syn: SyntheticState, iteration: int, want_features: bool) -> LossOutput:
+        ctx, p = self.ctx, self.params
+        c = ctx.data.info.num_classes
+        net = self.schedule.advance(lambda n, o: self._train_net(n, o, syn))
+        if has_batchnorm(net):
+            freeze_batchnorm(net, ctx.data.sample_per_class(BN_PER_CLASS)[0])
+        real, real_y, logs = self.real_batch(net)
+        syn_x, syn_y = syn.images, syn.labels
+        if p.augment:
+            assert ctx.augment is not None
+            real, syn_x = ctx.augment.siamese(real, real_y, syn_x, syn_y)
+        real_x, real_y = group_by_class(real, real_y, c)  # (C, n, ...)
+        syn_x, syn_y = group_by_class(syn_x, syn_y, c)  # (C, ipc, ...)
+        with torch.no_grad():
+            g_real, f_real = class_gradients(net, real_x, real_y)
+        g_syn, f_syn = class_gradients(net, syn_x, syn_y)
+        per_class = match_distance(g_real, g_syn, p.distance)  # (C,)
+        loss = per_class.sum()
+        if not want_features:
+            return LossOutput(loss, logs=logs)
+        return LossOutput(
+            loss,
+            [f.flatten(0, 1) for f in f_syn], syn_y.reshape(-1),
+            [f.flatten(0, 1) for f in f_real], real_y.reshape(-1),
+            logs,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.schedule.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.schedule.load_state_dict(state)
+
+
+class DifferentiableSiameseAugmentation(DatasetCondensation):
+    """DC with differentiable siamese augmentation (DSA): same draw per class on both sides."""
+
+    method: ClassVar[str] = "dsa"
+
+    class Params(DatasetCondensation.Params):
+        augment: bool = Field(
+            True, description="siamese augmentation of the matched batches and per-sample "
+            "augmentation of the network's epochs (DSA)"
+        )
+
+    def __init__(self, params: DifferentiableSiameseAugmentation.Params, *, ctx: RunContext):
+        if ctx.augment is None:
+            raise ValueError(
+                "dsa needs a differentiable augmentation; set the recipe key `augmentation` "
+                "(e.g. `augmentation: {name: dsa}`)"
+            )
+        super().__init__(params, ctx=ctx)

@@ -1,0 +1,168 @@
+"""Trajectory matching (Cazenavette et al., "Dataset Distillation by Matching Training
+Trajectories", CVPR 2022).
+
+Experts are backbones trained on the real data whose parameters were recorded after every
+epoch (:mod:`mim4dd_kit.buffers`). Every call picks an expert e ~ U{0 .. num_experts - 1}
+and a start epoch t ~ U{0 .. max_start_epoch - 1} (the engine's RNG), starts a student
+at the expert's parameters θ*_t and takes N = ``syn_steps`` plain SGD steps on the
+synthetic set with the learnable lr α = ``syn.lr`` (paper section 3.1, Algorithm 1):
+
+    θ̂_{n+1} = θ̂_n − α ∇ ℓ(A(x_syn[B_n]); θ̂_n),        θ̂_0 = θ*_t
+
+and returns the normalised parameter distance to the expert M = ``expert_epochs`` epochs
+later (the normalised parameter-matching loss of section 3.1):
+
+    L_DD = ||θ̂_N − θ*_{t+M}||² / ||θ*_t − θ*_{t+M}||²
+
+``B_n`` walks through random permutations of the synthetic set in chunks of
+``batch_syn`` (all at once when None), ``A`` is the run's per-sample augmentation. The
+unroll is functional and keeps its graph, so the gradient reaches the images and α through
+all N steps; memory is O(N) graphs.
+
+For MIM4DD (SPEC section 2) the real features come from the expert at θ*_{t+M} on a real
+batch (no gradient), the synthetic ones from the student θ̂_N on the synthetic set.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, ClassVar
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor
+from torch.func import functional_call
+
+from ..buffers import ensure_buffer, expert_layout, load_expert, load_expert_buffers
+from ..contracts import LossOutput, Params, RunContext, SyntheticState
+from ..errors import DataError
+from ..runtime import isolated_rng
+from .bptt import _FeaturesAndLogits, unroll
+
+_PREFIX = "net."  # parameter names of the wrapper module that returns (features, logits)
+
+
+class MTT:
+    """Matching training trajectories of experts trained on real data (MTT)."""
+
+    learns_lr: ClassVar[bool] = True
+
+    class Params(Params):
+        syn_steps: int = Field(
+            20, ge=1, description="student SGD steps on synthetic data per call (N; "
+            "distill.py default 20)"
+        )
+        expert_epochs: int = Field(
+            2, ge=1, description="expert epochs between start and target parameters (M; "
+            "2 in most published settings)"
+        )
+        max_start_epoch: int = Field(
+            20, ge=1, description="start epoch drawn uniformly from [0, max_start_epoch)"
+        )
+        batch_syn: int | None = Field(
+            None, ge=1, description="synthetic images per student step; None: all"
+        )
+        num_experts: int = Field(100, ge=1, description="expert trajectories (buffer.py: 100)")
+        train_epochs: int | None = Field(
+            None, ge=1, description="epochs each expert is trained; None: max_start_epoch "
+            "+ expert_epochs (mtt issue #4: later epochs are never used)"
+        )
+        lr_teacher: float = Field(0.01, gt=0, description="expert SGD lr (buffer.py: 0.01)")
+        expert_batch: int = Field(256, ge=1, description="expert training batch (buffer.py)")
+        expert_momentum: float = Field(
+            0.0, ge=0, lt=1, description="expert SGD momentum (buffer.py: 0)"
+        )
+        expert_weight_decay: float = Field(
+            0.0, ge=0, description="expert SGD weight decay (buffer.py: 0)"
+        )
+        buffer_seed: int = Field(0, description="seed of the expert trajectories")
+
+        @model_validator(mode="after")
+        def _enough_epochs(self) -> MTT.Params:
+            need = self.max_start_epoch - 1 + self.expert_epochs
+            if self.train_epochs is not None and self.train_epochs < need:
+                raise ValueError(
+                    f"train_epochs must be at least max_start_epoch - 1 + expert_epochs = "
+                    f"{need} (the latest target epoch), got {self.train_epochs}"
+                )
+            return self
+
+    def __init__(self, params: MTT.Params, *, ctx: RunContext):
+        self.params = params
+        self.ctx = ctx
+        # a template network for the functional calls; its values are never used, and
+        # building it on its own stream keeps the run's random stream untouched
+        with isolated_rng(ctx.seed, ctx.device):
+            net = ctx.make_backbone().to(ctx.device)
+        net.train()
+        self.model = _FeaturesAndLogits(net)
+        # a run that has to build the buffer shows the experts training on a terminal
+        self.folder = ensure_buffer(ctx, params, progress=sys.stderr.isatty())
+        names, shapes = expert_layout(self.folder, 0)
+        mine = [(n, list(p.shape)) for n, p in net.named_parameters()]
+        if mine != list(zip(names, shapes, strict=True)):
+            raise DataError(f"the experts in {self.folder} do not fit the recipe's backbone "
+                            "(parameter names or shapes differ)")
+        self.names = [_PREFIX + n for n in names]
+        self.sizes = [p.numel() for _, p in net.named_parameters()]
+        self.shapes = [p.shape for _, p in net.named_parameters()]
+
+    def _unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+        """Flat (P,) -> {name: tensor}; fresh tensors, so the graph starts from constants."""
+        parts = flat.split(self.sizes)
+        return {n: t.reshape(s).clone()
+                for n, t, s in zip(self.names, parts, self.shapes, strict=True)}
+
+    def _buffers(self, bufs: dict[str, Tensor], row: int) -> dict[str, Tensor]:
+        # clones: BatchNorm in train mode updates running statistics in place
+        return {_PREFIX + k: v[row].to(self.ctx.device).clone() for k, v in bufs.items()}
+
+    def _real_batch(self, iteration: int) -> tuple[Tensor, Tensor]:
+        """The real batch for the regularizer, on a stream of its own (seed, iteration).
+
+        Drawn only when features are wanted, so it must not touch the run's stream: a run
+        without regularizer and one with lambda = 0 then take identical steps.
+        """
+        ctx = self.ctx
+        with isolated_rng((ctx.seed * 1_000_003 + iteration + 1) % 2**63, ctx.device):
+            real, real_y = ctx.data.sample_per_class(ctx.batch_real)
+            if ctx.augment is not None:
+                real = ctx.augment(real)
+        return real.detach(), real_y
+
+    def compute(self, syn: SyntheticState, iteration: int, want_features: bool) -> LossOutput:
+        ctx, p = self.ctx, self.params
+        expert = int(torch.randint(p.num_experts, ()).item())
+        start_epoch = int(torch.randint(p.max_start_epoch, ()).item())
+        epochs = [start_epoch, start_epoch + p.expert_epochs]
+        rows = load_expert(self.folder, expert, epochs).to(ctx.device)  # (2, P)
+        bufs = load_expert_buffers(self.folder, expert, epochs)
+        start_flat, target_flat = rows[0], rows[1]
+        student_bufs = self._buffers(bufs, 0)
+        lr = syn.lr if syn.lr is not None else torch.tensor(p.lr_teacher, device=ctx.device)
+        w = unroll(self.model, self._unflatten(start_flat), student_bufs, syn.images,
+                   syn.labels, lr, steps=p.syn_steps, momentum=0.0, batch_syn=p.batch_syn,
+                   augment=ctx.augment, minibatch="epoch")
+        student_flat = torch.cat([w[n].reshape(-1) for n in self.names])
+        # the reference divides both sums by the parameter count; it cancels in the ratio
+        student_dist = ((student_flat - target_flat) ** 2).sum()
+        expert_dist = ((start_flat - target_flat) ** 2).sum()
+        loss = student_dist / expert_dist.clamp_min(torch.finfo(expert_dist.dtype).tiny)
+        logs = {"mtt_expert": float(expert), "mtt_start_epoch": float(start_epoch),
+                "mtt_student_dist": float(student_dist.detach()),
+                "mtt_expert_dist": float(expert_dist)}
+        if not want_features:
+            return LossOutput(loss, logs=logs)
+        real, real_y = self._real_batch(iteration)
+        target = {**self._unflatten(target_flat), **self._buffers(bufs, 1)}
+        with torch.no_grad():
+            real_feats, _ = functional_call(self.model, (target,), (real,))
+        syn_feats, _ = functional_call(self.model, ({**w, **student_bufs},), (syn.images,))
+        return LossOutput(loss, syn_feats, syn.labels, real_feats, real_y, logs)
+
+    def state_dict(self) -> dict[str, Any]:
+        # experts live in the cache; every draw comes from the engine's (checkpointed) RNG
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None

@@ -1,0 +1,190 @@
+"""Expert buffers: built once on their own RNG streams, keyed by what shapes them, resumable."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from mim4dd_kit import buffers
+from mim4dd_kit.buffers import (
+    buffer_dir,
+    buffer_key,
+    ensure_buffer,
+    expert_layout,
+    expert_path,
+    expert_seed,
+    flat_parameters,
+    load_expert,
+    load_expert_buffers,
+)
+from mim4dd_kit.engine import Run
+from mim4dd_kit.losses.mtt import MTT
+from mim4dd_kit.registry import default_registry
+from mim4dd_kit.runtime import isolated_rng
+
+# 2 experts x 2 epochs on digits without augmentation: well under a second each
+PARAMS = MTT.Params(num_experts=2, max_start_epoch=1, expert_epochs=1, expert_batch=512)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions are slower with threads on a shared CPU
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def make_ctx(tiny_recipe, tmp_path, monkeypatch):
+    monkeypatch.setenv("MDK_CACHE", str(tmp_path / "cache"))
+
+    def make(**changes):
+        changes.setdefault("augmentation", None)
+        r = Run(tiny_recipe(**changes), tmp_path / "run", torch.device("cpu"),
+                default_registry())
+        r.setup()  # a dm recipe: the context only, no buffer yet
+        return r.ctx
+
+    return make
+
+
+@pytest.fixture
+def count_training(monkeypatch):
+    calls: list[int] = []
+    real = buffers.train_expert
+
+    def counting(ctx, params, index, on_epoch=None):
+        calls.append(index)
+        return real(ctx, params, index, on_epoch)
+
+    monkeypatch.setattr(buffers, "train_expert", counting)
+    return calls
+
+
+def test_built_once_then_reused(make_ctx, count_training, tmp_path):
+    ctx = make_ctx()
+    assert ctx.cache_dir == tmp_path / "cache"  # MDK_CACHE: never the user's cache
+    rng = torch.get_rng_state()
+    folder = ensure_buffer(ctx, PARAMS)
+    assert torch.equal(torch.get_rng_state(), rng)  # the caller's stream is untouched
+    assert count_training == [0, 1] and folder == buffer_dir(ctx, PARAMS)
+    assert folder.parent == ctx.cache_dir / "buffers"
+    mtimes = [expert_path(folder, i).stat().st_mtime_ns for i in range(2)]
+    assert ensure_buffer(ctx, PARAMS) == folder
+    assert count_training == [0, 1]  # nothing trained the second time
+    assert [expert_path(folder, i).stat().st_mtime_ns for i in range(2)] == mtimes
+
+    prov = json.loads((folder / "buffer.json").read_text())
+    assert prov["key"] == folder.name and prov["experts"] == [0, 1] and prov["epochs"] == 2
+    assert {"toolkit_version", "torch_version", "created", "inputs"} <= set(prov)
+    assert prov["inputs"]["lr_teacher"] == 0.01
+    assert prov["inputs"]["dataset"]["identity"]["sha256"] == ctx.data.identity["sha256"]
+
+    traj = load_expert(folder, 0)  # (epochs + 1, P)
+    with isolated_rng(expert_seed(PARAMS.buffer_seed, 0)):
+        init = flat_parameters(ctx.make_backbone())
+    assert traj.shape == (3, init.numel())
+    assert torch.equal(traj[0], init)  # epoch 0 is the initialisation
+    assert not torch.equal(traj[1], traj[0]) and not torch.equal(traj[2], traj[1])
+    assert not torch.equal(load_expert(folder, 1)[0], traj[0])  # experts differ
+    assert torch.equal(load_expert(folder, 0, [2, 0]), traj[[2, 0]])
+    names, shapes = expert_layout(folder)
+    assert names == [n for n, _ in ctx.make_backbone().named_parameters()]
+    assert sum(torch.Size(s).numel() for s in shapes) == init.numel()
+
+
+def test_more_experts_extend_the_same_folder(make_ctx, count_training):
+    ctx = make_ctx()
+    folder = ensure_buffer(ctx, PARAMS)
+    more = PARAMS.model_copy(update={"num_experts": 3, "syn_steps": 7})
+    assert ensure_buffer(ctx, more) == folder
+    assert count_training == [0, 1, 2]
+    assert json.loads((folder / "buffer.json").read_text())["experts"] == [0, 1, 2]
+
+
+def test_settings_that_change_trajectories_change_the_key(make_ctx):
+    ctx = make_ctx()
+    key = buffer_key(ctx, PARAMS)
+    changed = [
+        buffer_key(ctx, PARAMS.model_copy(update={"lr_teacher": 0.02})),
+        buffer_key(ctx, PARAMS.model_copy(update={"expert_batch": 256})),
+        buffer_key(ctx, PARAMS.model_copy(update={"buffer_seed": 1})),
+        buffer_key(ctx, PARAMS.model_copy(update={"train_epochs": 5})),
+        buffer_key(ctx, PARAMS.model_copy(update={"expert_momentum": 0.5})),
+        buffer_key(dataclasses.replace(
+            ctx, backbone_spec={**ctx.backbone_spec, "width": 16}), PARAMS),
+        buffer_key(dataclasses.replace(
+            ctx, dataset_spec={**ctx.dataset_spec, "split_seed": 3}), PARAMS),
+        buffer_key(dataclasses.replace(
+            ctx, data=dataclasses.replace(ctx.data, identity={
+                **ctx.data.identity, "sha256": "0" * 64})), PARAMS),
+        buffer_key(make_ctx(augmentation={"name": "dsa"}), PARAMS),
+    ]
+    assert len({key, *changed}) == len(changed) + 1
+    # what does not change a trajectory keeps the key: expert count, distillation knobs,
+    # where the data lives, the run's seed
+    same = [
+        buffer_key(ctx, PARAMS.model_copy(update={"num_experts": 9, "syn_steps": 3,
+                                                  "batch_syn": 4})),
+        buffer_key(dataclasses.replace(ctx, seed=5), PARAMS),
+        buffer_key(dataclasses.replace(
+            ctx, dataset_spec={**ctx.dataset_spec, "root": "/elsewhere"}), PARAMS),
+    ]
+    assert set(same) == {key}
+    assert ctx.dataset_spec == {"name": "digits"}  # filled in by the engine
+
+
+def test_interrupted_build_resumes_with_identical_experts(make_ctx, monkeypatch, tmp_path):
+    ctx = make_ctx()
+    real = buffers.train_expert
+
+    def dies_on_second(ctx, params, index, on_epoch=None):
+        if index == 1:
+            raise KeyboardInterrupt
+        return real(ctx, params, index, on_epoch)
+
+    monkeypatch.setattr(buffers, "train_expert", dies_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_buffer(ctx, PARAMS)
+    folder = buffer_dir(ctx, PARAMS)
+    assert expert_path(folder, 0).exists() and not expert_path(folder, 1).exists()
+    assert sorted(p.name for p in folder.iterdir()) == ["buffer.json",
+                                                        "expert_0000.safetensors"]
+    mtime = expert_path(folder, 0).stat().st_mtime_ns
+
+    calls: list[int] = []
+
+    def counting(ctx, params, index, on_epoch=None):
+        calls.append(index)
+        return real(ctx, params, index, on_epoch)
+
+    monkeypatch.setattr(buffers, "train_expert", counting)
+    assert ensure_buffer(ctx, PARAMS) == folder
+    assert calls == [1] and expert_path(folder, 0).stat().st_mtime_ns == mtime
+    # the same experts as a build that was never interrupted
+    straight = ensure_buffer(dataclasses.replace(ctx, cache_dir=tmp_path / "other"), PARAMS)
+    for i in range(2):
+        assert torch.equal(load_expert(folder, i), load_expert(straight, i))
+
+
+def test_batchnorm_statistics_are_recorded(make_ctx):
+    ctx = make_ctx(backbone={"name": "convnet", "width": 8, "depth": 2, "norm": "batch"})
+    params = PARAMS.model_copy(update={"num_experts": 1})
+    folder = ensure_buffer(ctx, params)
+    bufs = load_expert_buffers(folder, 0, [0, 2])
+    assert bufs["blocks.0.1.running_mean"].shape == (2, 8)
+    assert torch.equal(bufs["blocks.0.1.running_mean"][0], torch.zeros(8))  # at init
+    assert not torch.equal(bufs["blocks.0.1.running_mean"][1], torch.zeros(8))
+    assert bufs["blocks.0.1.num_batches_tracked"].tolist() == [0, 2 * 3]  # 1437 / 512
+
+
+def test_missing_expert_and_too_short_training_are_errors(tmp_path):
+    from mim4dd_kit.errors import DataError
+
+    with pytest.raises(DataError, match="expert 0 is missing"):
+        load_expert(tmp_path, 0)
+    with pytest.raises(ValidationError, match="train_epochs must be at least"):
+        MTT.Params(max_start_epoch=5, expert_epochs=2, train_epochs=5)
+    MTT.Params(max_start_epoch=5, expert_epochs=2, train_epochs=6)  # the latest target

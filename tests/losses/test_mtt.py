@@ -1,0 +1,224 @@
+"""MTT: the normalised trajectory distance, its gradients, features and engine integration."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.utils import vector_to_parameters
+
+from mim4dd_kit import buffers
+from mim4dd_kit.buffers import buffer_dir, load_expert
+from mim4dd_kit.engine import Run, run
+from mim4dd_kit.errors import RunError
+from mim4dd_kit.registry import default_registry
+from mim4dd_kit.synthetic import load_synthetic
+
+# changes to the shared tiny recipe (tests/conftest.py): 2 experts trained 3 epochs
+MTT_CHANGES = {
+    "name": "tiny_mtt",
+    "synthetic": {"ipc": 2, "iterations": 4, "lr": 100.0, "batch_real": 8},
+    "dd_loss": {"name": "mtt", "num_experts": 2, "max_start_epoch": 2, "expert_epochs": 1,
+                "syn_steps": 3, "expert_batch": 512},
+    "output": {"checkpoint_every": 2},
+}
+MIM = {"name": "mim4dd", "lambda": 0.8, "critic": {"name": "linear", "out_dim": 16}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache_and_threads(tmp_path_factory):
+    """One expert cache for the module (never the user's), one thread on the shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MDK_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def reg():
+    return default_registry()
+
+
+@pytest.fixture
+def recipe(tiny_recipe):
+    def make(**changes):
+        data = copy.deepcopy(MTT_CHANGES)
+        for key, value in changes.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        return tiny_recipe(**data)
+
+    return make
+
+
+@pytest.fixture
+def make_run(reg, recipe, tmp_path):
+    def make(**changes) -> Run:
+        r = Run(recipe(**changes), tmp_path, torch.device("cpu"), reg)
+        r.setup()
+        return r
+
+    return make
+
+
+def _load(net, flat):
+    vector_to_parameters(flat, net.parameters())
+    return net
+
+
+def test_gradients_reach_images_and_lr(make_run):
+    r = make_run()
+    assert r.syn.lr is not None and r.syn.lr.item() == pytest.approx(0.01)  # lr_teacher
+    out = r.loss.compute(r.syn, 0, want_features=False)
+    assert torch.isfinite(out.loss) and out.loss > 0
+    assert {"mtt_expert", "mtt_start_epoch", "mtt_student_dist", "mtt_expert_dist"} <= set(
+        out.logs)
+    torch.testing.assert_close(out.loss.detach(), torch.tensor(
+        out.logs["mtt_student_dist"] / out.logs["mtt_expert_dist"]))
+    out.loss.backward()
+    assert r.syn.images.grad is not None and r.syn.images.grad.abs().sum() > 0
+    assert r.syn.lr.grad is not None and r.syn.lr.grad.abs() > 0
+
+
+def test_zero_lr_keeps_the_student_at_the_start(make_run):
+    r = make_run()
+    r.syn.lr = torch.tensor(0.0, requires_grad=True)
+    out = r.loss.compute(r.syn, 0, want_features=False)
+    assert out.loss.item() == 1.0  # ||θ_t − θ_target||² / itself
+    out.loss.backward()
+    assert r.syn.lr.grad < 0  # a step along the synthetic gradient moves towards the target
+
+
+def test_loss_matches_a_plain_sgd_step(make_run):
+    r = make_run(augmentation=None, dd_loss={"syn_steps": 1})
+    with torch.no_grad():
+        r.syn.lr.fill_(0.05)
+    torch.manual_seed(5)
+    out = r.loss.compute(r.syn, 0, want_features=False)
+    torch.manual_seed(5)  # the draws: expert, then start epoch
+    e, t = int(torch.randint(2, ()).item()), int(torch.randint(2, ()).item())
+    assert (out.logs["mtt_expert"], out.logs["mtt_start_epoch"]) == (e, t)
+    traj = load_expert(r.loss.folder, e)
+    start, target = traj[t], traj[t + 1]
+    net = _load(r.ctx.make_backbone(), start)
+    ce = F.cross_entropy(net(r.syn.images.detach()), r.syn.labels)
+    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(ce, list(net.parameters()))])
+    student = start - 0.05 * grad
+    expected = ((student - target) ** 2).sum() / ((start - target) ** 2).sum()
+    torch.testing.assert_close(out.loss.detach(), expected, rtol=1e-5, atol=0)
+    logs = [r.loss.compute(r.syn, 0, False).logs for _ in range(12)]
+    assert {x["mtt_expert"] for x in logs} == {0.0, 1.0}  # U{0 .. num_experts - 1}
+    assert {x["mtt_start_epoch"] for x in logs} == {0.0, 1.0}  # U{0 .. max_start - 1}
+
+
+def test_loss_decreases_over_engine_steps(make_run):
+    r = make_run(augmentation=None)
+
+    def probe() -> float:  # the same expert and start epoch every time
+        torch.manual_seed(11)
+        return float(r.loss.compute(r.syn, 0, want_features=False).loss.detach())
+
+    before = probe()
+    torch.manual_seed(0)
+    for it in range(5):
+        logs = r.step(it)
+        assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
+    assert probe() < before
+
+
+def test_features_for_the_regularizer(make_run):
+    r = make_run(regularizer=MIM)
+    torch.manual_seed(3)
+    plain = r.loss.compute(r.syn, 0, want_features=False)
+    after_plain = torch.get_rng_state()
+    torch.manual_seed(3)
+    out = r.loss.compute(r.syn, 0, want_features=True)
+    # asking for features draws nothing from the run's stream and leaves L_DD alone
+    assert torch.equal(torch.get_rng_state(), after_plain)
+    assert torch.equal(out.loss.detach(), plain.loss.detach())
+    m, n = len(r.syn.labels), 10 * 8
+    assert len(out.syn_feats) == len(out.real_feats) == 2
+    for f_s, f_r in zip(out.syn_feats, out.real_feats, strict=True):
+        assert f_s.shape[0] == m and f_r.shape[0] == n and f_s.shape[1:] == f_r.shape[1:]
+        assert f_s.shape[1] == 8 and f_s.requires_grad and not f_r.requires_grad
+    assert torch.equal(out.syn_labels, r.syn.labels) and out.real_labels.shape == (n,)
+    # real side: the expert at the target epoch on the (augmented) real batch
+    e, t = int(out.logs["mtt_expert"]), int(out.logs["mtt_start_epoch"])
+    expert = _load(r.ctx.make_backbone(), load_expert(r.loss.folder, e)[t + 1])
+    real, _ = r.loss._real_batch(0)
+    with torch.no_grad():
+        for got, want in zip(out.real_feats, expert.features(real), strict=True):
+            torch.testing.assert_close(got, want)
+    # synthetic side: the student after its steps, so gradient reaches images and lr
+    value = r.reg(out.syn_feats, out.syn_labels, out.real_feats, out.real_labels)
+    assert torch.isfinite(value)
+    value.backward()
+    assert r.syn.images.grad.abs().sum() > 0 and r.syn.lr.grad.abs() > 0
+
+
+def test_batchnorm_backbone_uses_the_expert_statistics_without_changing_them(make_run):
+    r = make_run(backbone={"name": "convnet", "width": 8, "depth": 2, "norm": "batch"},
+                 regularizer=MIM)
+    torch.manual_seed(2)
+    first = r.loss.compute(r.syn, 0, want_features=True)
+    torch.manual_seed(2)
+    again = r.loss.compute(r.syn, 0, want_features=True)
+    # train-mode BatchNorm updates running statistics in place: on copies, not the cache
+    assert torch.equal(first.loss.detach(), again.loss.detach())
+    e, t = int(first.logs["mtt_expert"]), int(first.logs["mtt_start_epoch"])
+    stats = buffers.load_expert_buffers(r.loss.folder, e, [t])
+    assert stats["blocks.0.1.num_batches_tracked"].item() == 3 * t  # 1437 images / 512
+    (first.loss + r.reg(first.syn_feats, first.syn_labels, first.real_feats,
+                        first.real_labels)).backward()
+    assert r.syn.images.grad.abs().sum() > 0 and r.syn.lr.grad.abs() > 0
+
+
+def _images(reg, rec, out, **kw):
+    return load_synthetic(run(rec, out=out, progress=False, registry=reg, **kw).synthetic_path)
+
+
+def test_lambda_zero_reproduces_mtt_exactly(reg, recipe, tmp_path):
+    base = _images(reg, recipe(), tmp_path / "a")
+    zero = _images(reg, recipe(regularizer={**MIM, "lambda": 0.0}), tmp_path / "b")
+    full = _images(reg, recipe(regularizer=MIM), tmp_path / "c")
+    assert torch.equal(base.images, zero.images) and base.lr == zero.lr
+    assert base.lr is not None and not torch.equal(base.images, full.images)
+
+
+def test_building_the_buffer_or_reusing_it_gives_the_same_images(
+        reg, recipe, tmp_path, monkeypatch):
+    monkeypatch.setenv("MDK_CACHE", str(tmp_path / "fresh"))
+    rec = recipe()
+    built = _images(reg, rec, tmp_path / "a")  # trains the experts first
+    calls = []
+    monkeypatch.setattr(buffers, "train_expert", lambda *a, **k: calls.append(a))
+    reused = _images(reg, rec, tmp_path / "b")
+    assert calls == []  # the second run trained nothing
+    assert (tmp_path / "fresh" / "buffers").is_dir()
+    assert torch.equal(built.images, reused.images) and built.lr == reused.lr
+
+
+def test_resume_equals_an_uninterrupted_run(reg, recipe, tmp_path):
+    rec = recipe()
+    straight = _images(reg, rec, tmp_path / "s")
+
+    def interrupt(iteration, logs):
+        if iteration == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(rec, out=tmp_path / "r", progress=False, registry=reg, callbacks=[interrupt])
+    with pytest.raises(RunError):
+        run(rec, out=tmp_path / "r", progress=False, registry=reg)
+    resumed = _images(reg, rec, tmp_path / "r", resume=True)
+    assert torch.equal(resumed.images, straight.images) and resumed.lr == straight.lr
+
+
+def test_the_buffer_lives_under_the_cache(make_run):
+    r = make_run()
+    assert r.loss.folder == buffer_dir(r.ctx, r.loss.params)
+    assert r.loss.state_dict() == {}

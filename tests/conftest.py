@@ -1,6 +1,7 @@
 import copy
 
 import pytest
+import torch
 
 from mim4dd_kit.recipe import validate_recipe
 
@@ -32,3 +33,43 @@ def tiny_recipe():
         return validate_recipe(data)
 
     return make
+
+
+def merged(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes``: mapping values merge one level deep, others replace."""
+    data = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return data
+
+
+def distilled(recipe, out, **kwargs):
+    """Run ``recipe`` into ``out`` quietly and load the synthetic set it wrote."""
+    from mim4dd_kit.engine import run
+    from mim4dd_kit.synthetic import load_synthetic
+
+    return load_synthetic(run(recipe, out=out, progress=False, **kwargs).synthetic_path)
+
+
+def assert_resume_is_exact(recipe, tmp_path, stop_after: int = 5) -> None:
+    """Interrupt a run after ``stop_after`` iterations, refuse a plain restart, resume it,
+    and require the images (and learned lr) of an uninterrupted run."""
+    from mim4dd_kit.engine import run
+    from mim4dd_kit.errors import RunError
+
+    straight = distilled(recipe, tmp_path / "straight")
+
+    def interrupt(iteration, logs):
+        if iteration == stop_after:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(recipe, out=tmp_path / "resumed", progress=False, callbacks=[interrupt])
+    with pytest.raises(RunError):
+        run(recipe, out=tmp_path / "resumed", progress=False)
+    resumed = distilled(recipe, tmp_path / "resumed", resume=True)
+    assert torch.equal(resumed.images, straight.images)
+    assert resumed.lr == straight.lr

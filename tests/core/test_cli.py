@@ -101,3 +101,50 @@ def test_evaluate_refuses_non_set(tmp_path):
     f.write_text("not a tensor file")
     res = runner.invoke(app, ["evaluate", str(f)])
     assert res.exit_code == 2 and "safetensors" in res.stderr
+
+
+def test_sweep_dry_run_lists_variants_and_bad_values_exit_2(tmp_path):
+    base = _recipe_file(tmp_path)
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("base: recipe.yaml\ngrid:\n  synthetic.lr: [0.5, 1.0]\n"
+                     "  seed: [0, 1]\n")
+    res = runner.invoke(app, ["sweep", str(sweep), "--dry-run", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert [r["values"] for r in rows] == [
+        {"synthetic.lr": 0.5, "seed": 0}, {"synthetic.lr": 0.5, "seed": 1},
+        {"synthetic.lr": 1.0, "seed": 0}, {"synthetic.lr": 1.0, "seed": 1}]
+    assert all(r["status"] == "planned" for r in rows)
+    assert not (tmp_path / "runs").exists() and base.exists()
+    sweep.write_text("base: recipe.yaml\ngrid:\n  synthetic.lr: [0.5, -1.0]\n")
+    res = runner.invoke(app, ["sweep", str(sweep), "--dry-run"])
+    assert res.exit_code == 2 and "synthetic.lr" in res.stderr and "Traceback" not in res.output
+
+
+def test_sweep_runs_and_prints_a_table(tmp_path):
+    _recipe_file(tmp_path, synthetic={"ipc": 2, "iterations": 1, "batch_real": 8},
+                 evaluators=[{"name": "train_from_scratch", "models": 1, "epochs": 1}])
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("base: recipe.yaml\ngrid:\n  synthetic.lr: [0.5, 1.0]\n")
+    res = runner.invoke(app, ["sweep", str(sweep), "--out", str(tmp_path / "sw")])
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("| lr=")]
+    assert len(lines) == 2 and all("±" in ln for ln in lines)
+    assert (tmp_path / "sw" / "lr=0.5" / "synthetic.safetensors").is_file()
+    assert (tmp_path / "sw" / "results.md").read_text().count("| lr=") == 2
+
+
+def test_buffer_builds_once_and_refuses_other_losses(tmp_path, monkeypatch):
+    monkeypatch.setenv("MDK_CACHE", str(tmp_path / "cache"))
+    mtt = {"name": "mtt", "num_experts": 1, "max_start_epoch": 1, "expert_epochs": 1,
+           "syn_steps": 1, "expert_batch": 512}
+    path = _recipe_file(tmp_path, dd_loss=mtt, synthetic={"ipc": 2, "iterations": 1})
+    first = runner.invoke(app, ["buffer", str(path), "--json"])
+    assert first.exit_code == 0, first.output
+    info = json.loads(first.stdout)
+    assert info["trained"] == 1 and info["experts"] == 1 and info["epochs"] == 2
+    assert info["path"].startswith(str(tmp_path / "cache"))
+    again = json.loads(runner.invoke(app, ["buffer", str(path), "--json"]).stdout)
+    assert again["trained"] == 0 and again["path"] == info["path"]
+    res = runner.invoke(app, ["buffer", str(_recipe_file(tmp_path))])
+    assert res.exit_code == 2 and "dd_loss is 'dm'" in res.stderr

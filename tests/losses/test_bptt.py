@@ -1,17 +1,16 @@
 """BPTT: meta-gradients through the functional unroll, truncation, engine integration."""
 
-import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import distilled, merged
 from pydantic import ValidationError
 
 from mim4dd_kit.backbones.mlp import MLP
-from mim4dd_kit.engine import Run, run
+from mim4dd_kit.engine import Run
 from mim4dd_kit.losses.bptt import BPTT, _FeaturesAndLogits, unroll
 from mim4dd_kit.registry import default_registry
-from mim4dd_kit.synthetic import load_synthetic
 
 # changes to the shared tiny recipe (tests/conftest.py) that make it a BPTT recipe
 BPTT_CHANGES = {
@@ -33,13 +32,7 @@ def recipe(tiny_recipe):
     """``recipe(**changes)``: the tiny BPTT recipe with top-level changes merged in."""
 
     def make(**changes):
-        data = copy.deepcopy(BPTT_CHANGES)
-        for key, value in changes.items():
-            if isinstance(value, dict) and isinstance(data.get(key), dict):
-                data[key] = {**data[key], **value}
-            else:
-                data[key] = value
-        return tiny_recipe(**data)
+        return tiny_recipe(**merged(BPTT_CHANGES, changes))
 
     return make
 
@@ -94,14 +87,10 @@ def test_features_for_the_regularizer(make_run, tmp_path):
     assert r.syn.lr.grad is not None and r.syn.lr.grad.abs() > 0
 
 
-def _images(reg, rec, out):
-    return load_synthetic(run(rec, out=out, progress=False, registry=reg).synthetic_path)
-
-
 def test_lambda_zero_reproduces_bptt_exactly(reg, recipe, tmp_path):
-    base = _images(reg, recipe(), tmp_path / "a")
-    zero = _images(reg, recipe(regularizer={**MIM, "lambda": 0.0}), tmp_path / "b")
-    full = _images(reg, recipe(regularizer=MIM), tmp_path / "c")
+    base = distilled(recipe(), tmp_path / "a")
+    zero = distilled(recipe(regularizer={**MIM, "lambda": 0.0}), tmp_path / "b")
+    full = distilled(recipe(regularizer=MIM), tmp_path / "c")
     assert torch.equal(base.images, zero.images) and base.lr == zero.lr
     assert base.lr is not None and not torch.equal(base.images, full.images)
 

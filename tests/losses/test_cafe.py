@@ -3,12 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_resume_is_exact, distilled
 
-from mim4dd_kit.engine import Run, run
-from mim4dd_kit.errors import RunError
+from mim4dd_kit.engine import Run
 from mim4dd_kit.losses.cafe import alignment_loss, discrimination_loss
 from mim4dd_kit.registry import default_registry
-from mim4dd_kit.synthetic import load_synthetic
 
 CAFE = {"name": "cafe", "outer_loop": 3, "inner_loop": 2}
 MIM = {"name": "mim4dd", "lambda": 0.8, "critic": {"name": "linear", "out_dim": 16}}
@@ -117,14 +116,10 @@ def test_network_schedule_inner_training_and_reinit(recipe, tmp_path):
     assert loss.net is not first and loss.state_dict()["calls"] == 4
 
 
-def _images(rec, out, **kw):
-    return load_synthetic(run(rec, out=out, progress=False, **kw).synthetic_path)
-
-
 def test_lambda_zero_reproduces_cafe_exactly(recipe, tmp_path):
-    base = _images(recipe(), tmp_path / "a")
-    zero = _images(recipe(regularizer={**MIM, "lambda": 0.0}), tmp_path / "b")
-    full = _images(recipe(regularizer=MIM), tmp_path / "c")
+    base = distilled(recipe(), tmp_path / "a")
+    zero = distilled(recipe(regularizer={**MIM, "lambda": 0.0}), tmp_path / "b")
+    full = distilled(recipe(regularizer=MIM), tmp_path / "c")
     assert torch.equal(base.images, zero.images)
     assert not torch.equal(base.images, full.images)
 
@@ -132,15 +127,4 @@ def test_lambda_zero_reproduces_cafe_exactly(recipe, tmp_path):
 def test_resume_restores_the_persistent_network(recipe, tmp_path):
     # checkpoint at iteration 4: call 4 trains the network made at call 3 (outer_loop 3)
     rec = recipe()
-    straight = _images(rec, tmp_path / "s")
-
-    def interrupt(iteration, logs):
-        if iteration == 5:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run(rec, out=tmp_path / "r", progress=False, callbacks=[interrupt])
-    with pytest.raises(RunError):
-        run(rec, out=tmp_path / "r", progress=False)
-    resumed = _images(rec, tmp_path / "r", resume=True)
-    assert torch.equal(resumed.images, straight.images)
+    assert_resume_is_exact(rec, tmp_path)

@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_resume_is_exact, distilled
 
-from mim4dd_kit.engine import Run, run
-from mim4dd_kit.errors import PluginError, RunError
+from mim4dd_kit.engine import Run
+from mim4dd_kit.errors import PluginError
 from mim4dd_kit.losses.dc import DatasetCondensation, DifferentiableSiameseAugmentation
 from mim4dd_kit.losses.gradient_matching import (
     class_gradients,
@@ -16,7 +17,6 @@ from mim4dd_kit.losses.gradient_matching import (
     match_distance,
 )
 from mim4dd_kit.registry import default_registry
-from mim4dd_kit.synthetic import load_synthetic
 
 MIM = {"name": "mim4dd", "lambda": 0.8, "critic": {"name": "linear", "out_dim": 16}}
 SMALL = {"ipc": 2, "batch_real": 8}  # 20 synthetic images, 80 real per call
@@ -260,17 +260,13 @@ def test_dsa_needs_an_augmentation(tiny_recipe, tmp_path):
 # ------------------------------------------------------------------- full engine runs
 
 
-def _images(rec, out, **kw):
-    return load_synthetic(run(rec, out=out, progress=False, **kw).synthetic_path)
-
-
 @pytest.mark.parametrize("name", ["dc", "dsa"])
 def test_lambda_zero_reproduces_the_method_exactly(tiny_recipe, tmp_path, name):
     loss = {"name": name, "outer_loop": 2, "inner_loop": 1}
     kw = {"dd_loss": loss, "synthetic": {**SMALL, "iterations": 4}}
-    base = _images(tiny_recipe(**kw), tmp_path / "a")
-    zero = _images(tiny_recipe(**kw, regularizer={**MIM, "lambda": 0.0}), tmp_path / "b")
-    full = _images(tiny_recipe(**kw, regularizer=MIM), tmp_path / "c")
+    base = distilled(tiny_recipe(**kw), tmp_path / "a")
+    zero = distilled(tiny_recipe(**kw, regularizer={**MIM, "lambda": 0.0}), tmp_path / "b")
+    full = distilled(tiny_recipe(**kw, regularizer=MIM), tmp_path / "c")
     assert torch.equal(base.images, zero.images)
     assert not torch.equal(base.images, full.images)
 
@@ -279,15 +275,4 @@ def test_resume_restores_the_persistent_network(tiny_recipe, tmp_path):
     # checkpoint at iteration 4: call 4 trains the network made at call 3 (outer_loop 3)
     rec = tiny_recipe(dd_loss={"name": "dsa", "outer_loop": 3, "inner_loop": 1},
                       synthetic=SMALL)
-    straight = _images(rec, tmp_path / "s")
-
-    def interrupt(iteration, logs):
-        if iteration == 5:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run(rec, out=tmp_path / "r", progress=False, callbacks=[interrupt])
-    with pytest.raises(RunError):
-        run(rec, out=tmp_path / "r", progress=False)
-    resumed = _images(rec, tmp_path / "r", resume=True)
-    assert torch.equal(resumed.images, straight.images)
+    assert_resume_is_exact(rec, tmp_path)

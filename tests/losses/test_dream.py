@@ -4,13 +4,12 @@ import math
 
 import pytest
 import torch
+from conftest import assert_resume_is_exact, distilled
 
-from mim4dd_kit.engine import Run, run
-from mim4dd_kit.errors import RunError
+from mim4dd_kit.engine import Run
 from mim4dd_kit.losses import dream as dream_module
 from mim4dd_kit.losses.dream import DREAM, class_table, kmeans, nearest_points
 from mim4dd_kit.registry import default_registry
-from mim4dd_kit.synthetic import load_synthetic
 
 MIM = {"name": "mim4dd", "lambda": 0.8, "critic": {"name": "linear", "out_dim": 16}}
 SMALL = {"ipc": 2, "batch_real": 8}
@@ -177,19 +176,15 @@ def test_params_inherit_dc_and_learn_no_lr():
 # ------------------------------------------------------------------- full engine runs
 
 
-def _images(rec, out, **kw):
-    return load_synthetic(run(rec, out=out, progress=False, **kw).synthetic_path)
-
-
 LOSS = {"name": "dream", "outer_loop": 3, "inner_loop": 1, "interval": 2, "clusters": 4,
         "kmeans_iters": 10}
 
 
 def test_lambda_zero_reproduces_dream_exactly(tiny_recipe, tmp_path):
     kw = {"dd_loss": LOSS, "synthetic": {**SMALL, "iterations": 4}, "augmentation": None}
-    base = _images(tiny_recipe(**kw), tmp_path / "a")
-    zero = _images(tiny_recipe(**kw, regularizer={**MIM, "lambda": 0.0}), tmp_path / "b")
-    full = _images(tiny_recipe(**kw, regularizer=MIM), tmp_path / "c")
+    base = distilled(tiny_recipe(**kw), tmp_path / "a")
+    zero = distilled(tiny_recipe(**kw, regularizer={**MIM, "lambda": 0.0}), tmp_path / "b")
+    full = distilled(tiny_recipe(**kw, regularizer=MIM), tmp_path / "c")
     assert torch.equal(base.images, zero.images)
     assert not torch.equal(base.images, full.images)
 
@@ -198,15 +193,4 @@ def test_resume_restores_network_and_selection(tiny_recipe, tmp_path):
     # checkpoint at 4: call 4 (position 1 of the network made at call 3) reuses the
     # selection made at call 3, so the selection must come back from the checkpoint
     rec = tiny_recipe(dd_loss=LOSS, synthetic=SMALL, augmentation=None)
-    straight = _images(rec, tmp_path / "s")
-
-    def interrupt(iteration, logs):
-        if iteration == 5:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run(rec, out=tmp_path / "r", progress=False, callbacks=[interrupt])
-    with pytest.raises(RunError):
-        run(rec, out=tmp_path / "r", progress=False)
-    resumed = _images(rec, tmp_path / "r", resume=True)
-    assert torch.equal(resumed.images, straight.images)
+    assert_resume_is_exact(rec, tmp_path)

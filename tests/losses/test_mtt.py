@@ -1,18 +1,16 @@
 """MTT: the normalised trajectory distance, its gradients, features and engine integration."""
 
-import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_resume_is_exact, distilled, merged
 from torch.nn.utils import vector_to_parameters
 
 from mim4dd_kit import buffers
 from mim4dd_kit.buffers import buffer_dir, load_expert
-from mim4dd_kit.engine import Run, run
-from mim4dd_kit.errors import RunError
+from mim4dd_kit.engine import Run
 from mim4dd_kit.registry import default_registry
-from mim4dd_kit.synthetic import load_synthetic
 
 # changes to the shared tiny recipe (tests/conftest.py): 2 experts trained 3 epochs
 MTT_CHANGES = {
@@ -44,13 +42,7 @@ def reg():
 @pytest.fixture
 def recipe(tiny_recipe):
     def make(**changes):
-        data = copy.deepcopy(MTT_CHANGES)
-        for key, value in changes.items():
-            if isinstance(value, dict) and isinstance(data.get(key), dict):
-                data[key] = {**data[key], **value}
-            else:
-                data[key] = value
-        return tiny_recipe(**data)
+        return tiny_recipe(**merged(MTT_CHANGES, changes))
 
     return make
 
@@ -177,14 +169,10 @@ def test_batchnorm_backbone_uses_the_expert_statistics_without_changing_them(mak
     assert r.syn.images.grad.abs().sum() > 0 and r.syn.lr.grad.abs() > 0
 
 
-def _images(reg, rec, out, **kw):
-    return load_synthetic(run(rec, out=out, progress=False, registry=reg, **kw).synthetic_path)
-
-
 def test_lambda_zero_reproduces_mtt_exactly(reg, recipe, tmp_path):
-    base = _images(reg, recipe(), tmp_path / "a")
-    zero = _images(reg, recipe(regularizer={**MIM, "lambda": 0.0}), tmp_path / "b")
-    full = _images(reg, recipe(regularizer=MIM), tmp_path / "c")
+    base = distilled(recipe(), tmp_path / "a")
+    zero = distilled(recipe(regularizer={**MIM, "lambda": 0.0}), tmp_path / "b")
+    full = distilled(recipe(regularizer=MIM), tmp_path / "c")
     assert torch.equal(base.images, zero.images) and base.lr == zero.lr
     assert base.lr is not None and not torch.equal(base.images, full.images)
 
@@ -193,10 +181,10 @@ def test_building_the_buffer_or_reusing_it_gives_the_same_images(
         reg, recipe, tmp_path, monkeypatch):
     monkeypatch.setenv("MDK_CACHE", str(tmp_path / "fresh"))
     rec = recipe()
-    built = _images(reg, rec, tmp_path / "a")  # trains the experts first
+    built = distilled(rec, tmp_path / "a")  # trains the experts first
     calls = []
     monkeypatch.setattr(buffers, "train_expert", lambda *a, **k: calls.append(a))
-    reused = _images(reg, rec, tmp_path / "b")
+    reused = distilled(rec, tmp_path / "b")
     assert calls == []  # the second run trained nothing
     assert (tmp_path / "fresh" / "buffers").is_dir()
     assert torch.equal(built.images, reused.images) and built.lr == reused.lr
@@ -204,18 +192,7 @@ def test_building_the_buffer_or_reusing_it_gives_the_same_images(
 
 def test_resume_equals_an_uninterrupted_run(reg, recipe, tmp_path):
     rec = recipe()
-    straight = _images(reg, rec, tmp_path / "s")
-
-    def interrupt(iteration, logs):
-        if iteration == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        run(rec, out=tmp_path / "r", progress=False, registry=reg, callbacks=[interrupt])
-    with pytest.raises(RunError):
-        run(rec, out=tmp_path / "r", progress=False, registry=reg)
-    resumed = _images(reg, rec, tmp_path / "r", resume=True)
-    assert torch.equal(resumed.images, straight.images) and resumed.lr == straight.lr
+    assert_resume_is_exact(rec, tmp_path, stop_after=3)
 
 
 def test_the_buffer_lives_under_the_cache(make_run):

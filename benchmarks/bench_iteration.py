@@ -69,15 +69,16 @@ def _recipe(case: str, args) -> dict:
     if method == "mtt":
         data["dd_loss"].update(train_epochs=args.mtt_expert_epochs)
         data["synthetic"].update(learn_lr=True, lr_init=0.01, lr=100.0)
-        data["dataset"] = {"name": "tensor_file", "path": str(_mtt_subset(args)),
-                           "mean": [0.2861], "std": [0.3530], "flip_ok": True}
+        path, info = _mtt_subset(args)
+        data["dataset"] = {"name": "tensor_file", "path": str(path), "mean": list(info.mean),
+                           "std": list(info.std), "flip_ok": info.flip_ok}
     if case.endswith("_mim4dd"):
         data["regularizer"] = {"name": "mim4dd", "lambda": 0.8,
                                "critic": {"name": "linear", "out_dim": 128}}
     return data
 
 
-def _mtt_subset(args) -> Path:
+def _mtt_subset(args):
     """A per-class subset of the training set, so that the benchmark's expert trains fast."""
     import os
     import tempfile
@@ -98,7 +99,7 @@ def _mtt_subset(args) -> Path:
                "train_labels": data.train_labels[table].contiguous(),
                "test_images": (data.test_images[:1000] * std + mean).contiguous(),
                "test_labels": data.test_labels[:1000].contiguous()}, str(path))
-    return path
+    return path, data.info
 
 
 def _sync(device) -> None:
@@ -172,6 +173,7 @@ def main() -> None:
     ap.add_argument("--eval-epochs", type=int, default=300)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--save", type=Path, help="also write the rows as JSON to this file")
     args = ap.parse_args()
     if args.case:
         print(json.dumps(run_case(args.case, args)))
@@ -188,6 +190,8 @@ def main() -> None:
                              check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(f"done: {case}", file=sys.stderr, flush=True)
+    if args.save:
+        args.save.write_text(json.dumps(rows, indent=2))
     if args.json:
         print(json.dumps(rows, indent=2))
         return

@@ -85,6 +85,17 @@ class DataInfo:
     flip_ok: bool = True
 
 
+def class_table(labels: Tensor, num_classes: int) -> Tensor:
+    """(C, W) indices of every class's samples in order (W the largest class), padded -1."""
+    counts = torch.bincount(labels, minlength=num_classes)
+    order = torch.argsort(labels, stable=True)
+    width = int(counts.max())
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(width, device=labels.device)
+    gather = (starts[:, None] + pos[None, :]).clamp(max=len(labels) - 1)
+    return torch.where(pos[None, :] < counts[:, None], order[gather], -1)
+
+
 @dataclass
 class RealData:
     """A labelled image data set held as tensors, normalised, with per-class indices.
@@ -116,16 +127,8 @@ class RealData:
 
     def _index(self) -> tuple[Tensor, Tensor]:
         if self._by_class is None:
-            labels = self.train_labels
-            counts = torch.bincount(labels, minlength=self.info.num_classes)
-            order = torch.argsort(labels, stable=True)
-            width = int(counts.max())
-            starts = torch.cumsum(counts, 0) - counts
-            pos = torch.arange(width, device=labels.device)
-            # (C, width) matrix of sample indices per class, padded with -1
-            gather = (starts[:, None] + pos[None, :]).clamp(max=len(labels) - 1)
-            table = torch.where(pos[None, :] < counts[:, None], order[gather], -1)
-            self._by_class, self._counts = table, counts
+            self._by_class = class_table(self.train_labels, self.info.num_classes)
+            self._counts = torch.bincount(self.train_labels, minlength=self.info.num_classes)
         return self._by_class, self._counts  # type: ignore[return-value]
 
     def class_counts(self) -> Tensor:

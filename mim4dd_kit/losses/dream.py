@@ -29,21 +29,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from ..contracts import Backbone, RealData, RunContext
+from ..contracts import Backbone, RealData, RunContext, class_table
 from .dc import DatasetCondensation
 
 EMBED_CHUNK = 1024  # images per no-grad forward when embedding a pool
-
-
-def class_table(labels: Tensor, num_classes: int) -> Tensor:
-    """(C, W) indices of every class's samples (W the largest class), padded with -1."""
-    counts = torch.bincount(labels, minlength=num_classes)
-    order = torch.argsort(labels, stable=True)
-    width = int(counts.max())
-    starts = torch.cumsum(counts, 0) - counts
-    pos = torch.arange(width, device=labels.device)
-    gather = (starts[:, None] + pos[None, :]).clamp(max=len(labels) - 1)
-    return torch.where(pos[None, :] < counts[:, None], order[gather], -1)
 
 
 def kmeans(

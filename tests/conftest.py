@@ -19,6 +19,15 @@ TINY = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    """Tiny convolutions run faster on one thread, and the suite shares a 2-core CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_recipe():
     """A validated recipe factory: ``tiny_recipe(**top_level_overrides)``."""
@@ -73,3 +82,17 @@ def assert_resume_is_exact(recipe, tmp_path, stop_after: int = 5) -> None:
     resumed = distilled(recipe, tmp_path / "resumed", resume=True)
     assert torch.equal(resumed.images, straight.images)
     assert resumed.lr == straight.lr
+
+
+#: MIM4DD with a small critic, as the loss tests add it to a tiny recipe
+MIM = {"name": "mim4dd", "lambda": 0.8, "critic": {"name": "linear", "out_dim": 16}}
+
+
+def set_up_run(recipe, tmp_path):
+    """A CPU :class:`~mim4dd_kit.engine.Run` of ``recipe`` with its components built."""
+    from mim4dd_kit.engine import Run
+    from mim4dd_kit.registry import default_registry
+
+    r = Run(recipe, tmp_path, torch.device("cpu"), default_registry())
+    r.setup()
+    return r

@@ -4,7 +4,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import distilled, merged
+from conftest import MIM, distilled, merged, set_up_run
 from pydantic import ValidationError
 
 from mim4dd_kit.backbones.mlp import MLP
@@ -19,7 +19,6 @@ BPTT_CHANGES = {
     "dd_loss": {"name": "bptt", "inner_steps": 4},
     "output": {"checkpoint_every": 0},
 }
-MIM = {"name": "mim4dd", "lambda": 0.8, "critic": {"name": "linear", "out_dim": 16}}
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +39,7 @@ def recipe(tiny_recipe):
 @pytest.fixture
 def make_run(reg, recipe):
     def make(tmp_path, **changes) -> Run:
-        r = Run(recipe(**changes), tmp_path, torch.device("cpu"), reg)
-        r.setup()
-        return r
+        return set_up_run(recipe(**changes), tmp_path)
 
     return make
 

@@ -3,23 +3,14 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_resume_is_exact, distilled
+from conftest import MIM, assert_resume_is_exact, distilled
 
 from mim4dd_kit.engine import Run
 from mim4dd_kit.losses.cafe import alignment_loss, discrimination_loss
 from mim4dd_kit.registry import default_registry
 
 CAFE = {"name": "cafe", "outer_loop": 3, "inner_loop": 2}
-MIM = {"name": "mim4dd", "lambda": 0.8, "critic": {"name": "linear", "out_dim": 16}}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny convolutions run faster on one thread on the shared CPU; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

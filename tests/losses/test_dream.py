@@ -4,32 +4,20 @@ import math
 
 import pytest
 import torch
-from conftest import assert_resume_is_exact, distilled
+from conftest import MIM, assert_resume_is_exact, distilled, set_up_run
 
 from mim4dd_kit.engine import Run
 from mim4dd_kit.losses import dream as dream_module
 from mim4dd_kit.losses.dream import DREAM, class_table, kmeans, nearest_points
-from mim4dd_kit.registry import default_registry
 
-MIM = {"name": "mim4dd", "lambda": 0.8, "critic": {"name": "linear", "out_dim": 16}}
 SMALL = {"ipc": 2, "batch_real": 8}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny convolutions run faster on one thread on the shared CPU; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_run(tiny_recipe, tmp_path, **changes) -> Run:
     changes.setdefault("synthetic", SMALL)
     changes.setdefault("augmentation", None)
-    r = Run(tiny_recipe(**changes), tmp_path, torch.device("cpu"), default_registry())
-    r.setup()
-    return r
+    return set_up_run(tiny_recipe(**changes), tmp_path)
 
 
 # ------------------------------------------------------------------------ k-means

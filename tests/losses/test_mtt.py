@@ -4,7 +4,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_resume_is_exact, distilled, merged
+from conftest import MIM, assert_resume_is_exact, distilled, merged, set_up_run
 from torch.nn.utils import vector_to_parameters
 
 from mim4dd_kit import buffers
@@ -20,18 +20,14 @@ MTT_CHANGES = {
                 "syn_steps": 3, "expert_batch": 512},
     "output": {"checkpoint_every": 2},
 }
-MIM = {"name": "mim4dd", "lambda": 0.8, "critic": {"name": "linear", "out_dim": 16}}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _cache_and_threads(tmp_path_factory):
-    """One expert cache for the module (never the user's), one thread on the shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    """One expert cache for the module, never the user's."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MDK_CACHE", str(tmp_path_factory.mktemp("cache")))
         yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +46,7 @@ def recipe(tiny_recipe):
 @pytest.fixture
 def make_run(reg, recipe, tmp_path):
     def make(**changes) -> Run:
-        r = Run(recipe(**changes), tmp_path, torch.device("cpu"), reg)
-        r.setup()
-        return r
+        return set_up_run(recipe(**changes), tmp_path)
 
     return make
 

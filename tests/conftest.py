@@ -1,4 +1,5 @@
 import copy
+import math
 
 import pytest
 import torch
@@ -96,3 +97,18 @@ def set_up_run(recipe, tmp_path):
     r = Run(recipe, tmp_path, torch.device("cpu"), default_registry())
     r.setup()
     return r
+
+
+def assert_loss_decreases(run, steps: int = 5, probe_seed: int = 99) -> None:
+    """``steps`` engine steps (finite logs) must lower the DD loss of a fixed probe: the
+    same seed, hence the same network, batch and draws, before and after."""
+
+    def probe() -> float:
+        torch.manual_seed(probe_seed)
+        return float(run.loss.compute(run.syn, 0, want_features=False).loss.detach())
+
+    before = probe()
+    torch.manual_seed(0)
+    for it in range(steps):
+        assert all(math.isfinite(v) for v in run.step(it).values())
+    assert probe() < before

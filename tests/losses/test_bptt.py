@@ -4,7 +4,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import MIM, distilled, merged, set_up_run
+from conftest import MIM, assert_loss_decreases, distilled, merged, set_up_run
 from pydantic import ValidationError
 
 from mim4dd_kit.backbones.mlp import MLP
@@ -56,16 +56,8 @@ def test_gradients_reach_images_and_lr(make_run, tmp_path):
 
 def test_meta_loss_decreases_over_engine_steps(make_run, tmp_path):
     r = make_run(tmp_path, augmentation=None)
-
-    def probe() -> float:  # same network init and real batch every time
-        torch.manual_seed(123)
-        return float(r.loss.compute(r.syn, 0, want_features=False).loss.detach())
-
-    before = probe()
-    torch.manual_seed(0)
-    for it in range(5):
-        assert all(torch.isfinite(torch.tensor(v)) for v in r.step(it).values())
-    assert probe() < before
+    # probe: same network init and real batch every time
+    assert_loss_decreases(r, steps=5, probe_seed=123)
 
 
 def test_features_for_the_regularizer(make_run, tmp_path):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import MIM, assert_resume_is_exact, distilled
+from conftest import MIM, assert_loss_decreases, assert_resume_is_exact, distilled
 
 from mim4dd_kit.engine import Run
 from mim4dd_kit.losses.cafe import alignment_loss, discrimination_loss
@@ -78,16 +78,8 @@ def test_gradients_and_features(recipe, tmp_path):
 def test_loss_decreases_over_engine_steps(recipe, tmp_path):
     r = make_run(recipe, tmp_path, augmentation=None,
                  dd_loss={"name": "cafe", "outer_loop": 1, "inner_loop": 0})
-
-    def probe() -> float:  # outer_loop 1: a fresh network from the same seed each time
-        torch.manual_seed(99)
-        return float(r.loss.compute(r.syn, 0, want_features=False).loss.detach())
-
-    before = probe()
-    torch.manual_seed(0)
-    for it in range(5):
-        r.step(it)
-    assert probe() < before
+    # probe: outer_loop 1: a fresh network from the same seed each time
+    assert_loss_decreases(r, steps=5, probe_seed=99)
 
 
 def test_network_schedule_inner_training_and_reinit(recipe, tmp_path):

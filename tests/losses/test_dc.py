@@ -1,12 +1,11 @@
 """DC / DSA: distances, vectorised gradients vs a per-class loop, network schedule, engine."""
 
 import copy
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import MIM, assert_resume_is_exact, distilled, set_up_run
+from conftest import MIM, assert_loss_decreases, assert_resume_is_exact, distilled, set_up_run
 
 from mim4dd_kit.engine import Run
 from mim4dd_kit.errors import PluginError
@@ -196,16 +195,8 @@ def test_features_are_the_gradient_forward_of_the_synthetic_images(tiny_recipe, 
 def test_loss_decreases_over_engine_steps(tiny_recipe, tmp_path, name):
     r = make_run(tiny_recipe, tmp_path, dd_loss={"name": name, "outer_loop": 1},
                  synthetic={**SMALL, "lr": 0.1})
-
-    def probe() -> float:  # outer_loop 1: the same fresh network, batch and draws each time
-        torch.manual_seed(99)
-        return float(r.loss.compute(r.syn, 0, want_features=False).loss.detach())
-
-    before = probe()
-    torch.manual_seed(0)
-    for it in range(6):
-        assert all(math.isfinite(v) for v in r.step(it).values())
-    assert probe() < before
+    # probe: outer_loop 1: the same fresh network, batch and draws each time
+    assert_loss_decreases(r, steps=6, probe_seed=99)
 
 
 def test_network_schedule_trains_epochs_and_reinitialises(tiny_recipe, tmp_path):

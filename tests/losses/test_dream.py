@@ -1,10 +1,9 @@
 """DREAM: batched k-means, representative selection, refresh schedule, engine integration."""
 
-import math
 
 import pytest
 import torch
-from conftest import MIM, assert_resume_is_exact, distilled, set_up_run
+from conftest import MIM, assert_loss_decreases, assert_resume_is_exact, distilled, set_up_run
 
 from mim4dd_kit.engine import Run
 from mim4dd_kit.losses import dream as dream_module
@@ -143,16 +142,8 @@ def test_loss_decreases_over_engine_steps(tiny_recipe, tmp_path):
     r = make_run(tiny_recipe, tmp_path, synthetic={**SMALL, "lr": 0.1},
                  dd_loss={"name": "dream", "outer_loop": 1, "clusters": 4,
                           "kmeans_iters": 10})
-
-    def probe() -> float:  # a fresh network and a fresh clustering from the same seed
-        torch.manual_seed(99)
-        return float(r.loss.compute(r.syn, 0, want_features=False).loss.detach())
-
-    before = probe()
-    torch.manual_seed(0)
-    for it in range(6):
-        assert all(math.isfinite(v) for v in r.step(it).values())
-    assert probe() < before
+    # probe: a fresh network and a fresh clustering from the same seed
+    assert_loss_decreases(r, steps=6, probe_seed=99)
 
 
 def test_params_inherit_dc_and_learn_no_lr():

@@ -4,7 +4,14 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import MIM, assert_resume_is_exact, distilled, merged, set_up_run
+from conftest import (
+    MIM,
+    assert_loss_decreases,
+    assert_resume_is_exact,
+    distilled,
+    merged,
+    set_up_run,
+)
 from torch.nn.utils import vector_to_parameters
 
 from mim4dd_kit import buffers
@@ -103,17 +110,8 @@ def test_loss_matches_a_plain_sgd_step(make_run):
 
 def test_loss_decreases_over_engine_steps(make_run):
     r = make_run(augmentation=None)
-
-    def probe() -> float:  # the same expert and start epoch every time
-        torch.manual_seed(11)
-        return float(r.loss.compute(r.syn, 0, want_features=False).loss.detach())
-
-    before = probe()
-    torch.manual_seed(0)
-    for it in range(5):
-        logs = r.step(it)
-        assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
-    assert probe() < before
+    # probe: the same expert and start epoch every time
+    assert_loss_decreases(r, steps=5, probe_seed=11)
 
 
 def test_features_for_the_regularizer(make_run):

@@ -252,17 +252,22 @@ def validate_recipe(
     return recipe
 
 
+def read_yaml_file(path: Path, what: str) -> str:
+    """The text of a YAML input file; a missing or unreadable file is a RecipeError."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"cannot read {what} {path}: {exc}") from None
+
+
 def load_recipe(
     path: str | Path, overrides: list[str] | tuple[str, ...] = (), registry: Registry | None = None
 ) -> Recipe:
     """Read, override and validate a recipe file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecipeError(f"recipe file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"cannot read recipe file {path}: {exc}") from None
+    text = read_yaml_file(path, "recipe file")
     data = parse_yaml(text, str(path))
     if data is None:
         raise RecipeError(f"{path}: the recipe is empty")

@@ -31,7 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import RecipeError, RunError
-from .recipe import Recipe, _line_of, _Yaml12Loader, load_recipe, parse_yaml
+from .recipe import Recipe, _line_of, _Yaml12Loader, load_recipe, parse_yaml, read_yaml_file
 from .registry import Registry, _pretty, default_registry
 from .synthetic import atomic_write, load_synthetic
 
@@ -145,12 +145,7 @@ def load_sweep(path: str | Path, registry: Registry | None = None) -> Sweep:
     """Read a sweep file and validate it and every variant's recipe (no data is loaded)."""
     path = Path(path)
     registry = registry or default_registry()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecipeError(f"sweep file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"cannot read sweep file {path}: {exc}") from None
+    text = read_yaml_file(path, "sweep file")
     data = parse_yaml(text, str(path))
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a sweep file must be a mapping with base and grid")

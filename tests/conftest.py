@@ -112,3 +112,30 @@ def assert_loss_decreases(run, steps: int = 5, probe_seed: int = 99) -> None:
     for it in range(steps):
         assert all(math.isfinite(v) for v in run.step(it).values())
     assert probe() < before
+
+
+def assert_lambda_zero_is_exact(recipe_with, tmp_path):
+    """``recipe_with(regularizer)`` builds the method's recipe. With MIM4DD at λ = 0 the run
+    must give the method's images (and learned lr) bit for bit; at λ 0.8 other images.
+    Returns the method's own set."""
+    base = distilled(recipe_with(None), tmp_path / "base")
+    zero = distilled(recipe_with({**MIM, "lambda": 0.0}), tmp_path / "zero")
+    full = distilled(recipe_with(MIM), tmp_path / "full")
+    assert torch.equal(base.images, zero.images) and base.lr == zero.lr
+    assert not torch.equal(base.images, full.images)
+    return base
+
+
+def inner_training_of_next_call(loss, syn, iteration: int) -> tuple[bool, int, bool]:
+    """Call a persistent-network loss once more, counting its network's optimizer steps.
+
+    Returns (the network is the one from before, SGD steps taken, parameters changed).
+    """
+    net = loss.net
+    before = [p.detach().clone() for p in net.parameters()]
+    steps = []
+    step = loss.schedule.opt.step
+    loss.schedule.opt.step = lambda *a, **k: (steps.append(1), step(*a, **k))[1]
+    loss.compute(syn, iteration, False)
+    changed = any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+    return loss.net is net, len(steps), changed

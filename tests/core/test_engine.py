@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import assert_lambda_zero_is_exact, distilled
 
 from mim4dd_kit.engine import run
 from mim4dd_kit.errors import RunError
@@ -34,20 +35,12 @@ def test_end_to_end_digits_beats_chance(tiny_recipe, tmp_path):
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
-def _images(recipe, out):
-    return load_synthetic(run(recipe, out=out, progress=False).synthetic_path).images
-
-
 def test_lambda_zero_reproduces_base_method_exactly(tiny_recipe, tmp_path):
-    base = _images(tiny_recipe(), tmp_path / "a")
-    zero = _images(tiny_recipe(regularizer={**MIM, "lambda": 0.0}), tmp_path / "b")
-    full = _images(tiny_recipe(regularizer=MIM), tmp_path / "c")
-    assert torch.equal(base, zero)
-    assert not torch.equal(base, full)
+    assert_lambda_zero_is_exact(lambda reg: tiny_recipe(regularizer=reg), tmp_path)
 
 
 def test_resume_continues_from_checkpoint(tiny_recipe, tmp_path):
-    straight = _images(tiny_recipe(regularizer=MIM), tmp_path / "straight")
+    straight = distilled(tiny_recipe(regularizer=MIM), tmp_path / "straight").images
 
     def interrupt(iteration, logs):
         if iteration == 5:
@@ -90,7 +83,7 @@ def test_finished_run_is_not_overwritten(tiny_recipe, tmp_path):
 
 def test_noise_init_and_distillation_changes_images(tiny_recipe, tmp_path):
     recipe = tiny_recipe(synthetic={"init": "noise", "iterations": 2})
-    images = _images(recipe, tmp_path / "n")
+    images = distilled(recipe, tmp_path / "n").images
     assert images.shape == (30, 1, 8, 8)
     assert images.abs().mean() > 0.5  # standard normal start, not real data
 

@@ -5,26 +5,20 @@ import json
 import pytest
 import torch
 import yaml
+from conftest import MIM, TINY, merged
 
 from mim4dd_kit import sweep as sweep_mod
 from mim4dd_kit.errors import RecipeError
 from mim4dd_kit.sweep import format_table, format_value, load_sweep, run_sweep
 from mim4dd_kit.synthetic import load_synthetic, save_synthetic
 
-BASE = {
-    "name": "tiny",
-    "seed": 0,
-    "device": "cpu",
-    "dataset": {"name": "digits"},
-    "synthetic": {"ipc": 2, "iterations": 3, "lr": 1.0, "batch_real": 8},
-    "backbone": {"name": "convnet", "width": 8, "depth": 2},
-    "dd_loss": {"name": "dm"},
-    "regularizer": {"name": "mim4dd", "lambda": 0.8, "beta": 2.0,
-                    "critic": {"name": "linear", "out_dim": 16}},
-    "augmentation": {"name": "dsa"},
+# the suite's tiny recipe, smaller still, with MIM4DD and a 1-network evaluation
+BASE = merged(TINY, {
+    "synthetic": {"ipc": 2, "iterations": 3, "batch_real": 8},
+    "regularizer": {**MIM, "beta": 2.0},
     "evaluators": [{"name": "train_from_scratch", "models": 1, "epochs": 2}],
     "output": {"checkpoint_every": 0},
-}
+})
 
 
 def _write(tmp_path, sweep: dict, base: dict | None = None):

@@ -3,7 +3,13 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import MIM, assert_loss_decreases, assert_resume_is_exact, distilled
+from conftest import (
+    MIM,
+    assert_lambda_zero_is_exact,
+    assert_loss_decreases,
+    assert_resume_is_exact,
+    inner_training_of_next_call,
+)
 
 from mim4dd_kit.engine import Run
 from mim4dd_kit.losses.cafe import alignment_loss, discrimination_loss
@@ -87,24 +93,16 @@ def test_network_schedule_inner_training_and_reinit(recipe, tmp_path):
     loss = r.loss
     loss.compute(r.syn, 0, False)
     first = loss.net
-    w0 = [p.detach().clone() for p in first.parameters()]
-    steps = []
-    real_step = loss.schedule.opt.step
-    loss.schedule.opt.step = lambda *a, **k: (steps.append(1), real_step(*a, **k))[1]
-    loss.compute(r.syn, 1, False)  # trained inner_loop steps on the synthetic set
-    assert loss.net is first and len(steps) == 2  # cafe counts SGD steps, not epochs
-    assert any(not torch.equal(a, b) for a, b in zip(w0, first.parameters(), strict=True))
+    # call 1 trains the network inner_loop steps on the synthetic set
+    same, steps, changed = inner_training_of_next_call(loss, r.syn, 1)
+    assert same and steps == 2 and changed  # cafe counts SGD steps, not epochs
     loss.compute(r.syn, 2, False)
     loss.compute(r.syn, 3, False)  # call 3 = outer_loop: a new network
     assert loss.net is not first and loss.state_dict()["calls"] == 4
 
 
 def test_lambda_zero_reproduces_cafe_exactly(recipe, tmp_path):
-    base = distilled(recipe(), tmp_path / "a")
-    zero = distilled(recipe(regularizer={**MIM, "lambda": 0.0}), tmp_path / "b")
-    full = distilled(recipe(regularizer=MIM), tmp_path / "c")
-    assert torch.equal(base.images, zero.images)
-    assert not torch.equal(base.images, full.images)
+    assert_lambda_zero_is_exact(lambda reg: recipe(regularizer=reg), tmp_path)
 
 
 def test_resume_restores_the_persistent_network(recipe, tmp_path):

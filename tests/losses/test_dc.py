@@ -5,7 +5,14 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import MIM, assert_loss_decreases, assert_resume_is_exact, distilled, set_up_run
+from conftest import (
+    MIM,
+    assert_lambda_zero_is_exact,
+    assert_loss_decreases,
+    assert_resume_is_exact,
+    inner_training_of_next_call,
+    set_up_run,
+)
 
 from mim4dd_kit.engine import Run
 from mim4dd_kit.errors import PluginError
@@ -205,14 +212,9 @@ def test_network_schedule_trains_epochs_and_reinitialises(tiny_recipe, tmp_path)
     loss = r.loss
     loss.compute(r.syn, 0, False)
     first = loss.net
-    w0 = [p.detach().clone() for p in first.parameters()]
-    steps = []
-    real_step = loss.schedule.opt.step
-    loss.schedule.opt.step = lambda *a, **k: (steps.append(1), real_step(*a, **k))[1]
-    loss.compute(r.syn, 1, False)
+    same, steps, changed = inner_training_of_next_call(loss, r.syn, 1)
     # 2 epochs over 20 images in batches of 8 (8, 8, 4): 6 SGD steps
-    assert loss.net is first and len(steps) == 6
-    assert any(not torch.equal(a, b) for a, b in zip(w0, first.parameters(), strict=True))
+    assert same and steps == 6 and changed
     assert all(not p.requires_grad for p in first.parameters())
     loss.compute(r.syn, 2, False)
     loss.compute(r.syn, 3, False)  # call 3 = outer_loop: a new network
@@ -243,11 +245,7 @@ def test_dsa_needs_an_augmentation(tiny_recipe, tmp_path):
 def test_lambda_zero_reproduces_the_method_exactly(tiny_recipe, tmp_path, name):
     loss = {"name": name, "outer_loop": 2, "inner_loop": 1}
     kw = {"dd_loss": loss, "synthetic": {**SMALL, "iterations": 4}}
-    base = distilled(tiny_recipe(**kw), tmp_path / "a")
-    zero = distilled(tiny_recipe(**kw, regularizer={**MIM, "lambda": 0.0}), tmp_path / "b")
-    full = distilled(tiny_recipe(**kw, regularizer=MIM), tmp_path / "c")
-    assert torch.equal(base.images, zero.images)
-    assert not torch.equal(base.images, full.images)
+    assert_lambda_zero_is_exact(lambda reg: tiny_recipe(**kw, regularizer=reg), tmp_path)
 
 
 def test_resume_restores_the_persistent_network(tiny_recipe, tmp_path):

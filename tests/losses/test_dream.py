@@ -3,7 +3,13 @@
 
 import pytest
 import torch
-from conftest import MIM, assert_loss_decreases, assert_resume_is_exact, distilled, set_up_run
+from conftest import (
+    MIM,
+    assert_lambda_zero_is_exact,
+    assert_loss_decreases,
+    assert_resume_is_exact,
+    set_up_run,
+)
 
 from mim4dd_kit.engine import Run
 from mim4dd_kit.losses import dream as dream_module
@@ -161,11 +167,7 @@ LOSS = {"name": "dream", "outer_loop": 3, "inner_loop": 1, "interval": 2, "clust
 
 def test_lambda_zero_reproduces_dream_exactly(tiny_recipe, tmp_path):
     kw = {"dd_loss": LOSS, "synthetic": {**SMALL, "iterations": 4}, "augmentation": None}
-    base = distilled(tiny_recipe(**kw), tmp_path / "a")
-    zero = distilled(tiny_recipe(**kw, regularizer={**MIM, "lambda": 0.0}), tmp_path / "b")
-    full = distilled(tiny_recipe(**kw, regularizer=MIM), tmp_path / "c")
-    assert torch.equal(base.images, zero.images)
-    assert not torch.equal(base.images, full.images)
+    assert_lambda_zero_is_exact(lambda reg: tiny_recipe(**kw, regularizer=reg), tmp_path)
 
 
 def test_resume_restores_network_and_selection(tiny_recipe, tmp_path):

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from conftest import (
     MIM,
+    assert_lambda_zero_is_exact,
     assert_loss_decreases,
     assert_resume_is_exact,
     distilled,
@@ -17,7 +18,6 @@ from torch.nn.utils import vector_to_parameters
 from mim4dd_kit import buffers
 from mim4dd_kit.buffers import buffer_dir, load_expert
 from mim4dd_kit.engine import Run
-from mim4dd_kit.registry import default_registry
 
 # changes to the shared tiny recipe (tests/conftest.py): 2 experts trained 3 epochs
 MTT_CHANGES = {
@@ -30,16 +30,11 @@ MTT_CHANGES = {
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _cache_and_threads(tmp_path_factory):
+def _expert_cache(tmp_path_factory):
     """One expert cache for the module, never the user's."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MDK_CACHE", str(tmp_path_factory.mktemp("cache")))
         yield
-
-
-@pytest.fixture(scope="module")
-def reg():
-    return default_registry()
 
 
 @pytest.fixture
@@ -51,7 +46,7 @@ def recipe(tiny_recipe):
 
 
 @pytest.fixture
-def make_run(reg, recipe, tmp_path):
+def make_run(recipe, tmp_path):
     def make(**changes) -> Run:
         return set_up_run(recipe(**changes), tmp_path)
 
@@ -161,16 +156,13 @@ def test_batchnorm_backbone_uses_the_expert_statistics_without_changing_them(mak
     assert r.syn.images.grad.abs().sum() > 0 and r.syn.lr.grad.abs() > 0
 
 
-def test_lambda_zero_reproduces_mtt_exactly(reg, recipe, tmp_path):
-    base = distilled(recipe(), tmp_path / "a")
-    zero = distilled(recipe(regularizer={**MIM, "lambda": 0.0}), tmp_path / "b")
-    full = distilled(recipe(regularizer=MIM), tmp_path / "c")
-    assert torch.equal(base.images, zero.images) and base.lr == zero.lr
-    assert base.lr is not None and not torch.equal(base.images, full.images)
+def test_lambda_zero_reproduces_mtt_exactly(recipe, tmp_path):
+    base = assert_lambda_zero_is_exact(lambda reg: recipe(regularizer=reg), tmp_path)
+    assert base.lr is not None
 
 
 def test_building_the_buffer_or_reusing_it_gives_the_same_images(
-        reg, recipe, tmp_path, monkeypatch):
+        recipe, tmp_path, monkeypatch):
     monkeypatch.setenv("MDK_CACHE", str(tmp_path / "fresh"))
     rec = recipe()
     built = distilled(rec, tmp_path / "a")  # trains the experts first
@@ -182,7 +174,7 @@ def test_building_the_buffer_or_reusing_it_gives_the_same_images(
     assert torch.equal(built.images, reused.images) and built.lr == reused.lr
 
 
-def test_resume_equals_an_uninterrupted_run(reg, recipe, tmp_path):
+def test_resume_equals_an_uninterrupted_run(recipe, tmp_path):
     rec = recipe()
     assert_resume_is_exact(rec, tmp_path, stop_after=3)
 

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -43,7 +44,8 @@ def _guard(fn):
         except MdkError as exc:
             if _state["debug"]:
                 raise
-            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+            # escaped: messages may hold brackets (e.g. pip install 'mim4dd_kit[plot]')
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted; a run continues from its last checkpoint with --resume")
@@ -96,13 +98,26 @@ def run(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
     no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip the evaluators.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    nproc: Annotated[int, typer.Option(
+        "--nproc-per-node", min=1,
+        help="Spread the run over N processes on this machine (one per GPU on CUDA; "
+        "docs/distributed.md).")] = 1,
 ) -> None:
     """Distill a data set as RECIPE says and write the synthetic set."""
+    import os
+
     from .engine import run as run_recipe
 
-    result = run_recipe(recipe, overrides=set_ or [], device=device, out=out_dir,
-                        resume=resume, overwrite=overwrite, evaluate=not no_eval,
-                        progress=not as_json and sys.stderr.isatty())
+    kwargs = dict(device=device, out=out_dir, resume=resume, overwrite=overwrite,
+                  evaluate=not no_eval, progress=not as_json and sys.stderr.isatty())
+    if nproc > 1:
+        from .distributed import launch_run
+
+        result = launch_run(nproc, recipe, set_ or [], **kwargs)
+    else:
+        result = run_recipe(recipe, overrides=set_ or [], **kwargs)
+        if os.environ.get("RANK", "0") != "0":
+            return  # under torchrun: rank 0 reports
     summary = {
         "run_dir": str(result.run_dir),
         "synthetic": str(result.synthetic_path),
@@ -328,6 +343,200 @@ def buffer(
     else:
         out.print(f"expert buffer: [bold]{info['path']}[/] ({info['experts']} experts, "
                   f"{info['trained']} trained now)", highlight=False)
+
+
+
+def _evaluator_refs(registry, names: list[str] | None, models: int | None,
+                    epochs: int | None) -> list | None:
+    """Evaluator references for the new commands: named ones (default train_from_scratch
+    when only --models/--epochs are given) with those overrides; None for the defaults."""
+    from .contracts import EvaluatorRef
+
+    overrides = {k: v for k, v in {"models": models, "epochs": epochs}.items()
+                 if v is not None}
+    if not names and not overrides:
+        return None
+    refs = []
+    for name in names or ["train_from_scratch"]:
+        fields = registry.load("evaluators", name).Params.model_fields
+        spec = {"name": name, **{k: v for k, v in overrides.items() if k in fields}}
+        registry.validate("evaluators", spec)
+        refs.append(EvaluatorRef.model_validate(spec))
+    return refs
+
+
+BASELINE_SET_GROUPS = ("method", "features", "dataset")
+
+
+def _baseline_specs(dataset: str, method: str, features: str | None, data_root: Path | None,
+                    sets: list[str]) -> tuple[dict, dict, dict]:
+    from .errors import RecipeError
+    from .recipe import apply_overrides
+
+    data: dict[str, Any] = {"method": {"name": method}, "features": {},
+                            "dataset": {"name": dataset}}
+    if features is not None:
+        data["features"]["space"] = features
+    if data_root is not None:
+        data["dataset"]["root"] = str(data_root)
+    for text in sets:
+        group = text.split("=", 1)[0].split(".", 1)[0].strip()
+        if group not in BASELINE_SET_GROUPS or "." not in text.split("=", 1)[0]:
+            raise RecipeError(
+                f"--set {text!r}: keys start with method., features. or dataset. "
+                "(e.g. method.first=random, features.epochs=10, dataset.root=/data)"
+            )
+    apply_overrides(data, sets)
+    return data["dataset"], data["method"], data["features"]
+
+
+@app.command()
+@_guard
+def baseline(
+    dataset: Annotated[str, typer.Argument(help="Data set plugin, e.g. fashion_mnist.")],
+    method: Annotated[str, typer.Option(help="Coreset plugin: random, herding, k_center.")],
+    ipc: Annotated[int, typer.Option(help="Images per class.")],
+    out_file: Annotated[Path, typer.Option("--out", help="Output .safetensors file.")],
+    seed: Annotated[int, typer.Option(help="Seed of the selection and feature network.")] = 0,
+    features: Annotated[str | None, typer.Option(
+        help="Feature space: pixels, or a backbone trained on the real data (default "
+             "convnet).")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", "-s", help="method.KEY=VALUE, features.KEY=VALUE or dataset.KEY=VALUE "
+                            "(repeatable).")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Root of the data set.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    evaluate_it: Annotated[bool, typer.Option(
+        "--evaluate", help="Score the set and store the result in it.")] = False,
+    evaluator: Annotated[list[str] | None, typer.Option(
+        help="Evaluator plugin for --evaluate (repeatable).")] = None,
+    models: Annotated[int | None, typer.Option(help="Networks per evaluation.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per evaluation network.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Select a coreset baseline (real images per class) and write it as a synthetic set."""
+    from .coresets import make_baseline
+    from .evaluate import evaluate as evaluate_set
+    from .registry import default_registry
+    from .synthetic import load_synthetic
+
+    registry = default_registry()
+    ds, meth, feats = _baseline_specs(dataset, method, features, data_root, set_ or [])
+    refs = _evaluator_refs(registry, evaluator, models, epochs) if evaluate_it else None
+    say = None if as_json else (lambda text: err.print(text, markup=False, highlight=False))
+    path = make_baseline(ds, meth, ipc, seed, out_file, features=feats, device=device,
+                         overwrite=overwrite, registry=registry, progress=say)
+    evaluations: dict[str, Any] = {}
+    if evaluate_it:
+        show_model = None if as_json else (
+            lambda i, n, acc: err.print(f"  model {i}/{n}: {acc:.2f}%", highlight=False))
+        result = evaluate_set(path, evaluators=refs, device=device, save=True,
+                              registry=registry, progress=show_model)
+        for w in result["warnings"]:
+            err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+        evaluations = result["evaluations"]
+    coreset = load_synthetic(path).metadata["coreset"]
+    if as_json:
+        _print_json({"file": str(path), "method": coreset["method"], "ipc": ipc,
+                     "params": coreset["params"], "features": coreset["features"],
+                     "images": len(coreset["indices"]), "evaluations": evaluations})
+        return
+    out.print(f"baseline written to [bold]{escape(str(path))}[/] ({coreset['method']}, ipc {ipc}, "
+              f"{len(coreset['indices'])} images)", highlight=False)
+    _print_evaluations(evaluations)
+
+
+@app.command()
+@_guard
+def export(
+    file: Annotated[Path, typer.Argument(help="Synthetic set (.safetensors).")],
+    png: Annotated[Path, typer.Argument(help="Output PNG file.")],
+    ncols: Annotated[int | None, typer.Option(
+        min=1, help="Images per row (a class wraps onto more rows).")] = None,
+    mean: Annotated[str | None, typer.Option(
+        help="Per-channel mean, comma-separated (sets made outside mdk).")] = None,
+    std: Annotated[str | None, typer.Option(
+        help="Per-channel std, comma-separated (sets made outside mdk).")] = None,
+) -> None:
+    """Draw a synthetic set as a PNG grid: one row per class, de-normalised."""
+    from .report import export_grid, parse_floats
+
+    path = export_grid(file, png, ncols=ncols, mean=parse_floats(mean, "mean"),
+                       std=parse_floats(std, "std"))
+    out.print(f"image grid written to [bold]{escape(str(path))}[/]", highlight=False)
+
+
+@app.command()
+@_guard
+def compare(
+    files: Annotated[list[Path], typer.Argument(help="Synthetic sets (.safetensors).")],
+    evaluate_missing: Annotated[bool, typer.Option(
+        "--evaluate", help="Compute evaluations the files do not have yet.")] = False,
+    evaluator: Annotated[list[str] | None, typer.Option(
+        help="Evaluator plugin that every row needs (repeatable; with --evaluate).")] = None,
+    models: Annotated[int | None, typer.Option(help="Networks per new evaluation.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per new evaluation.")] = None,
+    dataset: Annotated[str | None, typer.Option(
+        help="Data set plugin for sets made outside mdk.")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Root of the data set.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    save: Annotated[bool, typer.Option(help="Store new evaluations in the files.")] = False,
+    out_file: Annotated[Path | None, typer.Option(
+        "--out", help="Also write the table to this file.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+) -> None:
+    """Tabulate synthetic sets side by side: method, data set, IPC, evaluations."""
+    from .compare import compare as compare_sets
+    from .compare import format_compare
+    from .contracts import DatasetRef
+    from .registry import default_registry
+    from .synthetic import atomic_write
+
+    registry = default_registry()
+    refs = _evaluator_refs(registry, evaluator, models, epochs) if evaluate_missing else None
+    ds = None
+    if dataset:
+        spec = {"name": dataset, **({"root": str(data_root)} if data_root else {})}
+        registry.validate("datasets", spec)
+        ds = DatasetRef.model_validate(spec)
+    say = None if as_json else (lambda text: err.print(text, markup=False, highlight=False))
+    rows = compare_sets(files, evaluate_missing=evaluate_missing, evaluators=refs,
+                        dataset=ds, device=device, save=save, registry=registry,
+                        progress=say)
+    for r in rows:
+        for w in r["warnings"]:
+            err.print(f"[yellow]warning:[/] {escape(r['file'])}: {escape(w)}",
+                      highlight=False)
+    text = format_compare(rows, "json" if as_json else "markdown")
+    text = text if text.endswith("\n") else text + "\n"
+    if out_file is not None:
+        atomic_write(out_file, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    sys.stdout.write(text)
+
+
+@app.command()
+@_guard
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder, or one synthetic-set file.")],
+    out_file: Annotated[Path | None, typer.Option(
+        "--out", help="Page to write (default: RUN_DIR/report.html or report.md).")] = None,
+    markdown: Annotated[bool, typer.Option(
+        "--markdown", help="Write Markdown with PNG files beside it instead of HTML.")] = False,
+    ncols: Annotated[int | None, typer.Option(min=1, help="Image grid columns.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Write one page on a run: recipe, provenance, losses, images, evaluations."""
+    from .report import build_report
+
+    result = build_report(run_dir, out_file, markdown=markdown, ncols=ncols)
+    for w in result.warnings:
+        err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+    if as_json:
+        _print_json({"report": str(result.path), "files": [str(f) for f in result.files],
+                     "warnings": result.warnings})
+    else:
+        out.print(f"report written to [bold]{escape(str(result.path))}[/]", highlight=False)
 
 
 def main() -> None:

@@ -222,6 +222,55 @@ class LossOutput:
     logs: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of a multi-process run: rank ``rank`` of ``world_size``.
+
+    In a sharded run every rank draws the same full real batch (same seed, same random
+    stream) and keeps only its slice of each class's rows (:meth:`rows`); a DD loss then
+    returns a *partial* loss whose sum over ranks is the single-process loss, and the
+    engine sums gradients over ranks. ``world_size == 1`` (the default) is an ordinary
+    run: :meth:`rows` keeps everything and :meth:`sum` is the identity.
+    See ``docs/distributed.md``.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    def rows(self, labels: Tensor, num_classes: int) -> Tensor:
+        """Indices (in order) of the rows of a batch with ``labels`` (N,) this rank keeps.
+
+        Each class's rows, in batch order, are split as ``torch.tensor_split`` splits them
+        into ``world_size`` parts (uneven splits allowed: the first ``n % world_size``
+        ranks get one more row; a rank may get none); rank r keeps part r of every class.
+        """
+        n = labels.shape[0]
+        if not self.active:
+            return torch.arange(n, device=labels.device)
+        counts = torch.bincount(labels, minlength=num_classes)
+        order = torch.argsort(labels, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        pos = torch.empty_like(order)
+        pos[order] = torch.arange(n, device=labels.device) - starts[labels[order]]
+        base, extra = counts // self.world_size, counts % self.world_size
+        lo = self.rank * base + extra.clamp(max=self.rank)
+        hi = lo + base + (extra > self.rank).to(base.dtype)
+        keep = (pos >= lo[labels]) & (pos < hi[labels])
+        return keep.nonzero().squeeze(1)
+
+    def sum(self, t: Tensor) -> Tensor:
+        """Sum ``t`` over ranks in place (``all_reduce`` SUM) and return it."""
+        if self.active:
+            import torch.distributed as dist
+
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+
 @dataclass
 class RunContext:
     """Everything a DD loss may use; built once per run by the engine."""
@@ -239,6 +288,11 @@ class RunContext:
     cache_dir: Path = field(default_factory=lambda: Path("~/.cache/mim4dd_kit").expanduser())
     #: the recipe's dataset as ``{"name": ..., **params}`` (keys for cached artefacts)
     dataset_spec: dict[str, Any] = field(default_factory=dict)
+    #: this process's part of a multi-process run (``Shard()``: the whole batch)
+    shard: Shard = field(default_factory=Shard)
+    #: activation bytes per chunk of gradient-free real-data passes on a CPU
+    #: (``mim4dd_kit/chunked.py``; 0 = whole batches)
+    chunk_bytes: int = 8 * 2**20
 
 
 @dataclass
@@ -257,7 +311,10 @@ class DDLoss(Protocol):
     returns the per-block features of both sides for a regularizer. It may keep state
     (a network trained between outer steps, expert buffers) in ``state_dict`` /
     ``load_state_dict`` so runs resume exactly. ``learns_lr`` tells the engine to create
-    a learnable lr.
+    a learnable lr. ``shardable = True`` (optional class attribute) declares that the
+    loss honours ``ctx.shard``: it keeps only its rank's real rows and returns a partial
+    loss whose sum over ranks is the full loss (docs/distributed.md); multi-process runs
+    refuse losses without it.
     """
 
     learns_lr: ClassVar[bool]
@@ -277,6 +334,9 @@ class Regularizer(Protocol):
     Called as ``reg(syn_feats, syn_labels, real_feats, real_labels)`` and returns the
     already weighted scalar added to L_DD. Its own parameters (critic heads) are trained
     jointly with the images; ``lr`` is the learning rate the engine gives them.
+    ``shardable = True`` (optional class attribute) declares that it accepts real features
+    split over ranks: the engine then sets its ``shard`` attribute and expects a partial
+    loss (and ``last_logs``) whose sums over ranks are the full values.
     """
 
     lr: float

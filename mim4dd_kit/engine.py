@@ -4,6 +4,11 @@
 through the registry, optimises the synthetic images (plus critic heads and a learnable
 lr where present) with the recipe's schedule, checkpoints atomically every N iterations,
 and finally writes the set with its provenance and evaluation results.
+
+In a multi-process run (torchrun, or ``mdk run --nproc-per-node N``; docs/distributed.md)
+every rank runs this same loop on the same seed with its shard of the real batch; the
+gradients of the learned tensors and the logged losses are summed over ranks, and rank 0
+alone writes checkpoints, logs and the set.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import __version__
-from .contracts import RealData, RunContext, SyntheticState
-from .errors import CheckpointError, DataError, PluginError, RunError
+from . import __version__, performance, plots
+from . import distributed as ddp
+from .contracts import RealData, RunContext, Shard, SyntheticState
+from .errors import CheckpointError, DataError, PluginError, RecipeError, RunError
 from .evaluate import run_evaluators
 from .recipe import Recipe, load_recipe
 from .registry import Registry, default_registry
@@ -71,10 +77,13 @@ class Run:
         self.recipe, self.run_dir, self.device, self.registry = recipe, run_dir, device, registry
         self.history: list[dict[str, float]] = []
         self.started = _now()
+        self.shard: Shard = ddp.current_shard()
 
     # -- set-up ---------------------------------------------------------------------------
     def setup(self) -> None:
         r, reg = self.recipe, self.registry
+        if self.shard.active:
+            self.check_shardable()
         self.build_context()
         info = self.data.info
         make_backbone = self.ctx.make_backbone
@@ -86,7 +95,34 @@ class Run:
             self.reg = (reg.build("regularizers", r.regularizer, num_classes=info.num_classes,
                                   feature_dims=dims, registry=reg).to(self.device)
                         if r.regularizer is not None else None)
+        if self.reg is not None and self.shard.active:
+            self.reg.shard = self.shard  # the real features it gets are this rank's rows
         self._init_synthetic()
+
+    def check_shardable(self) -> None:
+        """Refuse, before anything is built, a loss or regularizer that cannot take a
+        shard of the real batch (class attribute ``shardable``)."""
+        r, reg = self.recipe, self.registry
+        size = self.shard.world_size
+        if not getattr(reg.load("dd_losses", r.dd_loss.name), "shardable", False):
+            able = []
+            for name in reg.names("dd_losses"):
+                try:
+                    if getattr(reg.load("dd_losses", name), "shardable", False):
+                        able.append(name)
+                except PluginError:
+                    continue
+            raise RecipeError(
+                f"dd_loss {r.dd_loss.name!r} cannot split its real batch over {size} "
+                f"processes; run it in a single process, or use a dd loss that can: "
+                f"{', '.join(able) or 'none installed'} (see docs/distributed.md)"
+            )
+        if r.regularizer is not None and not getattr(
+                reg.load("regularizers", r.regularizer.name), "shardable", False):
+            raise RecipeError(
+                f"regularizer {r.regularizer.name!r} cannot take real features split over "
+                f"{size} processes; run it in a single process (see docs/distributed.md)"
+            )
 
     def build_context(self) -> RunContext:
         """Seed, load the data onto the device and build what every DD loss may use."""
@@ -98,16 +134,21 @@ class Run:
         bb_cls = reg.load("backbones", r.backbone.name)
         bb_params = reg.validate("backbones", r.backbone)
 
-        def make_backbone():
+        def build():
             return bb_cls(bb_params, channels=info.channels, num_classes=info.num_classes,
                           image_size=info.image_size)
+
+        perf = r.performance
+        performance.configure_backends(perf, self.device)
+        make_backbone = performance.backbone_factory(build, perf, self.device)
 
         augment = (reg.build("augmentations", r.augmentation, data_info=info)
                    if r.augmentation is not None else None)
         s = r.synthetic
         self.ctx = RunContext(self.data, s.ipc, s.batch_real, self.device, make_backbone,
                               augment, r.seed, {"name": r.backbone.name, **r.backbone.params},
-                              cache_dir(), {"name": r.dataset.name, **r.dataset.params})
+                              cache_dir(), {"name": r.dataset.name, **r.dataset.params},
+                              self.shard, performance.chunk_bytes(perf))
         return self.ctx
 
     def _init_synthetic(self) -> None:
@@ -141,6 +182,11 @@ class Run:
         return self.run_dir / CHECKPOINT
 
     def save_checkpoint(self, iteration: int) -> None:
+        if ddp.is_main():  # the other ranks hold the same state
+            self._write_checkpoint(iteration)
+        ddp.barrier()
+
+    def _write_checkpoint(self, iteration: int) -> None:
         state = {
             "fingerprint": self.recipe.fingerprint(),
             "iteration": iteration,
@@ -154,6 +200,10 @@ class Run:
             "opt_reg": None if self.opt_reg is None else self.opt_reg.state_dict(),
             "loss": self.loss.state_dict(),
             "rng": rng_state(),
+            # the run device's stream: in a multi-GPU run each rank's device has its own
+            # copy of it, which "rng" (indexed by device number) would not restore
+            "rng_device": (torch.cuda.get_rng_state(self.device)
+                           if self.device.type == "cuda" else None),
             "history": self.history,
         }
         atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
@@ -183,6 +233,8 @@ class Run:
                 self.opt_reg.load_state_dict(state["opt_reg"])
         self.loss.load_state_dict(state["loss"])
         set_rng_state(state["rng"])
+        if self.device.type == "cuda" and state.get("rng_device") is not None:
+            torch.cuda.set_rng_state(state["rng_device"].cpu(), self.device)
         self.history = list(state["history"])
         self.started = state["started"]
         return int(state["iteration"])
@@ -190,29 +242,46 @@ class Run:
     # -- the loop -------------------------------------------------------------------------
     def step(self, iteration: int) -> dict[str, float]:
         want = self.reg is not None
-        out = self.loss.compute(self.syn, iteration, want)
-        total = out.loss
+        with performance.autocast(self.recipe.performance, self.device):
+            out = self.loss.compute(self.syn, iteration, want)
+        total = out.loss.float()
         logs = {"loss_dd": float(out.loss.detach()), **out.logs}
+        # logs that are partial sums in a sharded run (the loss's own logs are replicated)
+        partial = ["loss_dd"]
         if self.reg is not None:
             if out.syn_feats is None or out.real_feats is None:
                 raise PluginError(
                     f"dd loss {self.recipe.dd_loss.name!r} returned no features although "
                     f"regularizer {self.recipe.regularizer.name!r} needs them"
                 )
-            r = self.reg(out.syn_feats, out.syn_labels, out.real_feats, out.real_labels)
+            with performance.autocast(self.recipe.performance, self.device):
+                r = self.reg(out.syn_feats, out.syn_labels, out.real_feats, out.real_labels)
+            r = r.float()
             total = total + r
             logs["loss_reg"] = float(r.detach())
-            logs.update(getattr(self.reg, "last_logs", {}))
+            reg_logs = getattr(self.reg, "last_logs", {})
+            logs.update(reg_logs)
+            partial += ["loss_reg", *reg_logs]
         logs["loss"] = float(total.detach())
+        partial.append("loss")
+        opts = [o for o in (self.opt_img, self.opt_lr, self.opt_reg) if o is not None]
+        if self.shard.active:
+            # each rank holds a partial loss: sum gradients and logged losses over ranks
+            for o in opts:
+                o.zero_grad(set_to_none=True)
+            total.backward()
+            params = [p for o in opts for g in o.param_groups for p in g["params"]]
+            summed = ddp.sum_gradients(params, [logs[k] for k in partial])
+            logs.update(zip(partial, summed, strict=True))
         if not math.isfinite(logs["loss"]):
             raise RunError(
                 f"the loss became {logs['loss']} at iteration {iteration + 1}; lower "
                 "synthetic.lr or check the recipe"
             )
-        opts = [o for o in (self.opt_img, self.opt_lr, self.opt_reg) if o is not None]
-        for o in opts:
-            o.zero_grad(set_to_none=True)
-        total.backward()
+        if not self.shard.active:
+            for o in opts:
+                o.zero_grad(set_to_none=True)
+            total.backward()
         for o in opts:
             o.step()
         self.sched.step()
@@ -225,7 +294,8 @@ class Run:
         every = self.recipe.output.checkpoint_every
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeRemainingColumn(), TextColumn("{task.fields[losses]}")]
-        with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
+        shown_bar = progress and ddp.is_main()
+        with Progress(*columns, console=Console(stderr=True), disable=not shown_bar) as bar:
             task = bar.add_task(self.recipe.name, total=total, completed=start, losses="")
             for it in range(start, total):
                 logs = self.step(it)
@@ -266,6 +336,7 @@ class Run:
             "iterations": iterations,
             "final_losses": {k: v for k, v in (self.history[-1] if self.history else {}).items()
                              if k != "iteration"},
+            "distributed": {"world_size": self.shard.world_size, "backend": ddp.backend()},
         }
 
     def write_logs(self) -> None:
@@ -275,6 +346,10 @@ class Run:
         recipe_text = yaml.safe_dump(self.recipe.to_dict(), sort_keys=False)
         atomic_write(self.run_dir / "recipe.yaml",
                      lambda tmp: Path(tmp).write_text(recipe_text, encoding="utf-8"))
+        if self.history and plots.have_matplotlib():
+            # the paper's Fig. 4: base loss and regularizer per iteration (plot extra)
+            plots.save_loss_curves(self.history, self.run_dir / "losses.png",
+                                   title=self.recipe.name)
 
 
 def run(
@@ -295,11 +370,36 @@ def run(
     Returns where the outputs are and the evaluation results. ``resume`` continues from
     the run folder's checkpoint; without it an existing run folder is an error unless
     ``overwrite`` is given.
+
+    Started by torchrun (or :func:`mim4dd_kit.distributed.launch_run`), the process joins
+    the group the environment describes and runs its share (docs/distributed.md); every
+    rank returns the same result, and only rank 0 writes files.
     """
     registry = registry or default_registry()
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides, registry)
     dev = resolve_device(device or recipe.device)
+    joined = False
+    if ddp.env_describes_group():
+        joined = not torch.distributed.is_initialized()
+        dev = ddp.init_from_env(dev)
+    result = _run(recipe, dev, out, resume, overwrite, progress, evaluate, callbacks, registry)
+    if joined:  # not after an error: peers may be gone, and NCCL's teardown can then block
+        ddp.destroy()
+    return result
+
+
+def _run(
+    recipe: Recipe,
+    dev: torch.device,
+    out: str | Path | None,
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+    evaluate: bool,
+    callbacks: Iterable[Callback],
+    registry: Registry,
+) -> RunResult:
     run_dir = Path(out or recipe.output.dir or Path("runs") / recipe.name)
     final = run_dir / recipe.output.file
     r = Run(recipe, run_dir, dev, registry)
@@ -315,6 +415,7 @@ def run(
                 f"{run_dir} holds a checkpoint of an unfinished run; pass --resume to "
                 "continue it or --overwrite to start over"
             )
+    ddp.barrier()  # every rank has looked at the folder before rank 0 writes to it
     t0 = time.perf_counter()
     r.setup()
     start = r.load_checkpoint() if (resume and has_ckpt and not overwrite) else 0
@@ -323,15 +424,21 @@ def run(
     lr = None if r.syn.lr is None else float(r.syn.lr.detach())
     meta = r.provenance(iterations)
     meta["run_seconds"] = time.perf_counter() - t0
-    save_synthetic(final, r.syn.images, r.syn.labels, lr, meta)
-    r.write_logs()
+    main = ddp.is_main()
+    if main:
+        save_synthetic(final, r.syn.images, r.syn.labels, lr, meta)
+        r.write_logs()
     evaluations: dict[str, Any] = {}
     if evaluate and recipe.evaluators:
+        # every rank takes part: evaluators may spread their networks over the ranks
         evaluations = run_evaluators(
             recipe.evaluators, r.syn.images.detach(), r.syn.labels, lr, r.data,
             device=dev, seed=recipe.seed, backbone=recipe.backbone,
             augmentation=recipe.augmentation, registry=registry,
         )
-        update_metadata(final, evaluations=evaluations)
-    r.checkpoint_path.unlink(missing_ok=True)
+        if main:
+            update_metadata(final, evaluations=evaluations)
+    if main:
+        r.checkpoint_path.unlink(missing_ok=True)
+    ddp.barrier()  # the outputs are complete before any rank returns
     return RunResult(run_dir, final, iterations, meta["final_losses"], evaluations)

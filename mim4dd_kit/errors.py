@@ -37,3 +37,11 @@ class CheckpointError(MdkError):
 
 class RunError(MdkError):
     """A run cannot start or continue as asked (existing outputs, diverged loss)."""
+
+
+class ReportError(MdkError):
+    """An output (plot, export, comparison, report) cannot be made from the given input."""
+
+
+class MissingExtraError(ReportError):
+    """An optional dependency (matplotlib, the ``plot`` extra) is not installed."""

@@ -31,6 +31,7 @@ from .contracts import (
     RegularizerRef,
 )
 from .errors import PluginError, RecipeError
+from .performance import PerformanceSettings
 from .registry import ParamsError, Problem, Registry, _pretty, default_registry
 
 
@@ -82,6 +83,10 @@ class Recipe(_Strict):
         default_factory=lambda: [EvaluatorRef(name="train_from_scratch")]
     )
     output: OutputSettings = Field(default_factory=OutputSettings)
+    performance: PerformanceSettings = Field(
+        default_factory=PerformanceSettings,
+        description="how the arithmetic runs (precision, layout, compilation, chunking)",
+    )
 
     @field_validator("device")
     @classmethod
@@ -108,10 +113,11 @@ class Recipe(_Strict):
         return json.loads(self.model_dump_json(by_alias=True))
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes the result (the output folder does not)."""
+        """Hash of what defines the result: not the output folder, the device or the
+        speed options, so a run may resume on another device or with other settings."""
         d = self.to_dict()
-        d.pop("output", None)
-        d.pop("device", None)
+        for key in ("output", "device", "performance"):
+            d.pop(key, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -33,6 +33,7 @@ KINDS: dict[str, str] = {
     "regularizers": "mdk.regularizers",
     "evaluators": "mdk.evaluators",
     "augmentations": "mdk.augmentations",
+    "coresets": "mdk.coresets",
 }
 
 

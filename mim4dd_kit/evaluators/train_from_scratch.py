@@ -4,27 +4,38 @@ Defaults follow the MIM4DD paper (section 3.1) and the DC/DSA/DM reference code:
 SGD lr 0.01 (or the lr the method learned) with momentum 0.9 and weight decay 5e-4,
 batch 256, lr x0.1 for the second half of training, DSA augmentation on every batch,
 300 epochs, 5 networks; accuracy mean and (population) std over networks, in percent.
+
+By default the networks train together, stacked under ``torch.func.vmap``
+(:mod:`.batched`), with the same per-network random streams as when trained one by one;
+networks spread over the ranks of a ``torch.distributed`` run.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from .. import chunked, distributed
 from ..contracts import AugmentationRef, BackboneRef, EvalRequest, Params
-from ..runtime import isolated_rng
+from .batched import train_networks
 
 
 @torch.no_grad()
 def accuracy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-             batch: int = 1024) -> float:
-    """Top-1 accuracy in percent of ``net`` (in eval mode) on a labelled tensor set."""
+             batch: int | None = None) -> float:
+    """Top-1 accuracy in percent of ``net`` (in eval mode) on a labelled tensor set.
+
+    ``batch`` images per forward pass; by default cache-sized chunks on a CPU and 1,024
+    images elsewhere (:mod:`mim4dd_kit.chunked`).
+    """
     net.eval()
+    if batch is None:
+        batch = chunked.chunk_size(net, images) if images.device.type == "cpu" else 1024
     correct = 0
     for i in range(0, len(images), batch):
         correct += int((net(images[i:i + batch]).argmax(1) == labels[i:i + batch]).sum())
@@ -84,6 +95,16 @@ class TrainFromScratch:
             default_factory=lambda: AugmentationRef(name="dsa"),
             description="augmentation during training (protocol: DSA); null for none",
         )
+        batched: bool | Literal["auto"] = Field(
+            "auto", description="train the networks together, stacked under torch.func.vmap "
+            "(same results as one by one up to float rounding); auto: on CUDA only, since on "
+            "a CPU one by one is faster (docs/performance.md); architectures with running "
+            "statistics (BatchNorm) or that do not run under vmap fall back to one by one",
+        )
+        batch_models: int | None = Field(
+            None, ge=1, description="at most this many networks train together (memory "
+            "grows with it); null: all of this process's networks at once",
+        )
 
     def __init__(self, params: TrainFromScratch.Params):
         self.params = params
@@ -99,23 +120,38 @@ class TrainFromScratch:
         lr = request.lr if (p.use_learned_lr and request.lr is not None) else p.lr
         images = request.images.to(request.device)
         labels = request.labels.to(request.device)
-        accs = []
+        test_images, test_labels = request.data.test_images, request.data.test_labels
+
+        def build() -> torch.nn.Module:
+            return registry.build(
+                "backbones", backbone, channels=info.channels,
+                num_classes=info.num_classes, image_size=info.image_size,
+            ).to(request.device)
+
+        # this process's networks; network i always trains on its own stream seed + 7919 i
+        mine = distributed.local_indices(p.models)
+        size = p.batch_models or max(len(mine), 1)
+        batched = request.device.type == "cuda" if p.batched == "auto" else p.batched
+        reason = None
+        local: dict[int, float] = {}
         start = time.perf_counter()
-        for i in range(p.models):
-            # each network has its own seeded stream: init, batch order, augmentation
-            with isolated_rng(request.seed + 7919 * i, request.device):
-                net = registry.build(
-                    "backbones", backbone, channels=info.channels,
-                    num_classes=info.num_classes, image_size=info.image_size,
-                ).to(request.device)
-                train_network(
-                    net, images, labels, epochs=p.epochs, lr=lr, momentum=p.momentum,
-                    weight_decay=p.weight_decay, batch_size=p.batch_size, augment=augment,
-                )
-            accs.append(accuracy(net, request.data.test_images, request.data.test_labels))
-            if progress is not None:
-                progress(i + 1, p.models, accs[-1])
-        return {
+        for first in range(0, len(mine), size):
+            chunk = mine[first:first + size]
+            group = train_networks(
+                build, [request.seed + 7919 * i for i in chunk], images, labels,
+                device=request.device, epochs=p.epochs, lr=lr, momentum=p.momentum,
+                weight_decay=p.weight_decay, batch_size=p.batch_size, augment=augment,
+                batched=batched,
+            )
+            if not group.batched:
+                # the architecture decides: later chunks go one by one without a new probe
+                batched, reason = False, group.reason
+            for i, acc in zip(chunk, group.accuracies(test_images, test_labels), strict=True):
+                local[i] = acc
+                if progress is not None:
+                    progress(len(local), len(mine), acc)
+        accs = distributed.gather_indexed(local, p.models)
+        result: dict[str, Any] = {
             "accuracy_mean": float(np.mean(accs)),
             "accuracy_std": float(np.std(accs)),
             "accuracies": accs,
@@ -126,4 +162,8 @@ class TrainFromScratch:
             "augmentation": p.augmentation.name if p.augmentation else None,
             "test_size": len(request.data.test_labels),
             "seconds": time.perf_counter() - start,
+            "batched": batched,
         }
+        if reason is not None:
+            result["reason"] = reason
+        return result

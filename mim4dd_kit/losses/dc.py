@@ -20,6 +20,12 @@ before every matching and BN is then frozen (reference ``main.py``).
 
 All classes are matched in one vectorised gradient call per side; the features of the
 same forward are handed to a regularizer (both sides from the one network).
+
+In a multi-process run (``ctx.shard``, docs/distributed.md) every rank keeps its slice of
+each class's matched real rows. A class's real gradient is the gradient of a mean CE, so
+each rank's mean gradient times its row count is summed over ranks and divided by the
+full count: every rank holds the full-batch gradient. The matching distance is then
+replicated and enters each rank's partial loss divided by the world size.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from ..contracts import Backbone, LossOutput, Params, RunContext, SyntheticState
+from ..contracts import Backbone, LossOutput, Params, RunContext, Shard, SyntheticState
+from ..errors import RunError
 from .gradient_matching import (
     Distance,
     PersistentNetwork,
@@ -57,10 +64,23 @@ def group_by_class(x: Tensor, y: Tensor, num_classes: int) -> tuple[Tensor, Tens
     return x.reshape(num_classes, n, *x.shape[1:]), y.reshape(num_classes, n)
 
 
+def full_batch_gradients(
+    grads: list[Tensor], local_n: int, total_n: int, shard: Shard
+) -> list[Tensor]:
+    """Per-class mean gradients over this rank's ``local_n`` rows of each class -> the
+    means over all ``total_n`` rows, on every rank (one collective)."""
+    flat = torch.cat([g.reshape(-1) for g in grads]) * local_n
+    flat = shard.sum(flat) / total_n
+    return [piece.view_as(g) for piece, g in zip(flat.split([g.numel() for g in grads]), grads,
+                                                  strict=True)]
+
+
 class DatasetCondensation:
     """Gradient matching with a network trained on the synthetic set in between (DC)."""
 
     learns_lr: ClassVar[bool] = False
+    #: the matched real batch may be split over ranks (docs/distributed.md)
+    shardable: ClassVar[bool] = True
     #: the recipe name, for error messages
     method: ClassVar[str] = "dc"
 
@@ -126,6 +146,17 @@ class DatasetCondensation:
         if has_batchnorm(net):
             freeze_batchnorm(net, ctx.data.sample_per_class(BN_PER_CLASS)[0])
         real, real_y, logs = self.real_batch(net)
+        shard, per_class_n = ctx.shard, real_y.shape[0] // c
+        if shard.active:  # every rank has the same batch; keep this rank's rows
+            if per_class_n < shard.world_size:
+                raise RunError(
+                    f"{self.method} splits each class's real batch over "
+                    f"{shard.world_size} processes and needs at least that many real images "
+                    f"per class, but matches {per_class_n}; raise synthetic.batch_real (or "
+                    "the clusters) or start fewer processes"
+                )
+            keep = shard.rows(real_y, c)
+            real, real_y = real[keep], real_y[keep]
         syn_x, syn_y = syn.images, syn.labels
         if p.augment:
             assert ctx.augment is not None
@@ -134,9 +165,13 @@ class DatasetCondensation:
         syn_x, syn_y = group_by_class(syn_x, syn_y, c)  # (C, ipc, ...)
         with torch.no_grad():
             g_real, f_real = class_gradients(net, real_x, real_y)
+            if shard.active:
+                g_real = full_batch_gradients(g_real, real_x.shape[1], per_class_n, shard)
         g_syn, f_syn = class_gradients(net, syn_x, syn_y)
         per_class = match_distance(g_real, g_syn, p.distance)  # (C,)
         loss = per_class.sum()
+        if shard.active:  # replicated on every rank: each carries 1/world of it
+            loss = loss / shard.world_size
         if not want_features:
             return LossOutput(loss, logs=logs)
         return LossOutput(

@@ -17,7 +17,9 @@ later (the normalised parameter-matching loss of section 3.1):
 ``B_n`` walks through random permutations of the synthetic set in chunks of
 ``batch_syn`` (all at once when None), ``A`` is the run's per-sample augmentation. The
 unroll is functional and keeps its graph, so the gradient reaches the images and α through
-all N steps; memory is O(N) graphs.
+all N steps; memory is O(N) graphs. ``checkpoint`` (see :mod:`.bptt`) replays the steps in
+the backward pass in segments instead, storing only the parameters between them: the same
+gradient for O(N) parameter vectors plus one segment's activations.
 
 For MIM4DD (SPEC section 2) the real features come from the expert at θ*_{t+M} on a real
 batch (no gradient), the synthetic ones from the student θ̂_N on the synthetic set.
@@ -37,7 +39,7 @@ from ..buffers import ensure_buffer, expert_layout, load_expert, load_expert_buf
 from ..contracts import LossOutput, Params, RunContext, SyntheticState
 from ..errors import DataError
 from ..runtime import isolated_rng
-from .bptt import _FeaturesAndLogits, unroll
+from .bptt import CheckpointOption, _FeaturesAndLogits, checkpoint_field, segment_length, unroll
 
 _PREFIX = "net."  # parameter names of the wrapper module that returns (features, logits)
 
@@ -76,6 +78,7 @@ class MTT:
             0.0, ge=0, description="expert SGD weight decay (buffer.py: 0)"
         )
         buffer_seed: int = Field(0, description="seed of the expert trajectories")
+        checkpoint: CheckpointOption = checkpoint_field("student steps")
 
         @model_validator(mode="after")
         def _enough_epochs(self) -> MTT.Params:
@@ -142,7 +145,8 @@ class MTT:
         lr = syn.lr if syn.lr is not None else torch.tensor(p.lr_teacher, device=ctx.device)
         w = unroll(self.model, self._unflatten(start_flat), student_bufs, syn.images,
                    syn.labels, lr, steps=p.syn_steps, momentum=0.0, batch_syn=p.batch_syn,
-                   augment=ctx.augment, minibatch="epoch")
+                   augment=ctx.augment, minibatch="epoch",
+                   checkpoint=segment_length(p.checkpoint))
         student_flat = torch.cat([w[n].reshape(-1) for n in self.names])
         # the reference divides both sums by the parameter count; it cancels in the ratio
         student_dist = ((student_flat - target_flat) ** 2).sum()

@@ -10,40 +10,60 @@ quantity to minimise) is
 
 with P the same-class pairs and Q the rest. The total added to the DD loss (Eq. 2.17) is
 ``lambda * sum_k L_NCE^k / beta^(K-1-k)``. See docs/components/mim4dd.md.
+
+In a multi-process run the real features are split over ranks (columns of the score
+matrices); each rank's NCE divides its columns' sums by the *global* pair counts, so the
+rank losses (and gradients) sum to the single-process ones (docs/distributed.md).
 """
 
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from torch import Tensor, nn
 
-from ..contracts import CriticRef, Params
+from ..contracts import CriticRef, Params, Shard
 
 
-def nce_loss(scores: Tensor, positive: Tensor, num_classes: int) -> Tensor:
+def nce_loss(
+    scores: Tensor,
+    positive: Tensor,
+    num_classes: int,
+    pair_counts: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
     """Eq. 2.16 for one layer, as a loss. ``scores`` and ``positive`` are (M, N).
 
     ``log h = -softplus(-s)`` and ``log(1 - h) = -softplus(s)`` are the stable forms of
     the log-sigmoids. A batch without positive (or negative) pairs contributes 0 for that
-    term rather than NaN.
+    term rather than NaN. ``pair_counts`` (positive, negative) replaces the counts of this
+    matrix as the denominators: with the counts of the full matrix, the loss of a block
+    of its columns is that block's share of the full loss (sharded runs).
     """
     pos = positive.to(scores.dtype)
     neg = 1.0 - pos
     log_h = -F.softplus(-scores)
     log_1mh = -F.softplus(scores)
-    mean_pos = (log_h * pos).sum() / pos.sum().clamp(min=1.0)
-    mean_neg = (log_1mh * neg).sum() / neg.sum().clamp(min=1.0)
+    n_pos, n_neg = pair_counts if pair_counts is not None else (pos.sum(), neg.sum())
+    mean_pos = (log_h * pos).sum() / n_pos.clamp(min=1.0)
+    mean_neg = (log_1mh * neg).sum() / n_neg.clamp(min=1.0)
     return -(mean_pos + (num_classes - 1) * mean_neg)
 
 
-def mi_lower_bound(scores: Tensor, positive: Tensor, num_classes: int) -> Tensor:
-    """Eq. 2.14: ``log(C - 1) + E_P[log h]``, the MI estimate the loss maximises (nats)."""
+def mi_lower_bound(
+    scores: Tensor, positive: Tensor, num_classes: int, num_positive: Tensor | None = None
+) -> Tensor:
+    """Eq. 2.14: ``log(C - 1) + E_P[log h]``, the MI estimate the loss maximises (nats).
+
+    ``num_positive`` replaces this matrix's positive count (see :func:`nce_loss`); the
+    sum over column blocks of their bounds then has ``log(C - 1)`` once per block.
+    """
     pos = positive.to(scores.dtype)
-    mean_pos = (-F.softplus(-scores) * pos).sum() / pos.sum().clamp(min=1.0)
+    n_pos = pos.sum() if num_positive is None else num_positive
+    mean_pos = (-F.softplus(-scores) * pos).sum() / n_pos.clamp(min=1.0)
     return math.log(max(num_classes - 1, 1)) + mean_pos
 
 
@@ -54,6 +74,9 @@ def layer_weights(num_layers: int, beta: float) -> list[float]:
 
 class MIM4DD(nn.Module):
     """MIM4DD contrastive mutual-information regularizer (Eqs. 2.14-2.17)."""
+
+    #: accepts real features split over ranks when :attr:`shard` is set (by the engine)
+    shardable: ClassVar[bool] = True
 
     class Params(Params):
         model_config = ConfigDict(populate_by_name=True)
@@ -122,6 +145,8 @@ class MIM4DD(nn.Module):
         )
         self.lr = params.critic_lr
         self.last_logs: dict[str, float] = {}
+        #: the rank's part of a sharded run: the real features are its rows only
+        self.shard = Shard()
 
     def scores(self, syn_feats: list[Tensor], real_feats: list[Tensor]) -> list[Tensor]:
         """One (M, N) score matrix per selected layer."""
@@ -147,8 +172,15 @@ class MIM4DD(nn.Module):
                 f"{len(syn_feats)} (syn) and {len(real_feats)} (real)"
             )
         positive = syn_labels[:, None] == real_labels[None, :]  # (M, N)
+        counts = None
+        if self.shard.active:  # this rank holds some columns: use the global pair counts
+            n_pos = positive.sum().to(torch.float64)
+            both = self.shard.sum(torch.stack([n_pos, positive.numel() - n_pos]))
+            both = both.to(syn_feats[0].dtype)
+            counts = (both[0], both[1])
         losses = torch.stack(
-            [nce_loss(s, positive, self.num_classes) for s in self.scores(syn_feats, real_feats)]
+            [nce_loss(s, positive, self.num_classes, counts)
+             for s in self.scores(syn_feats, real_feats)]
         )
         values = losses.detach().tolist()
         self.last_logs = {f"nce{k}": v for k, v in zip(self.layers, values, strict=True)}

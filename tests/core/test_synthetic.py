@@ -92,3 +92,19 @@ def test_label_shape_mismatch_is_refused(tmp_path):
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(SyntheticSetError, match="does not exist"):
         load_synthetic(tmp_path / "nope.safetensors")
+
+
+def test_atomic_write_gives_files_the_usual_mode(tmp_path):
+    import os
+    import stat
+
+    from mim4dd_kit.synthetic import atomic_write
+
+    target = tmp_path / "out.txt"
+    old = os.umask(0o022)
+    try:
+        atomic_write(target, lambda tmp: open(tmp, "w").write("x"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert target.read_text() == "x"

@@ -1,0 +1,190 @@
+"""CKA between a real-trained and a synthetic-trained network (MIM4DD section 3.5, Fig. 5).
+
+Network R is trained on the real training split, network S on the synthetic set by the
+evaluation protocol of ``train_from_scratch``; both then see the same probe images from
+the real test split, and linear CKA (``mim4dd_kit.cka``) compares every block output of R
+with every block output of S, the logits counting as a last layer. Rows of the matrix are
+R's layers, columns S's. See docs/components/cka.md.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from ..cka import choose_method, cka_matrix
+from ..contracts import AugmentationRef, BackboneRef, EvalRequest, Params, RealData
+from ..runtime import isolated_rng
+from ..synthetic import atomic_write
+from .train_from_scratch import accuracy, train_network
+
+#: offset between the seeds of the synthetic-trained and the real-trained network
+REAL_SEED_OFFSET = 104_729
+
+
+@torch.no_grad()
+def network_features(net: Any, images: torch.Tensor, *, logits: bool = False,
+                     batch: int = 256) -> list[torch.Tensor]:
+    """Per-block outputs of ``net`` (eval mode), flattened: K tensors (n, p_k) in float32.
+
+    With ``logits`` the classifier output (n, C) is appended as a (K+1)-th layer. Images
+    go through in chunks of ``batch`` so wide conv maps of many images fit in memory.
+    """
+    net.eval()
+    chunks: list[list[torch.Tensor]] = []
+    for i in range(0, len(images), batch):
+        feats = net.features(images[i:i + batch])
+        out = [f.flatten(1).float() for f in feats]
+        if logits:
+            out.append(net.classify(feats[-1]).float())
+        chunks.append(out)
+    return [torch.cat(layer) for layer in zip(*chunks, strict=True)]
+
+
+def build_backbone(registry: Any, ref: BackboneRef, data: RealData, device: torch.device):
+    """Construct a fresh ``ref`` for ``data``'s image shape and classes on ``device``."""
+    info = data.info
+    return registry.build(
+        "backbones", ref, channels=info.channels, num_classes=info.num_classes,
+        image_size=info.image_size,
+    ).to(device)
+
+
+def _make_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from ..errors import ReportError
+
+        raise ReportError(
+            f"evaluator cka: cannot create its out_dir {str(out)!r} for cka.json and cka.png "
+            f"({exc.strerror or exc}); give a writable directory or out_dir: null"
+        ) from None
+
+
+class CKA:
+    """Linear CKA between layers of a real-trained and a synthetic-trained network."""
+
+    class Params(Params):
+        backbone: BackboneRef | None = Field(
+            None, description="network of both sides; default: the set's, else convnet"
+        )
+        real_epochs: int = Field(
+            20, ge=1, description="epochs of the real-trained network on the real training split"
+        )
+        epochs: int = Field(300, ge=1, description="epochs on the synthetic set (protocol)")
+        lr: float = Field(0.01, gt=0, description="SGD lr (real side; synthetic side when "
+                          "the set has no learned lr)")
+        use_learned_lr: bool = Field(True, description="synthetic side uses the set's lr if any")
+        momentum: float = Field(0.9, ge=0, lt=1)
+        weight_decay: float = Field(5e-4, ge=0)
+        batch_size: int = Field(256, ge=1)
+        augmentation: AugmentationRef | None = Field(
+            default_factory=lambda: AugmentationRef(name="dsa"),
+            description="augmentation while training on the synthetic set (protocol: DSA); "
+            "the real side trains without augmentation",
+        )
+        probe: int = Field(1000, ge=2, description="real test images fed to both networks")
+        method: Literal["auto", "gram", "feature"] = Field(
+            "auto", description="CKA computation: Gram or feature form (same value)"
+        )
+        plot: bool = Field(True, description="draw cka.png when out_dir is given")
+        out_dir: str | None = Field(
+            None, description="directory for cka.json and cka.png; null writes nothing"
+        )
+
+    def __init__(self, params: CKA.Params):
+        self.params = params
+
+    def evaluate(self, request: EvalRequest, registry, progress=None) -> dict[str, Any]:
+        p = self.params
+        data, dev = request.data, request.device
+        backbone = p.backbone or request.backbone or BackboneRef(name="convnet")
+        augment = (
+            registry.build("augmentations", p.augmentation, data_info=data.info)
+            if p.augmentation is not None else None
+        )
+        syn_lr = request.lr if (p.use_learned_lr and request.lr is not None) else p.lr
+        common = dict(momentum=p.momentum, weight_decay=p.weight_decay, batch_size=p.batch_size)
+        if p.out_dir is not None:
+            _make_dir(Path(p.out_dir))  # fail before the training, not after it
+        start = time.perf_counter()
+
+        # S is seeded as train_from_scratch's first network
+        with isolated_rng(request.seed, dev):
+            syn_net = build_backbone(registry, backbone, data, dev)
+            train_network(syn_net, request.images.to(dev), request.labels.to(dev),
+                          epochs=p.epochs, lr=syn_lr, augment=augment, **common)
+        syn_acc = accuracy(syn_net, data.test_images, data.test_labels)
+        if progress is not None:
+            progress(1, 2, syn_acc)
+        with isolated_rng(request.seed + REAL_SEED_OFFSET, dev):
+            real_net = build_backbone(registry, backbone, data, dev)
+            train_network(real_net, data.train_images, data.train_labels,
+                          epochs=p.real_epochs, lr=p.lr, augment=None, **common)
+        real_acc = accuracy(real_net, data.test_images, data.test_labels)
+        if progress is not None:
+            progress(2, 2, real_acc)
+
+        gen = torch.Generator().manual_seed(request.seed)
+        n_probe = min(p.probe, len(data.test_images))
+        idx = torch.randperm(len(data.test_images), generator=gen)[:n_probe]
+        probe = data.test_images[idx.to(data.test_images.device)]
+        feats_real = network_features(real_net, probe, logits=True)
+        feats_syn = network_features(syn_net, probe, logits=True)
+        method = choose_method(p.method, n_probe, [f.shape[1] for f in feats_real + feats_syn])
+        matrix = cka_matrix(feats_real, feats_syn, method=method).cpu()
+        layers = [f"block{k}" for k in range(1, len(feats_real))] + ["logits"]
+        result: dict[str, Any] = {
+            "matrix": matrix.tolist(),
+            "layers": layers,
+            "diagonal": matrix.diagonal().tolist(),
+            "mean_diagonal": float(matrix.diagonal().mean()),
+            "real_accuracy": real_acc,
+            "syn_accuracy": syn_acc,
+            "probe": n_probe,
+            "method": method,
+            "real_epochs": p.real_epochs,
+            "epochs": p.epochs,
+            "syn_lr": syn_lr,
+            "backbone": {"name": backbone.name, **backbone.params},
+            "augmentation": p.augmentation.name if p.augmentation else None,
+            "warnings": [],
+            "seconds": time.perf_counter() - start,
+        }
+        if p.out_dir is not None:
+            result["files"] = self._write(Path(p.out_dir), matrix, layers, backbone, result)
+        return result
+
+    def _write(self, out: Path, matrix: torch.Tensor, layers: list[str], backbone: BackboneRef,
+               result: dict[str, Any]) -> dict[str, str]:
+        """cka.json always; cka.png when ``plot`` and the plotting extra is installed."""
+        files: dict[str, str] = {}
+        if self.params.plot:
+            png = out / "cka.png"
+            try:
+                from ..errors import MissingExtraError
+                from ..plots import save_heatmap
+            except ImportError as exc:  # a build without the plotting module
+                result["warnings"].append(f"cka.png not drawn: {exc}")
+            else:
+                try:
+                    save_heatmap(
+                        matrix.numpy(), png, xlabels=layers, ylabels=layers, vmin=0.0,
+                        vmax=1.0, title=f"Linear CKA, {backbone.name}: rows real-trained, "
+                        "columns synthetic-trained",
+                    )
+                    files["plot"] = str(png)
+                except MissingExtraError as exc:
+                    # the matrix took long to compute: keep it, say why there is no picture
+                    result["warnings"].append(f"cka.png not drawn: {exc}")
+        path = out / "cka.json"
+        files["json"] = str(path)
+        text = json.dumps({**result, "files": files}, indent=2)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+        return files

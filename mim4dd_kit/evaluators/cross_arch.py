@@ -1,0 +1,117 @@
+"""Cross-architecture generalisation: the evaluation protocol on several backbones.
+
+Source: the cross-architecture evaluations of the DC/DSA/DM/MTT papers (SPEC section 4;
+the default list is DC's table): a set distilled with one network (usually ConvNet) trains
+other architectures, each by the ``train_from_scratch`` protocol, tested on real data.
+Backbones that are not installed, or that cannot take the data set's image size, are
+listed in ``skipped`` with the reason instead of failing the evaluation. See
+docs/components/cross_arch.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from ..contracts import AugmentationRef, BackboneRef, EvalRequest, Params
+from ..errors import PluginError
+from ..runtime import isolated_rng
+from .train_from_scratch import TrainFromScratch
+
+DEFAULT_BACKBONES = ("convnet", "mlp", "lenet", "alexnet", "vgg11", "resnet18")
+
+
+def _label(ref: BackboneRef) -> str:
+    """``name`` or ``name (key=value, ...)`` for the table."""
+    if not ref.params:
+        return ref.name
+    return f"{ref.name} ({', '.join(f'{k}={v}' for k, v in ref.params.items())})"
+
+
+def markdown_table(rows: list[dict[str, Any]], skipped: list[dict[str, str]]) -> str:
+    """A Markdown table of the rows, with the skipped backbones listed under it."""
+    lines = ["| backbone | accuracy (%) | networks | seconds |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['label']} | {r['accuracy_mean']:.2f} ± {r['accuracy_std']:.2f} | "
+            f"{len(r['accuracies'])} | {r['seconds']:.1f} |"
+        )
+    if skipped:
+        lines.append("")
+        lines += [f"- skipped {s['backbone']}: {s['reason']}" for s in skipped]
+    return "\n".join(lines)
+
+
+class CrossArch:
+    """Train-from-scratch accuracy of the set on several backbones (cross-architecture)."""
+
+    class Params(Params):
+        backbones: list[BackboneRef] = Field(
+            default_factory=lambda: [BackboneRef(name=n) for n in DEFAULT_BACKBONES],
+            min_length=1,
+            description="networks to train; uninstalled ones and those that cannot take "
+            "the image size are skipped",
+        )
+        models: int = Field(5, ge=1, description="networks trained per backbone (paper: 5)")
+        epochs: int = Field(300, ge=1, description="training epochs (paper: 300)")
+        lr: float = Field(0.01, gt=0, description="SGD lr when the set has no learned lr")
+        use_learned_lr: bool = Field(True, description="use the set's learned lr if any")
+        momentum: float = Field(0.9, ge=0, lt=1)
+        weight_decay: float = Field(5e-4, ge=0)
+        batch_size: int = Field(256, ge=1)
+        augmentation: AugmentationRef | None = Field(
+            default_factory=lambda: AugmentationRef(name="dsa"),
+            description="augmentation during training (protocol: DSA); null for none",
+        )
+        batched: bool = Field(
+            True, description="train each backbone's networks together under torch.func.vmap "
+            "where the architecture allows (as train_from_scratch)",
+        )
+        batch_models: int | None = Field(
+            None, ge=1, description="at most this many networks train together; null: all",
+        )
+
+    def __init__(self, params: CrossArch.Params):
+        self.params = params
+
+    def evaluate(self, request: EvalRequest, registry, progress=None) -> dict[str, Any]:
+        p = self.params
+        info = request.data.info
+        installed = set(registry.names("backbones"))
+        protocol = {k: getattr(p, k) for k in type(p).model_fields if k != "backbones"}
+        rows: list[dict[str, Any]] = []
+        skipped: list[dict[str, str]] = []
+        for ref in p.backbones:
+            label = _label(ref)
+            if ref.name.split(":")[-1] not in installed:
+                skipped.append({"backbone": label, "reason": "not installed"})
+                continue
+            try:
+                # a throw-away build to find out whether it fits the images, on its own
+                # stream so the training draws are unaffected
+                with isolated_rng(request.seed, request.device):
+                    registry.build("backbones", ref, channels=info.channels,
+                                   num_classes=info.num_classes, image_size=info.image_size)
+            except PluginError as exc:
+                skipped.append({"backbone": label, "reason": str(exc)})
+                continue
+            tfs = TrainFromScratch(TrainFromScratch.Params(**protocol, backbone=ref))
+            res = tfs.evaluate(request, registry, progress)
+            rows.append({
+                "backbone": ref.name,
+                "params": ref.params,
+                "label": label,
+                "accuracy_mean": res["accuracy_mean"],
+                "accuracy_std": res["accuracy_std"],
+                "accuracies": res["accuracies"],
+                "seconds": res["seconds"],
+            })
+        return {
+            "table": rows,
+            "skipped": skipped,
+            "markdown": markdown_table(rows, skipped),
+            "models": p.models,
+            "epochs": p.epochs,
+            "augmentation": p.augmentation.name if p.augmentation else None,
+        }

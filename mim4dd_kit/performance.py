@@ -1,0 +1,82 @@
+"""Speed options of a run (the recipe's ``performance`` section) and where they apply.
+
+They change how the arithmetic is carried out, never what is computed; see
+docs/performance.md for what each costs in accuracy and gains in time.
+
+- ``tf32`` (CUDA): TensorFloat-32 for convolutions and matrix products. On by default:
+  PyTorch's own default already runs cuDNN convolutions in TF32, which is how the
+  reference implementations of DC/DSA/DM/MTT ran on Ampere-class GPUs.
+- ``channels_last`` (CUDA): networks and their inputs in NHWC layout, the layout the
+  tensor-core convolution kernels use natively. On by default; the values are the same
+  up to summation order.
+- ``bf16`` (CUDA, or CPUs with native bf16): autocast of the DD loss and regularizer to
+  bfloat16. Off by default: it rounds activations to 8 bits of mantissa, which is more
+  than summation-order noise.
+- ``compile``: ``torch.compile`` on every backbone the run builds. Off by default: the
+  first iterations pay the compilation, which only long runs earn back.
+- ``chunk_mb`` (CPU): activation budget of the chunked gradient-free passes over real
+  batches (``mim4dd_kit/chunked.py``); 0 sends whole batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+
+class PerformanceSettings(BaseModel):
+    """How a run computes (not what): precision, memory layout, compilation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tf32: bool = Field(True, description="CUDA: TF32 convolutions and matrix products")
+    channels_last: bool = Field(True, description="CUDA: NHWC networks and inputs")
+    bf16: bool = Field(False, description="autocast the loss computation to bfloat16")
+    compile: bool = Field(False, description="torch.compile every backbone the run builds")
+    chunk_mb: float = Field(
+        8.0, ge=0, description="CPU: activation budget (MiB) of chunked real-data passes; "
+        "0 = whole batches"
+    )
+
+
+def configure_backends(settings: PerformanceSettings, device: torch.device) -> None:
+    """Process-wide switches (TF32); a no-op off CUDA."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = settings.tf32
+        torch.backends.cudnn.allow_tf32 = settings.tf32
+        torch.backends.cudnn.benchmark = True
+
+
+def backbone_factory(
+    make: Callable[[], nn.Module], settings: PerformanceSettings, device: torch.device
+) -> Callable[[], nn.Module]:
+    """Wrap a backbone factory so every network comes out in the configured form."""
+    layout = settings.channels_last and device.type == "cuda"
+    if not layout and not settings.compile:
+        return make
+
+    def build() -> nn.Module:
+        net = make()
+        if layout:
+            net = net.to(memory_format=torch.channels_last)
+        if settings.compile:
+            # compiled code is cached per class, so fresh networks reuse it
+            net.compile()
+        return net
+
+    return build
+
+
+@contextlib.contextmanager
+def autocast(settings: PerformanceSettings, device: torch.device) -> Iterator[None]:
+    """bfloat16 autocast around the loss computation when ``bf16`` is set."""
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=settings.bf16):
+        yield
+
+
+def chunk_bytes(settings: PerformanceSettings) -> int:
+    return int(settings.chunk_mb * 2**20)

@@ -88,7 +88,8 @@ def _dm_baseline(run, args, device) -> dict:
 
     def naive_step():
         # the same random stream as DistributionMatching.compute: network, real batch, DSA
-        net = ctx.make_backbone().to(device)
+        # the reference's memory layout (NCHW); same weights as the run's network
+        net = ctx.make_backbone().to(device, memory_format=torch.contiguous_format)
         net.train()
         net.requires_grad_(False)
         real, real_y = ctx.data.sample_per_class(ctx.batch_real)
@@ -136,6 +137,7 @@ def _recipe(case: str, args) -> dict:
         "dd_loss": {"name": method, **LOSS_PARAMS[method]},
         "augmentation": {"name": "dsa"},
         "evaluators": [],
+        "performance": {"bf16": args.bf16, "channels_last": not args.no_channels_last},
     }
     if method == "mtt":
         data["dd_loss"].update(train_epochs=args.mtt_expert_epochs)
@@ -245,6 +247,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--eval-epochs", type=int, default=300)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--no-eval", action="store_true", help="skip the evaluation-network case")
+    ap.add_argument("--bf16", action="store_true", help="performance.bf16: bfloat16 autocast")
+    ap.add_argument("--no-channels-last", action="store_true",
+                    help="performance.channels_last: false (NCHW networks)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--save", type=Path, help="also write the rows as JSON to this file")
     args = ap.parse_args()
@@ -256,9 +262,13 @@ def main() -> None:
             "--iters", str(args.iters), "--warmup", str(args.warmup),
             "--eval-epochs", str(args.eval_epochs), "--threads", str(args.threads),
             "--mtt-expert-epochs", str(args.mtt_expert_epochs),
-            "--mtt-expert-images", str(args.mtt_expert_images)]
+            "--mtt-expert-images", str(args.mtt_expert_images),
+            *(["--bf16"] if args.bf16 else []),
+            *(["--no-channels-last"] if args.no_channels_last else [])]
     rows = []
-    for case in [c for c in CASES if c == "eval_model" or _method(c) in args.methods]:
+    cases = [c for c in CASES if (c == "eval_model" and not args.no_eval)
+             or (c != "eval_model" and _method(c) in args.methods)]
+    for case in cases:
         out = subprocess.run([sys.executable, __file__, "--case", case, *keep],
                              check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
@@ -275,7 +285,9 @@ def format_table(rows: list[dict], args) -> str:
     """Markdown: method, setting, ours, baseline formulation, ratio, memory, MIM4DD cost."""
     by = {r["case"]: r for r in rows}
     setting = (f"IPC {args.ipc}, width {args.width}, batch_real {args.batch_real}/class, "
-               f"{rows[0]['device']}, {rows[0]['threads']} threads")
+               f"{rows[0]['device']}, {rows[0]['threads']} threads, "
+               f"{'bf16 autocast' if args.bf16 else 'fp32'}, "
+               f"{'NCHW' if args.no_channels_last else 'channels-last'} networks")
     lines = [f"Setting: {setting}", "",
              "| method | ours s/iter | baseline formulation s/iter | speed-up | peak RSS MB "
              "| + mim4dd s/iter | mim4dd overhead | peak RSS MB + mim4dd |",

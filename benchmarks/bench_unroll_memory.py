@@ -265,7 +265,7 @@ def main() -> None:
     for r in rows:
         peak = r["peak_cuda_mb"] if cuda else r["rss_growth_mb"]
         print(f"| {r['method']} | {r['steps']} | {r['checkpoint'] or 'off'} | "
-              f"{r['truncate'] or '-'} | {r['median_s']:.3f} | {peak:.0f} |")
+              f"{r['truncate'] or '-'} | {r['median_s']:.3f} | {peak:.1f} |")
     what = ("CUDA max_memory_allocated growth over one iteration" if cuda else
             "resident-set growth over one iteration" + (
                 "" if rows[0]["rss_peak_reset"] else " (max RSS incl. set-up: no reset)"))

@@ -61,8 +61,14 @@ def features(
     chunk = chunk or chunk_size(net, x, budget)
     if chunk >= len(x):
         return net.features(x)
-    parts = [net.features(x[i:i + chunk]) for i in range(0, len(x), chunk)]
-    return [torch.cat(layer) for layer in zip(*parts, strict=True)]
+    out: list[Tensor] = []
+    for i in range(0, len(x), chunk):
+        feats = net.features(x[i:i + chunk])
+        if not out:  # one buffer per block, filled while each chunk is still in cache
+            out = [f.new_empty((len(x), *f.shape[1:])) for f in feats]
+        for buf, f in zip(out, feats, strict=True):
+            buf[i:i + len(f)] = f
+    return out
 
 
 @torch.no_grad()

@@ -287,7 +287,7 @@ def format_table(rows: list[dict], args) -> str:
     setting = (f"IPC {args.ipc}, width {args.width}, batch_real {args.batch_real}/class, "
                f"{rows[0]['device']}, {rows[0]['threads']} threads, "
                f"{'bf16 autocast' if args.bf16 else 'fp32'}, "
-               f"{'NCHW' if args.no_channels_last else 'channels-last'} networks")
+               f"performance.channels_last {not args.no_channels_last}")
     lines = [f"Setting: {setting}", "",
              "| method | ours s/iter | baseline formulation s/iter | speed-up | peak RSS MB "
              "| + mim4dd s/iter | mim4dd overhead | peak RSS MB + mim4dd |",

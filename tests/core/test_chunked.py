@@ -56,3 +56,18 @@ def test_logits_equal_forward():
     net = _net().eval()
     x = torch.randn(25, 1, 8, 8)
     torch.testing.assert_close(chunked.logits(net, x, chunk=6), net(x), rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_passes_run_a_channels_last_twin_and_leave_the_network_alone():
+    net = _net()
+    x = torch.randn(40, 1, 8, 8)
+    seen = []
+    hook = net.blocks[0][0].register_forward_hook(lambda m, i, o: seen.append(m))
+    chunked.features(net, x, chunk=8)
+    hook.remove()
+    # (deepcopy carries the hook over) the twin ran, not the caller's network
+    assert seen and all(m is not net.blocks[0][0] for m in seen)
+    assert net.blocks[0][0].weight.is_contiguous()  # still NCHW
+    whole = chunked.features(net, x, chunk=len(x))  # one chunk: the network itself
+    torch.testing.assert_close(chunked.features(net, x, chunk=8)[0], whole[0],
+                               rtol=1e-5, atol=1e-6)

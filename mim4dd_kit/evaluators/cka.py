@@ -18,10 +18,10 @@ import torch
 from pydantic import Field
 
 from ..cka import choose_method, cka_matrix
-from ..contracts import AugmentationRef, BackboneRef, EvalRequest, Params, RealData
+from ..contracts import BackboneRef, EvalRequest, RealData
 from ..runtime import isolated_rng
 from ..synthetic import atomic_write
-from .train_from_scratch import accuracy, train_network
+from .train_from_scratch import ProtocolParams, accuracy, train_network
 
 #: offset between the seeds of the synthetic-trained and the real-trained network
 REAL_SEED_OFFSET = 104_729
@@ -70,24 +70,12 @@ def _make_dir(out: Path) -> None:
 class CKA:
     """Linear CKA between layers of a real-trained and a synthetic-trained network."""
 
-    class Params(Params):
+    class Params(ProtocolParams):
         backbone: BackboneRef | None = Field(
             None, description="network of both sides; default: the set's, else convnet"
         )
         real_epochs: int = Field(
             20, ge=1, description="epochs of the real-trained network on the real training split"
-        )
-        epochs: int = Field(300, ge=1, description="epochs on the synthetic set (protocol)")
-        lr: float = Field(0.01, gt=0, description="SGD lr (real side; synthetic side when "
-                          "the set has no learned lr)")
-        use_learned_lr: bool = Field(True, description="synthetic side uses the set's lr if any")
-        momentum: float = Field(0.9, ge=0, lt=1)
-        weight_decay: float = Field(5e-4, ge=0)
-        batch_size: int = Field(256, ge=1)
-        augmentation: AugmentationRef | None = Field(
-            default_factory=lambda: AugmentationRef(name="dsa"),
-            description="augmentation while training on the synthetic set (protocol: DSA); "
-            "the real side trains without augmentation",
         )
         probe: int = Field(1000, ge=2, description="real test images fed to both networks")
         method: Literal["auto", "gram", "feature"] = Field(

@@ -14,10 +14,10 @@ from typing import Any
 
 from pydantic import Field
 
-from ..contracts import AugmentationRef, BackboneRef, EvalRequest, Params
+from ..contracts import BackboneRef, EvalRequest
 from ..errors import PluginError
 from ..runtime import isolated_rng
-from .train_from_scratch import TrainFromScratch
+from .train_from_scratch import BATCHED_HELP, Batched, ProtocolParams, TrainFromScratch
 
 DEFAULT_BACKBONES = ("convnet", "mlp", "lenet", "alexnet", "vgg11", "resnet18")
 
@@ -46,7 +46,7 @@ def markdown_table(rows: list[dict[str, Any]], skipped: list[dict[str, str]]) ->
 class CrossArch:
     """Train-from-scratch accuracy of the set on several backbones (cross-architecture)."""
 
-    class Params(Params):
+    class Params(ProtocolParams):
         backbones: list[BackboneRef] = Field(
             default_factory=lambda: [BackboneRef(name=n) for n in DEFAULT_BACKBONES],
             min_length=1,
@@ -54,20 +54,7 @@ class CrossArch:
             "the image size are skipped",
         )
         models: int = Field(5, ge=1, description="networks trained per backbone (paper: 5)")
-        epochs: int = Field(300, ge=1, description="training epochs (paper: 300)")
-        lr: float = Field(0.01, gt=0, description="SGD lr when the set has no learned lr")
-        use_learned_lr: bool = Field(True, description="use the set's learned lr if any")
-        momentum: float = Field(0.9, ge=0, lt=1)
-        weight_decay: float = Field(5e-4, ge=0)
-        batch_size: int = Field(256, ge=1)
-        augmentation: AugmentationRef | None = Field(
-            default_factory=lambda: AugmentationRef(name="dsa"),
-            description="augmentation during training (protocol: DSA); null for none",
-        )
-        batched: bool = Field(
-            True, description="train each backbone's networks together under torch.func.vmap "
-            "where the architecture allows (as train_from_scratch)",
-        )
+        batched: Batched = Field("auto", description=BATCHED_HELP)
         batch_models: int | None = Field(
             None, ge=1, description="at most this many networks train together; null: all",
         )

@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from ..contracts import AugmentationRef, BackboneRef, CriticRef, EvalRequest, Params
+from ..contracts import BackboneRef, CriticRef, EvalRequest
 from ..regularizers.mim4dd import mi_lower_bound, nce_loss
 from ..runtime import isolated_rng
 from .cka import build_backbone, network_features
-from .train_from_scratch import accuracy, train_network
+from .train_from_scratch import ProtocolParams, accuracy, train_network
 
 #: offset of the critics' random stream (initial weights, real batches) from the seed
 CRITIC_SEED_OFFSET = 1_000_003
@@ -41,7 +41,7 @@ def _embed(critic: nn.Module, feats: Tensor, normalize: bool) -> Tensor:
 class MIEstimate:
     """MIM4DD's MI lower bound (Eq. 2.14) per layer, with critics fitted on held-in data."""
 
-    class Params(Params):
+    class Params(ProtocolParams):
         backbone: BackboneRef | None = Field(
             None, description="network; default: the set's, else convnet"
         )
@@ -49,16 +49,6 @@ class MIEstimate:
             "trained",
             description="trained: fitted on the synthetic set by the evaluation protocol; "
             "random: freshly initialised (as DM samples it)",
-        )
-        epochs: int = Field(300, ge=1, description="training epochs of a trained network")
-        lr: float = Field(0.01, gt=0, description="SGD lr when the set has no learned lr")
-        use_learned_lr: bool = Field(True, description="use the set's learned lr if any")
-        momentum: float = Field(0.9, ge=0, lt=1)
-        weight_decay: float = Field(5e-4, ge=0)
-        batch_size: int = Field(256, ge=1)
-        augmentation: AugmentationRef | None = Field(
-            default_factory=lambda: AugmentationRef(name="dsa"),
-            description="augmentation while training the network (protocol: DSA)",
         )
         critic: CriticRef = Field(
             default_factory=lambda: CriticRef(name="linear"),

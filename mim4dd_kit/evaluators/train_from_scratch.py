@@ -78,31 +78,43 @@ def train_network(
     return net
 
 
+class ProtocolParams(Params):
+    """The training settings of the evaluation protocol, shared by every evaluator that
+    trains networks on a synthetic set (``train_from_scratch``, ``cross_arch``, ``cka``,
+    ``mi_estimate``)."""
+
+    epochs: int = Field(300, ge=1, description="training epochs (paper: 300)")
+    lr: float = Field(0.01, gt=0, description="SGD lr when the set has no learned lr")
+    use_learned_lr: bool = Field(True, description="use the set's learned lr if any")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    batch_size: int = Field(256, ge=1)
+    augmentation: AugmentationRef | None = Field(
+        default_factory=lambda: AugmentationRef(name="dsa"),
+        description="augmentation during training (protocol: DSA); null for none",
+    )
+
+
+#: ``batched`` of the evaluators that train several networks
+Batched = bool | Literal["auto"]
+BATCHED_HELP = (
+    "train the networks together, stacked under torch.func.vmap (same results as one by "
+    "one up to float rounding); auto: on CUDA only, since on a CPU one by one is faster "
+    "(docs/performance.md); architectures with running statistics (BatchNorm) or that do "
+    "not run under vmap fall back to one by one"
+)
+
+
 class TrainFromScratch:
     """Train fresh networks on the synthetic set and test them on the real test split."""
 
-    class Params(Params):
+    class Params(ProtocolParams):
         models: int = Field(5, ge=1, description="networks trained (paper: 5)")
-        epochs: int = Field(300, ge=1, description="training epochs (paper: 300)")
-        lr: float = Field(0.01, gt=0, description="SGD lr when the set has no learned lr")
-        use_learned_lr: bool = Field(True, description="use the set's learned lr if any")
-        momentum: float = Field(0.9, ge=0, lt=1)
-        weight_decay: float = Field(5e-4, ge=0)
-        batch_size: int = Field(256, ge=1)
         backbone: BackboneRef | None = Field(
             None, description="network to train; default: the one the set was distilled "
             "with, else convnet"
         )
-        augmentation: AugmentationRef | None = Field(
-            default_factory=lambda: AugmentationRef(name="dsa"),
-            description="augmentation during training (protocol: DSA); null for none",
-        )
-        batched: bool | Literal["auto"] = Field(
-            "auto", description="train the networks together, stacked under torch.func.vmap "
-            "(same results as one by one up to float rounding); auto: on CUDA only, since on "
-            "a CPU one by one is faster (docs/performance.md); architectures with running "
-            "statistics (BatchNorm) or that do not run under vmap fall back to one by one",
-        )
+        batched: Batched = Field("auto", description=BATCHED_HELP)
         batch_models: int | None = Field(
             None, ge=1, description="at most this many networks train together (memory "
             "grows with it); null: all of this process's networks at once",

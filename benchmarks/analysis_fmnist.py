@@ -80,6 +80,9 @@ def table1(out: Path, runs: Path, coresets: Path) -> None:
             log(f"dm{' + mim4dd' if mim else ''} IPC {ipc}")
             paths.append(dm_set(ipc, mim, runs))
     rows = compare(paths)
+    for row in rows:  # name the files relative to the repository in docs/
+        path = Path(row["file"]).resolve()
+        row["file"] = str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
     (out / "table1.md").write_text(format_compare(rows) + "\n")
     (out / "table1.json").write_text(format_compare(rows, "json") + "\n")
 

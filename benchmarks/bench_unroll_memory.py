@@ -134,6 +134,7 @@ def run_point(args) -> dict:
     import torch
 
     from mim4dd_kit.engine import Run
+    from mim4dd_kit.errors import RunError
     from mim4dd_kit.recipe import validate_recipe
     from mim4dd_kit.registry import default_registry
     from mim4dd_kit.runtime import resolve_device
@@ -162,8 +163,10 @@ def run_point(args) -> dict:
             base_cuda = torch.cuda.memory_allocated()
         reset = _reset_peak_rss()
         base_rss = _rss_kib("VmRSS")
-        run.step(args.warmup)
+        t0 = time.perf_counter()
+        logs = run.step(args.warmup)
         sync()
+        measured_s = time.perf_counter() - t0
         hwm = _rss_kib("VmHWM") if reset else None
         peak_rss = hwm if hwm is not None else resource.getrusage(
             resource.RUSAGE_SELF).ru_maxrss
@@ -171,9 +174,13 @@ def run_point(args) -> dict:
         for i in range(args.warmup + 1, args.warmup + 1 + args.iters):
             sync()
             t0 = time.perf_counter()
-            logs = run.step(i)
+            try:
+                logs = run.step(i)
+            except RunError:  # a diverging trajectory (weak benchmark expert): cost is known
+                break
             sync()
             times.append(time.perf_counter() - t0)
+        times = times or [measured_s]
     result = {"method": method, "steps": steps, "checkpoint": segment, "truncate": truncate,
               "device": str(device), "threads": torch.get_num_threads(),
               "median_s": statistics.median(times) if times else float("nan"),
@@ -251,7 +258,8 @@ def main() -> None:
             proc = subprocess.run([sys.executable, __file__, "--point", *map(str, point),
                                    *common], capture_output=True, text=True, env=env)
             if proc.returncode != 0:
-                sys.exit(f"point {point} failed:\n{proc.stderr}")
+                print(f"point {point} failed:\n{proc.stderr}", file=sys.stderr, flush=True)
+                continue
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(f"done: {point}", file=sys.stderr, flush=True)
     if args.save:

@@ -105,3 +105,15 @@ def test_example_plugin_backbone_from_a_recipe(tiny_recipe, tmp_path):
     assert s.images.shape == (6, 1, 28, 28)
     comps = {c["key"]: c for c in s.metadata["components"]}
     assert comps["backbone"]["package"] == "mdk_plugin_example"
+
+
+def test_runs_draw_their_loss_curves(tiny_recipe, tmp_path):
+    pytest.importorskip("matplotlib")
+    from mim4dd_kit.plots import read_history
+
+    run(tiny_recipe(), out=tmp_path, progress=False)
+    png = tmp_path / "losses.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    history = read_history(tmp_path / "losses.jsonl")
+    assert [h["iteration"] for h in history] == list(range(1, 7))
+    assert all("loss_dd" in h for h in history)

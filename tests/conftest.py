@@ -29,6 +29,15 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def module_cache(tmp_path_factory):
+    """One ``MDK_CACHE`` (expert buffers) per test module, never the user's. Use with
+    ``pytestmark = pytest.mark.usefixtures("module_cache")``."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MDK_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
 @pytest.fixture
 def tiny_recipe():
     """A validated recipe factory: ``tiny_recipe(**top_level_overrides)``."""

@@ -179,12 +179,7 @@ MTT_CHANGES = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _expert_cache(tmp_path_factory):
-    """One expert cache for the module, never the user's."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MDK_CACHE", str(tmp_path_factory.mktemp("cache")))
-        yield
+pytestmark = pytest.mark.usefixtures("module_cache")
 
 
 def _with_checkpoint(loss, ctx, value):

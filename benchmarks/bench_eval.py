@@ -24,11 +24,7 @@ import json
 import time
 
 import torch
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+from _common import sync
 
 
 def main() -> None:
@@ -75,10 +71,10 @@ def main() -> None:
         )
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         result = TrainFromScratch(params).evaluate(request, reg)
-        _sync(device)
+        sync(device)
         result["wall_s"] = time.perf_counter() - t0
         if device.type == "cuda":
             result["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20

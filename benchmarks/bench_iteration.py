@@ -27,12 +27,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+from _common import mtt_subset, sync
 
 METHODS = ["dm", "dc", "dsa", "dream", "mtt", "bptt", "cafe"]
 CASES = ["dm_baseline"] + [c for m in METHODS for c in (m, f"{m}_mim4dd")] + ["eval_model"]
@@ -110,13 +114,13 @@ def _dm_baseline(run, args, device) -> dict:
     grad_rel = float((g_ours - g_naive).norm() / g_naive.norm().clamp(min=1e-12))
     times = []
     for i in range(args.warmup + args.iters):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         loss = naive_step()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        _sync(device)
+        sync(device)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
     return {"iters": args.iters, "median_s": statistics.median(times), "min_s": min(times),
@@ -142,44 +146,13 @@ def _recipe(case: str, args) -> dict:
     if method == "mtt":
         data["dd_loss"].update(train_epochs=args.mtt_expert_epochs)
         data["synthetic"].update(learn_lr=True, lr_init=0.01, lr=100.0)
-        path, info = _mtt_subset(args)
-        data["dataset"] = {"name": "tensor_file", "path": str(path), "mean": list(info.mean),
-                           "std": list(info.std), "flip_ok": info.flip_ok}
+        tmp = Path(tempfile.mkdtemp(prefix="mdk-bench-"))
+        os.environ["MDK_CACHE"] = str(tmp / "cache")  # a throw-away expert buffer
+        data["dataset"] = mtt_subset(args.dataset, args.mtt_expert_images, tmp)
     if case.endswith("_mim4dd"):
         data["regularizer"] = {"name": "mim4dd", "lambda": 0.8,
                                "critic": {"name": "linear", "out_dim": 128}}
     return data
-
-
-def _mtt_subset(args):
-    """A per-class subset of the training set, so that the benchmark's expert trains fast."""
-    import os
-    import tempfile
-
-    import torch
-    from safetensors.torch import save_file
-
-    from mim4dd_kit.registry import default_registry
-
-    tmp = Path(tempfile.mkdtemp(prefix="mdk-bench-"))
-    os.environ["MDK_CACHE"] = str(tmp / "cache")
-    data = default_registry().build("datasets", {"name": args.dataset}).load()
-    table = data._index()[0][:, : args.mtt_expert_images].reshape(-1)
-    mean = torch.tensor(data.info.mean)[None, :, None, None]
-    std = torch.tensor(data.info.std)[None, :, None, None]
-    path = tmp / "subset.safetensors"
-    save_file({"train_images": (data.train_images[table] * std + mean).contiguous(),
-               "train_labels": data.train_labels[table].contiguous(),
-               "test_images": (data.test_images[:1000] * std + mean).contiguous(),
-               "test_labels": data.test_labels[:1000].contiguous()}, str(path))
-    return path, data.info
-
-
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def run_case(case: str, args) -> dict:
@@ -203,24 +176,24 @@ def run_case(case: str, args) -> dict:
     elif case == "eval_model":
         net = run.ctx.make_backbone().to(device)
         images, labels = run.syn.images.detach(), run.syn.labels
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         train_network(net, images, labels, epochs=args.eval_epochs, lr=0.01, momentum=0.9,
                       weight_decay=5e-4, batch_size=256, augment=run.ctx.augment)
-        _sync(device)
+        sync(device)
         t1 = time.perf_counter()
         acc = accuracy(net, run.data.test_images, run.data.test_labels)
-        _sync(device)
+        sync(device)
         t2 = time.perf_counter()
         result.update(epochs=args.eval_epochs, train_s=t1 - t0, test_s=t2 - t1,
                       per_epoch_s=(t1 - t0) / args.eval_epochs, accuracy=acc)
     else:
         times = []
         for i in range(args.warmup + args.iters):
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             logs = run.step(i)
-            _sync(device)
+            sync(device)
             if i >= args.warmup:
                 times.append(time.perf_counter() - t0)
         result.update(iters=args.iters, median_s=statistics.median(times),

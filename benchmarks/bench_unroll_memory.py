@@ -42,6 +42,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import mtt_subset, sync
+
 METHODS = ["mtt", "bptt"]
 
 
@@ -98,35 +100,9 @@ def _recipe(args, method: str, steps: int, segment: int, truncate: int | None) -
         "evaluators": [],
     }
     if method == "mtt":
-        info = json.loads(Path(args.mtt_data + ".json").read_text())
-        data["dataset"] = {"name": "tensor_file", "path": args.mtt_data, **info}
+        data["dataset"] = json.loads(args.mtt_data)  # the parent's tensor_file entry
         data["synthetic"].update(learn_lr=True, lr_init=0.01)  # image lr 1: no NaN
     return data
-
-
-def _mtt_subset(args, folder: Path) -> str:
-    """The first ``--mtt-expert-images`` training images of every class as a tensor file
-    (un-normalised, with the data set's mean/std beside it), so the expert trains fast."""
-    import torch
-    from safetensors.torch import save_file
-
-    from mim4dd_kit.registry import default_registry
-
-    data = default_registry().build("datasets", {"name": args.dataset}).load()
-    rows = torch.cat([torch.nonzero(data.train_labels == c).flatten()[: args.mtt_expert_images]
-                      for c in range(data.info.num_classes)])
-    mean = torch.tensor(data.info.mean)[None, :, None, None]
-    std = torch.tensor(data.info.std)[None, :, None, None]
-    test = slice(0, min(1000, len(data.test_labels)))
-    path = folder / "subset.safetensors"
-    save_file({"train_images": (data.train_images[rows] * std + mean).contiguous(),
-               "train_labels": data.train_labels[rows].contiguous(),
-               "test_images": (data.test_images[test] * std + mean).contiguous(),
-               "test_labels": data.test_labels[test].contiguous()}, str(path))
-    info = {"mean": list(data.info.mean), "std": list(data.info.std),
-            "flip_ok": data.info.flip_ok}
-    Path(str(path) + ".json").write_text(json.dumps(info))
-    return str(path)
 
 
 def run_point(args) -> dict:
@@ -149,13 +125,9 @@ def run_point(args) -> dict:
         run = Run(recipe, Path(out), device, default_registry())
         run.setup()
 
-        def sync() -> None:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-
         for i in range(args.warmup):  # one-time costs (library set-up, caches)
             run.step(i)
-        sync()
+        sync(device)
         _release_free_memory()
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -165,20 +137,20 @@ def run_point(args) -> dict:
         base_rss = _rss_kib("VmRSS")
         t0 = time.perf_counter()
         logs = run.step(args.warmup)
-        sync()
+        sync(device)
         measured_s = time.perf_counter() - t0
         hwm = _rss_kib("VmHWM") if reset else None
         peak_rss = hwm if hwm is not None else resource.getrusage(
             resource.RUSAGE_SELF).ru_maxrss
         times = []
         for i in range(args.warmup + 1, args.warmup + 1 + args.iters):
-            sync()
+            sync(device)
             t0 = time.perf_counter()
             try:
                 logs = run.step(i)
             except RunError:  # a diverging trajectory (weak benchmark expert): cost is known
                 break
-            sync()
+            sync(device)
             times.append(time.perf_counter() - t0)
         times = times or [measured_s]
     result = {"method": method, "steps": steps, "checkpoint": segment, "truncate": truncate,
@@ -252,7 +224,8 @@ def main() -> None:
         if args.batch_syn:
             common += ["--batch-syn", str(args.batch_syn)]
         if "mtt" in args.method:
-            common += ["--mtt-data", _mtt_subset(args, Path(tmp))]
+            entry = mtt_subset(args.dataset, args.mtt_expert_images, Path(tmp))
+            common += ["--mtt-data", json.dumps(entry)]
         rows = []
         for point in _points(args):
             proc = subprocess.run([sys.executable, __file__, "--point", *map(str, point),

@@ -9,6 +9,7 @@ over its ``ipc`` greedy steps only. Blocks bound the memory of that tensor.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import torch
@@ -21,7 +22,7 @@ from ..errors import DataError
 BLOCK_ELEMENTS = 2**27
 
 
-class PerClassSelector:
+class PerClassSelector(ABC):
     """Base of the coreset methods: ``select`` splits the work by class.
 
     Subclasses implement :meth:`select_block` and set ``name``; ``needs_features`` tells
@@ -69,10 +70,10 @@ class PerClassSelector:
             picks.append(idx.gather(1, pos))
         return torch.cat(picks).reshape(-1)
 
+    @abstractmethod
     def select_block(self, feats: Tensor, valid: Tensor, ipc: int,
                      generator: torch.Generator | None) -> Tensor:
         """Positions (c, ipc) into the W axis of ``feats`` (c, W, D); ``valid`` (c, W)."""
-        raise NotImplementedError
 
 
 def masked_mean(feats: Tensor, valid: Tensor) -> Tensor:

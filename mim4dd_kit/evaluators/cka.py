@@ -17,42 +17,36 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
+from .. import chunked
 from ..cka import choose_method, cka_matrix
-from ..contracts import BackboneRef, EvalRequest, RealData
+from ..contracts import BackboneRef, EvalRequest
 from ..runtime import isolated_rng
 from ..synthetic import atomic_write
-from .train_from_scratch import ProtocolParams, accuracy, train_network
+from .train_from_scratch import (
+    ProtocolParams,
+    accuracy,
+    backbone_for,
+    build_backbone,
+    train_network,
+)
 
 #: offset between the seeds of the synthetic-trained and the real-trained network
 REAL_SEED_OFFSET = 104_729
 
 
-@torch.no_grad()
-def network_features(net: Any, images: torch.Tensor, *, logits: bool = False,
-                     batch: int = 256) -> list[torch.Tensor]:
+def network_features(net: Any, images: torch.Tensor, *, logits: bool = False) -> list[torch.Tensor]:
     """Per-block outputs of ``net`` (eval mode), flattened: K tensors (n, p_k) in float32.
 
-    With ``logits`` the classifier output (n, C) is appended as a (K+1)-th layer. Images
-    go through in chunks of ``batch`` so wide conv maps of many images fit in memory.
+    With ``logits`` the classifier output (n, C) is appended as a (K+1)-th layer. The
+    images go through without autograd in cache-sized chunks (:mod:`mim4dd_kit.chunked`).
     """
     net.eval()
-    chunks: list[list[torch.Tensor]] = []
-    for i in range(0, len(images), batch):
-        feats = net.features(images[i:i + batch])
-        out = [f.flatten(1).float() for f in feats]
-        if logits:
+    feats = chunked.features(net, images)
+    out = [f.flatten(1).float() for f in feats]
+    if logits:
+        with torch.no_grad():
             out.append(net.classify(feats[-1]).float())
-        chunks.append(out)
-    return [torch.cat(layer) for layer in zip(*chunks, strict=True)]
-
-
-def build_backbone(registry: Any, ref: BackboneRef, data: RealData, device: torch.device):
-    """Construct a fresh ``ref`` for ``data``'s image shape and classes on ``device``."""
-    info = data.info
-    return registry.build(
-        "backbones", ref, channels=info.channels, num_classes=info.num_classes,
-        image_size=info.image_size,
-    ).to(device)
+    return out
 
 
 def _make_dir(out: Path) -> None:
@@ -92,12 +86,9 @@ class CKA:
     def evaluate(self, request: EvalRequest, registry, progress=None) -> dict[str, Any]:
         p = self.params
         data, dev = request.data, request.device
-        backbone = p.backbone or request.backbone or BackboneRef(name="convnet")
-        augment = (
-            registry.build("augmentations", p.augmentation, data_info=data.info)
-            if p.augmentation is not None else None
-        )
-        syn_lr = request.lr if (p.use_learned_lr and request.lr is not None) else p.lr
+        backbone = backbone_for(p.backbone, request)
+        augment = p.build_augmentation(registry, data.info)
+        syn_lr = p.lr_for(request)
         common = dict(momentum=p.momentum, weight_decay=p.weight_decay, batch_size=p.batch_size)
         if p.out_dir is not None:
             _make_dir(Path(p.out_dir))  # fail before the training, not after it

@@ -26,8 +26,14 @@ from torch import Tensor, nn
 from ..contracts import BackboneRef, CriticRef, EvalRequest
 from ..regularizers.mim4dd import mi_lower_bound, nce_loss
 from ..runtime import isolated_rng
-from .cka import build_backbone, network_features
-from .train_from_scratch import ProtocolParams, accuracy, train_network
+from .cka import network_features
+from .train_from_scratch import (
+    ProtocolParams,
+    accuracy,
+    backbone_for,
+    build_backbone,
+    train_network,
+)
 
 #: offset of the critics' random stream (initial weights, real batches) from the seed
 CRITIC_SEED_OFFSET = 1_000_003
@@ -69,7 +75,7 @@ class MIEstimate:
         p = self.params
         data, dev = request.data, request.device
         num_classes = data.info.num_classes
-        backbone = p.backbone or request.backbone or BackboneRef(name="convnet")
+        backbone = backbone_for(p.backbone, request)
         images = request.images.to(dev)
         labels = request.labels.to(dev)
         start = time.perf_counter()
@@ -78,14 +84,11 @@ class MIEstimate:
         with isolated_rng(request.seed, dev):
             net = build_backbone(registry, backbone, data, dev)
             if p.network == "trained":
-                augment = (
-                    registry.build("augmentations", p.augmentation, data_info=data.info)
-                    if p.augmentation is not None else None
-                )
-                lr = request.lr if (p.use_learned_lr and request.lr is not None) else p.lr
+                lr = p.lr_for(request)
                 train_network(
                     net, images, labels, epochs=p.epochs, lr=lr, momentum=p.momentum,
-                    weight_decay=p.weight_decay, batch_size=p.batch_size, augment=augment,
+                    weight_decay=p.weight_decay, batch_size=p.batch_size,
+                    augment=p.build_augmentation(registry, data.info),
                 )
         acc = accuracy(net, data.test_images, data.test_labels)
         if progress is not None:

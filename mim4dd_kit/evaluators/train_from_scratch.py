@@ -94,6 +94,30 @@ class ProtocolParams(Params):
         description="augmentation during training (protocol: DSA); null for none",
     )
 
+    def build_augmentation(self, registry: Any, info: Any) -> Any:
+        """The configured augmentation for ``info``'s images, or None."""
+        if self.augmentation is None:
+            return None
+        return registry.build("augmentations", self.augmentation, data_info=info)
+
+    def lr_for(self, request: EvalRequest) -> float:
+        """The training lr: the set's learned lr when it has one and it is wanted."""
+        return request.lr if (self.use_learned_lr and request.lr is not None) else self.lr
+
+
+def backbone_for(choice: BackboneRef | None, request: EvalRequest) -> BackboneRef:
+    """The evaluator's backbone: its own choice, else the set's, else ``convnet``."""
+    return choice or request.backbone or BackboneRef(name="convnet")
+
+
+def build_backbone(registry: Any, ref: BackboneRef, data: Any, device: torch.device):
+    """A fresh ``ref`` network for ``data``'s image shape and classes, on ``device``."""
+    info = data.info
+    return registry.build(
+        "backbones", ref, channels=info.channels, num_classes=info.num_classes,
+        image_size=info.image_size,
+    ).to(device)
+
 
 #: ``batched`` of the evaluators that train several networks
 Batched = bool | Literal["auto"]
@@ -125,22 +149,15 @@ class TrainFromScratch:
 
     def evaluate(self, request: EvalRequest, registry, progress=None) -> dict[str, Any]:
         p = self.params
-        info = request.data.info
-        backbone = p.backbone or request.backbone or BackboneRef(name="convnet")
-        augment = (
-            registry.build("augmentations", p.augmentation, data_info=info)
-            if p.augmentation is not None else None
-        )
-        lr = request.lr if (p.use_learned_lr and request.lr is not None) else p.lr
+        backbone = backbone_for(p.backbone, request)
+        augment = p.build_augmentation(registry, request.data.info)
+        lr = p.lr_for(request)
         images = request.images.to(request.device)
         labels = request.labels.to(request.device)
         test_images, test_labels = request.data.test_images, request.data.test_labels
 
         def build() -> torch.nn.Module:
-            return registry.build(
-                "backbones", backbone, channels=info.channels,
-                num_classes=info.num_classes, image_size=info.image_size,
-            ).to(request.device)
+            return build_backbone(registry, backbone, request.data, request.device)
 
         # this process's networks; network i always trains on its own stream seed + 7919 i
         mine = distributed.local_indices(p.models)

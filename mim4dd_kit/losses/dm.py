@@ -78,8 +78,7 @@ class DistributionMatching:
             # batch statistics over a shard are not those of the full real batch
             with isolated_rng(ctx.seed):
                 probe = ctx.make_backbone()
-            if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                   for m in probe.modules()):
+            if chunked.couples_samples(probe.train()):
                 raise ValueError(
                     "dm runs its random networks in train mode, where BatchNorm normalises "
                     "over the whole real batch, so the batch cannot be split over "

@@ -133,7 +133,9 @@ def test_truncation_keeps_forward_and_cuts_the_prefix_gradient():
     full = loss_and_grads(steps=5, momentum=0.9)
     trunc = loss_and_grads(steps=5, momentum=0.9, keep_from=3)
     same = loss_and_grads(steps=5, momentum=0.9, keep_from=0)
-    torch.testing.assert_close(trunc[0], full[0], rtol=0, atol=0)  # forward unchanged
+    # forward unchanged up to rounding: the truncated prefix runs without a graph (other
+    # kernels and summation order), so float64 rounding (eps 2.2e-16) over 5 steps
+    torch.testing.assert_close(trunc[0], full[0], rtol=1e-12, atol=1e-14)
     assert not torch.allclose(trunc[2], full[2])  # the prefix did contribute before
     assert all(torch.equal(a, b) for a, b in zip(full, same, strict=True))
     # with momentum 0 the state after the prefix is the parameters alone: the truncated

@@ -61,13 +61,17 @@ def test_checkpointed_unroll_equals_the_kept_graph(kw):
     plain, rng_plain, bufs_plain = _meta(problem, steps=7, **kw)
     for k in (1, 2, 3, 7, 10):  # 3 does not divide 7; 10 is longer than the unroll
         got, rng, bufs = _meta(problem, steps=7, checkpoint=k, **kw)
-        torch.testing.assert_close(got[0], plain[0], rtol=0, atol=0)  # same forward
+        # the same forward steps, but the checkpointed segments run without a graph, so
+        # autograd-free kernels may order their sums differently: float64 rounding (eps
+        # 2.2e-16) compounded over 7 steps, with a wide margin
+        torch.testing.assert_close(got[0], plain[0], rtol=1e-12, atol=1e-14)
         for a, b in zip(got[1:], plain[1:], strict=True):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
-        # the replay restored and then gave back the RNG, and left the live buffers alone
+        # the replay restored and then gave back the RNG (the same draws: exact), and left
+        # the live buffers alone (running statistics of the graph-free forward: rounding)
         assert torch.equal(rng, rng_plain)
         for name, value in bufs_plain.items():
-            assert torch.equal(bufs[name], value), name
+            torch.testing.assert_close(bufs[name], value, rtol=1e-12, atol=1e-14, msg=name)
     # the draws do matter: another seed gives other gradients, so the replay must have
     # drawn the same minibatches and augmentations as the forward pass
     other, _, _ = _meta(problem, seed=4, steps=7, **kw)
@@ -162,6 +166,12 @@ def test_checkpointing_bounds_the_memory_the_graph_holds():
 
 # --- the option on the plugins
 
+# float32 forward tolerance: the checkpointed forward runs its steps without a graph (other
+# convolution kernels, other summation order, other thread splits under load), so the loss
+# agrees only up to rounding; float32 eps is 1.2e-7, a few ulps per op compound over 5
+# inner steps (seen: 3.715143919 vs 3.715144396, 1.3e-7 relative), and 1e-5 leaves ~100x.
+F32_LOSS = {"rtol": 1e-5, "atol": 1e-6}
+
 
 BPTT_CHANGES = {
     "name": "tiny_bptt_ckpt",
@@ -208,7 +218,7 @@ def test_plugins_give_the_same_loss_and_gradients_checkpointed(tiny_recipe, tmp_
     plain = _loss_and_grads(r.loss, r.syn, 5)
     for value in (True, 2):
         ckpt = _loss_and_grads(_with_checkpoint(r.loss, r.ctx, value), r.syn, 5)
-        torch.testing.assert_close(ckpt[0], plain[0], rtol=0, atol=0)
+        torch.testing.assert_close(ckpt[0], plain[0], **F32_LOSS)
         torch.testing.assert_close(ckpt[1], plain[1], rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(ckpt[2], plain[2], rtol=1e-5, atol=1e-7)
         assert torch.equal(ckpt[3], plain[3])  # the run's stream moved the same way
@@ -236,6 +246,6 @@ def test_checkpoint_with_truncation_in_bptt(tiny_recipe, tmp_path):
     r = set_up_run(tiny_recipe(**merged(BPTT_CHANGES, {"dd_loss": {"truncate": 3}})), tmp_path)
     plain = _loss_and_grads(r.loss, r.syn, 8)
     ckpt = _loss_and_grads(_with_checkpoint(r.loss, r.ctx, 2), r.syn, 8)
-    torch.testing.assert_close(ckpt[0], plain[0], rtol=0, atol=0)
+    torch.testing.assert_close(ckpt[0], plain[0], **F32_LOSS)
     for a, b in zip(ckpt[1:3], plain[1:3], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

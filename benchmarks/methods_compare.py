@@ -57,13 +57,13 @@ def run_one(recipe: Path, sets: list[str], out: Path) -> dict:
     from mim4dd_kit.synthetic import load_synthetic
 
     final = out / "synthetic.safetensors"
-    if final.exists() and not (out / "checkpoint.pt").exists():
+    if final.exists() and not (out / "checkpoint.safetensors").exists():
         meta = load_synthetic(final).metadata
         if meta.get("evaluations"):
             return {"evaluations": meta["evaluations"], "seconds": meta.get("run_seconds"),
                     "reused": True}
     t0 = time.perf_counter()
-    resume = (out / "checkpoint.pt").exists()
+    resume = (out / "checkpoint.safetensors").exists()
     res = run(recipe, overrides=sets, out=out, resume=resume, overwrite=not resume,
               progress=False)
     return {"evaluations": res.evaluations, "seconds": time.perf_counter() - t0,

@@ -43,9 +43,12 @@ from .runtime import (
     seed_everything,
     set_rng_state,
 )
+from .statefile import load_state, read_header, save_state
 from .synthetic import atomic_write, save_synthetic, update_metadata
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint.safetensors"
+#: where earlier versions kept a pickled checkpoint: never read (a pickle can run code)
+LEGACY_CHECKPOINT = "checkpoint.pt"
 Callback = Callable[[int, dict[str, float]], None]
 
 
@@ -188,7 +191,6 @@ class Run:
 
     def _write_checkpoint(self, iteration: int) -> None:
         state = {
-            "fingerprint": self.recipe.fingerprint(),
             "iteration": iteration,
             "started": self.started,
             "images": self.syn.images.detach(),
@@ -206,19 +208,46 @@ class Run:
                            if self.device.type == "cuda" else None),
             "history": self.history,
         }
-        atomic_write(self.checkpoint_path, lambda tmp: torch.save(state, tmp))
+        header = {"fingerprint": self.recipe.fingerprint()}
+        atomic_write(self.checkpoint_path, lambda tmp: save_state(tmp, state, header))
 
     def load_checkpoint(self) -> int:
-        try:
-            state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
-        except Exception as exc:
-            raise CheckpointError(f"cannot read checkpoint {self.checkpoint_path}: {exc}") from None
-        if state.get("fingerprint") != self.recipe.fingerprint():
+        path = self.checkpoint_path
+        # the recipe check reads the header alone: no tensor is used before it passes
+        if read_header(path).get("fingerprint") != self.recipe.fingerprint():
             raise CheckpointError(
-                f"checkpoint {self.checkpoint_path} was made by a different recipe; resume "
+                f"checkpoint {path} was made by a different recipe; resume "
                 "with the recipe (and --set overrides) that started the run, or pass "
                 "--overwrite to start over"
             )
+        # the RNG states stay on the CPU; the rest goes where the run's tensors are
+        state = load_state(path, lambda key: "cpu" if key.startswith("rng") else self.device)
+        try:
+            return self._restore(state)
+        except CheckpointError:
+            raise
+        except Exception as exc:  # a hand-made or damaged state: name it, run nothing
+            text = str(exc)
+            text = text if len(text) <= 300 else text[:300] + "…"
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this run ({type(exc).__name__}: {text}); "
+                "pass --overwrite to start over"
+            ) from None
+
+    def _restore(self, state: dict[str, Any]) -> int:
+        path = self.checkpoint_path
+        for key, want in (("images", self.syn.images), ("lr", self.syn.lr)):
+            got = state.get(key)
+            if want is None or (key == "lr" and got is None):
+                continue
+            if (not isinstance(got, torch.Tensor) or got.shape != want.shape
+                    or got.dtype != want.dtype):
+                shown = (f"{tuple(got.shape)} {got.dtype}" if isinstance(got, torch.Tensor)
+                         else type(got).__name__)
+                raise CheckpointError(
+                    f"checkpoint {path}: {key!r} must be a {want.dtype} tensor of shape "
+                    f"{tuple(want.shape)}, got {shown}; pass --overwrite to start over"
+                )
         with torch.no_grad():
             self.syn.images.copy_(state["images"])
             if self.syn.lr is not None and state["lr"] is not None:
@@ -236,7 +265,7 @@ class Run:
         if self.device.type == "cuda" and state.get("rng_device") is not None:
             torch.cuda.set_rng_state(state["rng_device"].cpu(), self.device)
         self.history = list(state["history"])
-        self.started = state["started"]
+        self.started = str(state["started"])
         return int(state["iteration"])
 
     # -- the loop -------------------------------------------------------------------------
@@ -404,6 +433,13 @@ def _run(
     final = run_dir / recipe.output.file
     r = Run(recipe, run_dir, dev, registry)
     has_ckpt = r.checkpoint_path.exists()
+    legacy = run_dir / LEGACY_CHECKPOINT
+    if not overwrite and legacy.exists():
+        raise CheckpointError(
+            f"{legacy} is a pickle checkpoint, which mdk does not read (loading a pickle can "
+            "run arbitrary code); the file was left untouched. Pass --overwrite to start the "
+            "run over, or choose another --out"
+        )
     if not overwrite:
         if final.exists() and not has_ckpt:
             raise RunError(
@@ -440,5 +476,7 @@ def _run(
             update_metadata(final, evaluations=evaluations)
     if main:
         r.checkpoint_path.unlink(missing_ok=True)
+        if overwrite:  # the run was started over past an old pickle checkpoint
+            legacy.unlink(missing_ok=True)
     ddp.barrier()  # the outputs are complete before any rank returns
     return RunResult(run_dir, final, iterations, meta["final_losses"], evaluations)

@@ -230,7 +230,8 @@ def run_sweep(
     with evaluations is read back instead of run, and an interrupted one continues from
     its checkpoint. ``dry_run`` returns the planned rows without running or writing.
     """
-    from .engine import run  # the engine pulls in torch-heavy modules; keep import lazy
+    # the engine pulls in torch-heavy modules; keep import lazy
+    from .engine import CHECKPOINT, LEGACY_CHECKPOINT, run
 
     registry = registry or default_registry()
     root = Path(out_dir) if out_dir is not None else Path("runs") / sweep.name
@@ -250,7 +251,8 @@ def run_sweep(
                              meta.get("final_losses") or {}, meta.get("evaluations") or {}))
             continue
         # resume: continue a checkpoint, or redo a set whose evaluation never finished
-        redo = resume and final.is_file() and not (run_dir / "checkpoint.pt").exists()
+        redo = resume and final.is_file() and not any(
+            (run_dir / name).exists() for name in (CHECKPOINT, LEGACY_CHECKPOINT))
         result = run(v.recipe, device=device, out=run_dir, resume=resume, overwrite=redo,
                      progress=progress, registry=registry)
         rows.append(_row(v, result.synthetic_path, "ran", result.iterations,

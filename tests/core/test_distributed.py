@@ -187,7 +187,7 @@ def test_two_processes_match_one(tmp_path):
     assert [r["rank"] for r in ranks] == [(0, 2), (1, 2)]
     assert ranks[1]["writes"] == []  # rank 0 alone writes
     written = {Path(w).relative_to(tmp_path / "multi").as_posix() for w in ranks[0]["writes"]}
-    assert {"mim/synthetic.safetensors", "mim/losses.jsonl", "mim/checkpoint.pt",
+    assert {"mim/synthetic.safetensors", "mim/losses.jsonl", "mim/checkpoint.safetensors",
             "dm/synthetic.safetensors", "resumed/synthetic.safetensors"} <= written
     for name in recipes:
         multi = load_synthetic(tmp_path / "multi" / name / "synthetic.safetensors")
@@ -205,7 +205,7 @@ def test_two_processes_match_one(tmp_path):
             for key in x:
                 assert x[key] == pytest.approx(y[key], rel=RTOL), (name, key)
         assert multi.metadata["distributed"] == {"world_size": 2, "backend": "gloo"}
-        assert not (tmp_path / "multi" / name / "checkpoint.pt").exists()
+        assert not (tmp_path / "multi" / name / "checkpoint.safetensors").exists()
     # evaluation: one network per rank, joined; the same as one process on the same set
     evals = [r["results"]["mim"].evaluations["train_from_scratch"] for r in ranks]
     assert evals[0]["accuracies"] == evals[1]["accuracies"]

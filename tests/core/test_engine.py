@@ -32,7 +32,7 @@ def test_end_to_end_digits_beats_chance(tiny_recipe, tmp_path):
     assert len(ev["accuracies"]) == 2 and ev["accuracy_mean"] > 50.0  # chance is 10%
     lines = (tmp_path / "run" / "losses.jsonl").read_text().splitlines()
     assert len(lines) == 20
-    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
 
 
 def test_lambda_zero_reproduces_base_method_exactly(tiny_recipe, tmp_path):
@@ -49,7 +49,7 @@ def test_resume_continues_from_checkpoint(tiny_recipe, tmp_path):
     recipe = tiny_recipe(regularizer=MIM)
     with pytest.raises(KeyboardInterrupt):
         run(recipe, out=tmp_path / "r", progress=False, callbacks=[interrupt])
-    assert (tmp_path / "r" / "checkpoint.pt").exists()
+    assert (tmp_path / "r" / "checkpoint.safetensors").exists()
     with pytest.raises(RunError, match="--resume"):
         run(recipe, out=tmp_path / "r", progress=False)
     seen = []

@@ -18,20 +18,49 @@ See ``docs/plugins.md`` for the prose version with an example.
 
 from __future__ import annotations
 
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from torch import Tensor, nn
 
 
-class Params(BaseModel):
-    """Base of every component's parameters model: unknown keys are errors."""
+def _numbers_only(annotation: Any) -> bool:
+    """Whether a field takes only ints/floats (or None): then true/false is a mistake."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _numbers_only(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bool(args) and all(_numbers_only(a) for a in args)
+    return annotation in (int, float)
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class NumbersModel(BaseModel):
+    """Numbers are finite (no ``.inf``/``.nan``), and a number field refuses ``true``
+    (Pydantic would read it as 1)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name in cls.model_fields and _numbers_only(
+                cls.model_fields[info.field_name].annotation):
+            raise ValueError("must be a number, not true/false")
+        return value
+
+
+class Params(NumbersModel):
+    """Base of every component's parameters model: unknown keys are errors; numbers are
+    finite and never booleans."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ComponentRef(BaseModel):

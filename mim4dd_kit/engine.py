@@ -35,6 +35,7 @@ from .errors import CheckpointError, DataError, PluginError, RecipeError, RunErr
 from .evaluate import run_evaluators
 from .recipe import Recipe, load_recipe
 from .registry import Registry, default_registry
+from .runlock import LOCK_NAME, RunLock, remove_stale_temporaries
 from .runtime import (
     cache_dir,
     isolated_rng,
@@ -49,6 +50,10 @@ from .synthetic import atomic_write, save_synthetic, update_metadata
 CHECKPOINT = "checkpoint.safetensors"
 #: where earlier versions kept a pickled checkpoint: never read (a pickle can run code)
 LEGACY_CHECKPOINT = "checkpoint.pt"
+#: what a run writes next to its set
+LOG_NAMES = ("losses.jsonl", "losses.png", "recipe.yaml")
+#: names output.file may not take
+RESERVED_NAMES = frozenset({CHECKPOINT, LEGACY_CHECKPOINT, LOCK_NAME, *LOG_NAMES})
 Callback = Callable[[int, dict[str, float]], None]
 
 
@@ -431,7 +436,31 @@ def _run(
 ) -> RunResult:
     run_dir = Path(out or recipe.output.dir or Path("runs") / recipe.name)
     final = run_dir / recipe.output.file
+    if final.parent != run_dir or recipe.output.file in RESERVED_NAMES:
+        raise RecipeError(f"output.file {recipe.output.file!r} must be a file name inside the "
+                          f"run folder, other than {', '.join(sorted(RESERVED_NAMES))}")
     r = Run(recipe, run_dir, dev, registry)
+    main = ddp.is_main()
+    lock = RunLock(run_dir) if main else None
+    if lock is not None:
+        lock.acquire()  # also shows, before any work, that the folder can be written
+    try:
+        return _run_locked(r, final, resume, overwrite, progress, evaluate, callbacks)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(
+    r: Run,
+    final: Path,
+    resume: bool,
+    overwrite: bool,
+    progress: bool,
+    evaluate: bool,
+    callbacks: Iterable[Callback],
+) -> RunResult:
+    recipe, run_dir, dev, registry = r.recipe, r.run_dir, r.device, r.registry
     has_ckpt = r.checkpoint_path.exists()
     legacy = run_dir / LEGACY_CHECKPOINT
     if not overwrite and legacy.exists():
@@ -441,6 +470,12 @@ def _run(
             "run over, or choose another --out"
         )
     if not overwrite:
+        if resume and not has_ckpt:
+            raise RunError(
+                f"--resume: {run_dir} holds no checkpoint ({CHECKPOINT}) to continue from; "
+                + ("the run there has finished" if final.exists() else
+                   "run without --resume to start")
+            )
         if final.exists() and not has_ckpt:
             raise RunError(
                 f"{final} already exists from a finished run; choose another --out or pass "
@@ -451,6 +486,17 @@ def _run(
                 f"{run_dir} holds a checkpoint of an unfinished run; pass --resume to "
                 "continue it or --overwrite to start over"
             )
+        if not has_ckpt:
+            # a checkpoint shows that the folder's run outputs are this toolkit's; without
+            # one, a file of the same name is someone else's and stays unless --overwrite
+            taken = [n for n in LOG_NAMES if (run_dir / n).exists()]
+            if taken:
+                raise RunError(
+                    f"{run_dir} already holds {', '.join(taken)}, which this run would "
+                    "replace; choose another --out or pass --overwrite to replace them"
+                )
+    if ddp.is_main():
+        remove_stale_temporaries(run_dir, [recipe.output.file, CHECKPOINT, *LOG_NAMES])
     ddp.barrier()  # every rank has looked at the folder before rank 0 writes to it
     t0 = time.perf_counter()
     r.setup()

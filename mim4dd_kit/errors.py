@@ -39,6 +39,10 @@ class RunError(MdkError):
     """A run cannot start or continue as asked (existing outputs, diverged loss)."""
 
 
+class OutputError(RunError):
+    """An output file cannot be written (an unwritable folder, a full disk)."""
+
+
 class ReportError(MdkError):
     """An output (plot, export, comparison, report) cannot be made from the given input."""
 

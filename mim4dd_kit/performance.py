@@ -27,14 +27,16 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from torch import nn
 
+from .contracts import NumbersModel
 
-class PerformanceSettings(BaseModel):
+
+class PerformanceSettings(NumbersModel):
     """How a run computes (not what): precision, memory layout, compilation."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     tf32: bool = Field(True, description="CUDA: TF32 convolutions and matrix products")
     channels_last: bool = Field(True, description="CUDA: NHWC (channels-last) networks")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from .contracts import (
     AugmentationRef,
@@ -28,6 +28,7 @@ from .contracts import (
     DatasetRef,
     EvaluatorRef,
     LossRef,
+    NumbersModel,
     RegularizerRef,
 )
 from .errors import PluginError, RecipeError
@@ -35,8 +36,8 @@ from .performance import PerformanceSettings
 from .registry import ParamsError, Problem, Registry, _pretty, default_registry
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Strict(NumbersModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Schedule(_Strict):
@@ -61,8 +62,18 @@ class SyntheticSettings(_Strict):
 
 class OutputSettings(_Strict):
     dir: Path | None = Field(None, description="run folder; default runs/<name>")
-    file: str = Field("synthetic.safetensors", description="synthetic set file name")
+    file: str = Field("synthetic.safetensors", description="synthetic set file name, "
+                      "inside the run folder (no folder part)")
     checkpoint_every: int = Field(100, ge=0, description="iterations between checkpoints")
+
+    @field_validator("file")
+    @classmethod
+    def _inside_the_run_folder(cls, v: str) -> str:
+        if (v in ("", ".", "..") or "/" in v or "\\" in v or "\x00" in v or v.startswith(".")
+                or Path(v).is_absolute() or Path(v).name != v):
+            raise ValueError("must be a plain file name inside the run folder (no folder "
+                             "part, no '..', not absolute, not hidden)")
+        return v
 
 
 class Recipe(_Strict):
@@ -150,14 +161,78 @@ _Yaml12Loader.add_constructor(
 )
 
 
+#: the largest YAML input read (characters), the most values it may stand for (an alias
+#: counts each time it is used, so a few hundred bytes cannot expand to billions of
+#: values) and the deepest nesting
+MAX_YAML_CHARS = 1_000_000
+MAX_YAML_VALUES = 100_000
+MAX_YAML_DEPTH = 50
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _check_nodes(root: yaml.Node, source: str) -> None:
+    """Refuse duplicate keys, nesting deeper than MAX_YAML_DEPTH (also cycles of aliases)
+    and more than MAX_YAML_VALUES values once aliases are expanded, before constructing."""
+    sizes: dict[int, int] = {}  # id(node) -> values it expands to; an alias is the same node
+
+    def where(node: yaml.Node) -> str:
+        return f"{source}:{node.start_mark.line + 1}"
+
+    def size(node: yaml.Node, depth: int) -> int:
+        if depth > MAX_YAML_DEPTH:
+            raise RecipeError(f"{where(node)}: nested more than {MAX_YAML_DEPTH} levels deep "
+                              "(or an alias refers to itself)")
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        n = 1
+        if isinstance(node, yaml.MappingNode):
+            seen: set[tuple[str, str]] = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    if (key.tag, key.value) in seen:
+                        raise RecipeError(f"{where(key)}: duplicate key "
+                                          f"{_short_repr(key.value)}; a key may appear once")
+                    seen.add((key.tag, key.value))
+                n += size(key, depth + 1) + size(value, depth + 1)
+        elif isinstance(node, yaml.SequenceNode):
+            for value in node.value:
+                n += size(value, depth + 1)
+        if n > MAX_YAML_VALUES:
+            raise RecipeError(f"{where(node)}: this value expands to more than "
+                              f"{MAX_YAML_VALUES:,} values (aliases count each time they are "
+                              "used); a recipe is far smaller")
+        sizes[id(node)] = n
+        return n
+
+    size(root, 0)
+
+
 def parse_yaml(text: str, source: str = "<recipe>") -> Any:
+    """YAML 1.2 scalars, no duplicate keys, bounded size, depth and alias expansion."""
+    if len(text) > MAX_YAML_CHARS:
+        raise RecipeError(f"{source}: {len(text):,} characters; a recipe or sweep file may "
+                          f"have at most {MAX_YAML_CHARS:,}")
+    loader = _Yaml12Loader(text)
     try:
-        return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node, source)
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
         problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError(f"{where}: malformed YAML: {problem}") from None
+        raise RecipeError(f"{where}: malformed YAML: {_short_repr(problem, 200)}") from None
+    except RecursionError:
+        raise RecipeError(f"{source}: nested more than {MAX_YAML_DEPTH} levels deep") from None
+    finally:
+        loader.dispose()
 
 
 def _line_of(root: yaml.Node | None, path: tuple[str | int, ...]) -> int | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import reprlib
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -272,8 +273,19 @@ def _pretty(err: dict[str, Any]) -> str:
         return "required key is missing"
     msg = err["msg"].removeprefix("Value error, ")
     if "input" in err and err["type"] not in ("missing",):
-        msg += f" (got {err['input']!r})"
+        msg += f" (got {_bounded_repr(err['input'])})"
     return msg
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, 60, 60
+_REPR.maxdict = _REPR.maxlist = _REPR.maxtuple = _REPR.maxset = 4
+
+
+def _bounded_repr(value: Any) -> str:
+    """A short repr of an untrusted value, whatever its size (an expanded YAML alias)."""
+    text = _REPR.repr(value)
+    return text if len(text) <= 200 else text[:200] + "…"
 
 
 @functools.lru_cache(maxsize=1)

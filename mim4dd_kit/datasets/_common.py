@@ -12,6 +12,7 @@ import torch
 from pydantic import Field
 
 from ..contracts import DataInfo, Params, RealData
+from ..errors import DataError
 from .zca import fit_zca
 
 
@@ -28,11 +29,18 @@ class ZCAParams(Params):
     )
 
 
-def data_roots(root: Path | None, *subdirs: str) -> list[Path]:
-    """Where to look, in order: the recipe's ``root``, ``$MDK_DATA``, the cache dir."""
+def data_roots(root: Path | None, *subdirs: str, download: bool = False) -> list[Path]:
+    """Where to look, in order: the recipe's ``root``, ``$MDK_DATA``, the cache dir.
+
+    A ``root`` the recipe names must exist (unless the set is to be downloaded into it):
+    a mistyped path is an error, never a silent fall-back to another copy."""
     bases = []
     if root is not None:
-        bases.append(Path(root).expanduser())
+        given = Path(root).expanduser()
+        if not download and not given.is_dir():
+            raise DataError(f"dataset.root {given} does not exist or is not a folder; fix "
+                            "the path, or remove `root:` to search MDK_DATA and the cache")
+        bases.append(given)
     if os.environ.get("MDK_DATA"):
         bases.append(Path(os.environ["MDK_DATA"]).expanduser())
     bases.append(Path("~/.cache/mim4dd_kit/data").expanduser())

@@ -39,7 +39,8 @@ class FashionMNIST:
         self.params = params
 
     def candidates(self) -> list[Path]:
-        dirs = data_roots(self.params.root, "fashion-mnist", "FashionMNIST/raw")
+        dirs = data_roots(self.params.root, "fashion-mnist", "FashionMNIST/raw",
+                          download=self.params.download)
         return dirs + [DEBIAN_DIR]
 
     def locate(self) -> Path | None:
@@ -53,7 +54,7 @@ class FashionMNIST:
         if directory is None and self.params.download:
             import torchvision
 
-            root = data_roots(self.params.root)[0]
+            root = data_roots(self.params.root, download=True)[0]
             try:
                 torchvision.datasets.FashionMNIST(str(root), train=True, download=True)
                 torchvision.datasets.FashionMNIST(str(root), train=False, download=True)

@@ -50,7 +50,7 @@ class _TorchvisionSet:
         return np.asarray(ds.data), np.asarray(labels)
 
     def load(self) -> RealData:
-        roots = data_roots(self.params.root)
+        roots = data_roots(self.params.root, download=self.params.download)
         errors = []
         for root in roots:
             try:

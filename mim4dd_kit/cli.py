@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__
 from .errors import MdkError, RecipeError
@@ -30,6 +32,25 @@ app = typer.Typer(
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 _state = {"debug": False}
+
+# control characters (ANSI escape sequences start with ESC; C1 controls; bidirectional
+# overrides) never reach the terminal from a file's metadata, a plugin or an error
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def plain(value: Any) -> str:
+    """``value`` as text without control characters (newlines and tabs stay)."""
+    return _CONTROL.sub("", str(value))
+
+
+def safe_markup(value: Any) -> str:
+    """Untrusted text to embed in Rich markup: controls stripped, markup escaped."""
+    return escape(plain(value))
+
+
+def cell(value: Any) -> Text:
+    """A table cell that Rich shows literally (no markup, no controls)."""
+    return Text(plain(value))
 
 
 def _guard(fn):
@@ -45,7 +66,7 @@ def _guard(fn):
             if _state["debug"]:
                 raise
             # escaped: messages may hold brackets (e.g. pip install 'mim4dd_kit[plot]')
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
+            err.print(f"[bold red]error:[/] {safe_markup(exc)}", markup=True, highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted; a run continues from its last checkpoint with --resume")
@@ -53,9 +74,25 @@ def _guard(fn):
         except Exception as exc:
             if _state["debug"]:
                 raise
-            err.print(
-                f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
-                "(run again with --debug for the traceback)", highlight=False)
+            from .registry import plugin_of_error
+
+            try:
+                plugin = plugin_of_error(exc)
+            except Exception:
+                plugin = None
+            text = plain(exc)
+            text = text if len(text) <= 2000 else text[:2000] + "…"
+            if plugin is not None:
+                err.print(
+                    f"[bold red]error in {safe_markup(plugin)}:[/] "
+                    f"{safe_markup(type(exc).__name__)}: {escape(text)} (a fault of that "
+                    "plugin; report it to its package's authors; run again with --debug "
+                    "for the traceback)", highlight=False)
+            else:
+                err.print(
+                    f"[bold red]internal error:[/] {safe_markup(type(exc).__name__)}: "
+                    f"{escape(text)} (run again with --debug for the traceback)",
+                    highlight=False)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -128,7 +165,7 @@ def run(
     if as_json:
         _print_json(summary)
         return
-    out.print(f"synthetic set written to [bold]{result.synthetic_path}[/]")
+    out.print(f"synthetic set written to [bold]{safe_markup(result.synthetic_path)}[/]")
     out.print("final losses: " + ", ".join(f"{k}={v:.5g}" for k, v in
                                           result.final_losses.items() if k.startswith("loss")))
     _print_evaluations(result.evaluations)
@@ -180,25 +217,33 @@ def list_plugins_cmd(
     for col in ("kind", "name", "package", "version", "description"):
         table.add_column(col)
     for i in infos:
-        desc = f"[red]BROKEN: {i.error}[/]" if i.error else i.description
-        table.add_row(i.kind, i.name, i.package, i.version, desc)
+        desc = (Text(plain(f"BROKEN: {i.error}"), style="red") if i.error
+                else cell(i.description))
+        table.add_row(cell(i.kind), cell(i.name), cell(i.package), cell(i.version), desc)
     out.print(table)
 
 
-def _print_evaluations(evaluations: dict[str, Any]) -> None:
-    if not evaluations:
-        return
+def _number(value: Any) -> str:
+    return (f"{value:.2f}" if isinstance(value, int | float) and not isinstance(value, bool)
+            else plain(value)[:40])
+
+
+def _print_evaluations(evaluations: Any) -> None:
+    if not evaluations or not isinstance(evaluations, dict):
+        return  # a file's metadata may hold anything: show what has the expected shape
     table = Table(title="evaluation")
     for col in ("evaluator", "accuracy (%)", "per model", "setting"):
         table.add_column(col)
     for name, res in evaluations.items():
+        res = res if isinstance(res, dict) else {}
         if "accuracy_mean" in res:
-            acc = f"{res['accuracy_mean']:.2f} ± {res['accuracy_std']:.2f}"
-            each = ", ".join(f"{a:.2f}" for a in res.get("accuracies", []))
+            acc = f"{_number(res['accuracy_mean'])} ± {_number(res.get('accuracy_std'))}"
+            accs = res.get("accuracies")
+            each = ", ".join(_number(a) for a in (accs if isinstance(accs, list) else []))
         else:
             acc, each = "-", ""
         setting = ", ".join(f"{k}={res[k]}" for k in ("models", "epochs", "lr") if k in res)
-        table.add_row(name, acc, each, setting)
+        table.add_row(cell(name), cell(acc), cell(each), cell(setting))
     out.print(table)
 
 
@@ -219,6 +264,8 @@ def evaluate(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     seed: Annotated[int | None, typer.Option(help="Seed of the evaluation networks.")] = None,
     save: Annotated[bool, typer.Option(help="Store the results in the file.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="With --save: replace stored evaluations of the same name.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Score a synthetic set by the evaluation protocol."""
@@ -256,9 +303,9 @@ def evaluate(
     show = None if as_json else (
         lambda i, n, acc: err.print(f"  model {i}/{n}: {acc:.2f}%", highlight=False))
     result = evaluate_set(file, evaluators=refs, dataset=ds, device=device, seed=seed,
-                          save=save, registry=registry, progress=show)
+                          save=save, registry=registry, progress=show, overwrite=overwrite)
     for w in result["warnings"]:
-        err.print(f"[yellow]warning:[/] {w}")
+        err.print(f"[yellow]warning:[/] {safe_markup(w)}", highlight=False)
     if as_json:
         _print_json(result)
     else:
@@ -275,21 +322,25 @@ def show(
     from .synthetic import load_synthetic
 
     s = load_synthetic(file)
-    counts = s.labels.bincount().tolist()
+    counts = s.labels.unique(return_counts=True)[1].tolist()  # not bincount: labels may be huge
     summary = {"file": str(file), "images": list(s.images.shape), "classes": len(counts),
                "ipc": max(counts), "lr": s.lr, "made_by_mdk": s.made_by_mdk, **s.metadata}
     if as_json:
         _print_json(summary)
         return
-    table = Table(title=str(file), show_header=False)
+    table = Table(title=cell(file), show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value")
     for key, value in summary.items():
         if key in ("recipe", "components", "evaluations"):
             continue
-        table.add_row(key, value if isinstance(value, str) else json.dumps(value, default=str))
-    for c in s.metadata.get("components", []):
-        table.add_row(f"component {c['key']}", f"{c['name']} ({c['package']} {c['version']})")
+        shown = value if isinstance(value, str) else json.dumps(value, default=str)
+        table.add_row(cell(key), cell(shown))
+    components = s.metadata.get("components")
+    for c in components if isinstance(components, list) else []:
+        c = c if isinstance(c, dict) else {}
+        table.add_row(cell(f"component {c.get('key')}"),
+                      cell(f"{c.get('name')} ({c.get('package')} {c.get('version')})"))
     out.print(table)
     _print_evaluations(s.metadata.get("evaluations") or {})
 
@@ -316,7 +367,7 @@ def sweep(
 
     def announce(i: int, n: int, v) -> None:
         if not as_json:
-            err.print(f"[{i}/{n}] {v.name}", highlight=False)
+            err.print(f"[{i}/{n}] {v.name}", markup=False, highlight=False)
 
     rows = run_sweep(spec, out_dir=out_dir, device=device, resume=resume,
                      progress=not quiet, dry_run=dry_run, on_variant=announce)
@@ -341,8 +392,9 @@ def buffer(
     if as_json:
         _print_json(info)
     else:
-        out.print(f"expert buffer: [bold]{info['path']}[/] ({info['experts']} experts, "
-                  f"{info['trained']} trained now)", highlight=False)
+        out.print(f"expert buffer: [bold]{safe_markup(info['path'])}[/] "
+                  f"({info['experts']} experts, {info['trained']} trained now)",
+                  highlight=False)
 
 
 
@@ -434,7 +486,7 @@ def baseline(
         result = evaluate_set(path, evaluators=refs, device=device, save=True,
                               registry=registry, progress=show_model)
         for w in result["warnings"]:
-            err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+            err.print(f"[yellow]warning:[/] {safe_markup(w)}", highlight=False)
         evaluations = result["evaluations"]
     coreset = load_synthetic(path).metadata["coreset"]
     if as_json:
@@ -442,7 +494,8 @@ def baseline(
                      "params": coreset["params"], "features": coreset["features"],
                      "images": len(coreset["indices"]), "evaluations": evaluations})
         return
-    out.print(f"baseline written to [bold]{escape(str(path))}[/] ({coreset['method']}, ipc {ipc}, "
+    out.print(f"baseline written to [bold]{safe_markup(path)}[/] "
+              f"({safe_markup(coreset['method'])}, ipc {ipc}, "
               f"{len(coreset['indices'])} images)", highlight=False)
     _print_evaluations(evaluations)
 
@@ -464,7 +517,7 @@ def export(
 
     path = export_grid(file, png, ncols=ncols, mean=parse_floats(mean, "mean"),
                        std=parse_floats(std, "std"))
-    out.print(f"image grid written to [bold]{escape(str(path))}[/]", highlight=False)
+    out.print(f"image grid written to [bold]{safe_markup(path)}[/]", highlight=False)
 
 
 @app.command()
@@ -506,9 +559,10 @@ def compare(
                         progress=say)
     for r in rows:
         for w in r["warnings"]:
-            err.print(f"[yellow]warning:[/] {escape(r['file'])}: {escape(w)}",
+            err.print(f"[yellow]warning:[/] {safe_markup(r['file'])}: {safe_markup(w)}",
                       highlight=False)
     text = format_compare(rows, "json" if as_json else "markdown")
+    text = text if as_json else plain(text)  # JSON escapes controls itself
     text = text if text.endswith("\n") else text + "\n"
     if out_file is not None:
         atomic_write(out_file, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
@@ -531,12 +585,12 @@ def report(
 
     result = build_report(run_dir, out_file, markdown=markdown, ncols=ncols)
     for w in result.warnings:
-        err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+        err.print(f"[yellow]warning:[/] {safe_markup(w)}", highlight=False)
     if as_json:
         _print_json({"report": str(result.path), "files": [str(f) for f in result.files],
                      "warnings": result.warnings})
     else:
-        out.print(f"report written to [bold]{escape(str(result.path))}[/]", highlight=False)
+        out.print(f"report written to [bold]{safe_markup(result.path)}[/]", highlight=False)
 
 
 def main() -> None:

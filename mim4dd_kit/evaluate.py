@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from .contracts import (
     AugmentationRef,
@@ -15,7 +16,7 @@ from .contracts import (
     EvaluatorRef,
     RealData,
 )
-from .errors import SyntheticSetError
+from .errors import RecipeError, SyntheticSetError
 from .registry import Registry, default_registry
 from .runtime import resolve_device
 from .synthetic import SyntheticSet, load_synthetic, update_metadata
@@ -39,25 +40,58 @@ def run_evaluators(
     registry = registry or default_registry()
     request = EvalRequest(images, labels, lr, data, device, seed, backbone, augmentation)
     results: dict[str, Any] = {}
-    for ref in evaluators:
-        key, n = ref.name, 2
-        while key in results:
-            key, n = f"{ref.name}.{n}", n + 1
+    for key, ref in zip(result_keys(evaluators), evaluators, strict=True):
         evaluator = registry.build("evaluators", ref)
         results[key] = {"params": ref.params, **evaluator.evaluate(request, registry, progress)}
     return results
 
 
+def result_keys(evaluators: list[EvaluatorRef]) -> list[str]:
+    """The keys results are stored under: the evaluator's name, ``name.2``... on repeats."""
+    keys: list[str] = []
+    for ref in evaluators:
+        key, n = ref.name, 2
+        while key in keys:
+            key, n = f"{ref.name}.{n}", n + 1
+        keys.append(key)
+    return keys
+
+
+def _recorded(s: SyntheticSet, path: Path, key: str, model: type[Any] | None = None) -> Any:
+    """``recipe.<key>`` of the set's metadata, checked: a file may hold any JSON."""
+    recipe = s.metadata.get("recipe")
+    value = recipe.get(key) if isinstance(recipe, dict) else None
+    if value is None or model is None:
+        return value
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise SyntheticSetError(
+            f"{path}: metadata entry 'recipe.{key}' is not a valid {key} reference "
+            f"({exc.error_count()} problem(s), first: {exc.errors()[0]['msg']})"
+        ) from None
+
+
 def _dataset_for(s: SyntheticSet, dataset: DatasetRef | None, path: Path) -> DatasetRef:
     if dataset is not None:
         return dataset
-    recorded = (s.metadata.get("recipe") or {}).get("dataset")
+    recorded = _recorded(s, path, "dataset", DatasetRef)
     if recorded is None:
         raise SyntheticSetError(
             f"{path} carries no mdk provenance, so its data set is unknown; name it "
             "(e.g. --dataset fashion_mnist)"
         )
-    return DatasetRef.model_validate(recorded)
+    return recorded
+
+
+def _checked(model: type[Any], value: Any, path: Path, key: str) -> Any:
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise SyntheticSetError(
+            f"{path}: metadata entry 'recipe.{key}' is not valid "
+            f"({exc.error_count()} problem(s), first: {exc.errors()[0]['msg']})"
+        ) from None
 
 
 def check_compatible(s: SyntheticSet, data: RealData, path: Path) -> list[str]:
@@ -75,11 +109,12 @@ def check_compatible(s: SyntheticSet, data: RealData, path: Path) -> list[str]:
             f"{info.num_classes} classes"
         )
     warnings = []
-    recorded = (s.metadata.get("dataset") or {}).get("sha256")
+    ds_meta = s.metadata.get("dataset")
+    recorded = ds_meta.get("sha256") if isinstance(ds_meta, dict) else None
     if recorded and recorded != data.identity.get("sha256"):
         warnings.append(
             f"the set was distilled from a different copy of {info.name!r} "
-            f"(content hash {recorded[:12]} vs {str(data.identity.get('sha256'))[:12]})"
+            f"(content hash {str(recorded)[:12]} vs {str(data.identity.get('sha256'))[:12]})"
         )
     return warnings
 
@@ -94,32 +129,53 @@ def evaluate(
     save: bool = False,
     registry: Registry | None = None,
     progress=None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Score the set at ``path``; with ``save`` the results go into its metadata.
 
     Evaluators default to those of the recipe that made the set, else
-    ``train_from_scratch`` with its defaults.
+    ``train_from_scratch`` with its defaults. A stored evaluation of the same name is
+    replaced only with ``overwrite`` (checked before anything runs).
     """
     registry = registry or default_registry()
     path = Path(path)
     s = load_synthetic(path)
-    recipe = s.metadata.get("recipe") or {}
+    s.check_finite(str(path))
+    if evaluators is None:
+        recorded = _recorded(s, path, "evaluators")
+        if recorded is not None and not isinstance(recorded, list):
+            raise SyntheticSetError(f"{path}: metadata entry 'recipe.evaluators' must be a "
+                                    f"list, got {type(recorded).__name__}")
+        evaluators = [_checked(EvaluatorRef, e, path, "evaluators") for e in recorded or []]
+        evaluators = evaluators or [EvaluatorRef(name="train_from_scratch")]
+    stored = s.metadata.get("evaluations")
+    stored = stored if isinstance(stored, dict) else {}
+    if save and not overwrite:
+        clash = [k for k in result_keys(evaluators) if k in stored]
+        if clash:
+            raise SyntheticSetError(
+                f"{path} already holds evaluation(s) {', '.join(map(repr, clash))}; pass "
+                "--overwrite to replace them, or evaluate without --save"
+            )
     ds_ref = _dataset_for(s, dataset, path)
     data = registry.build("datasets", ds_ref).load()
     warnings = check_compatible(s, data, path)
     dev = resolve_device(device)
-    if evaluators is None:
-        evaluators = [EvaluatorRef.model_validate(e) for e in recipe.get("evaluators") or []]
-        evaluators = evaluators or [EvaluatorRef(name="train_from_scratch")]
-    backbone = BackboneRef.model_validate(recipe["backbone"]) if "backbone" in recipe else None
-    aug = recipe.get("augmentation")
+    backbone = _recorded(s, path, "backbone", BackboneRef)
+    aug = _recorded(s, path, "augmentation", AugmentationRef)
+    if seed is None:
+        seed = _recorded(s, path, "seed")
+        seed = 0 if seed is None else seed
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**62:
+            raise SyntheticSetError(f"{path}: metadata entry 'recipe.seed' must be an integer "
+                                    "in [0, 2^62); pass --seed")
+    elif not 0 <= seed < 2**62:
+        raise RecipeError(f"--seed {seed}: must be in [0, 2^62)")
     results = run_evaluators(
-        evaluators, s.images, s.labels, s.lr, data.to(dev), device=dev,
-        seed=recipe.get("seed", 0) if seed is None else seed,
-        backbone=backbone, augmentation=AugmentationRef.model_validate(aug) if aug else None,
-        registry=registry, progress=progress,
+        evaluators, s.images, s.labels, s.lr, data.to(dev), device=dev, seed=seed,
+        backbone=backbone, augmentation=aug, registry=registry, progress=progress,
     )
     if save:
-        update_metadata(path, evaluations={**(s.metadata.get("evaluations") or {}), **results})
+        update_metadata(path, evaluations={**stored, **results})
     return {"file": str(path), "dataset": ds_ref.name, "warnings": warnings,
             "evaluations": results}

@@ -80,7 +80,8 @@ class Recipe(_Strict):
     """A distillation run, declaratively."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="run name")
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**62, description="seed of every random draw (offsets "
+                      "are added to it, so it stays well inside torch's 64-bit range)")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     dataset: DatasetRef
     synthetic: SyntheticSettings = Field(default_factory=SyntheticSettings)

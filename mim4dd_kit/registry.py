@@ -288,6 +288,34 @@ def _bounded_repr(value: Any) -> str:
     return text if len(text) <= 200 else text[:200] + "…"
 
 
+def plugin_of_error(exc: BaseException, registry: Registry | None = None) -> str | None:
+    """Name the installed plugin (not this toolkit's own) whose code raised ``exc``:
+    the deepest traceback frame in a plugin's module, as ``plugin 'x' (kind) from
+    package p v``; None when no plugin code is on the traceback."""
+    registry = registry or default_registry()
+    owners: dict[str, str] = {}  # top-level module -> description
+    for kind in KINDS:
+        try:
+            entries = registry.entries(kind)
+        except Exception:  # discovery itself failing must not hide the original error
+            continue
+        for ep in entries:
+            top = (ep.module_name or "").split(".")[0]
+            if top and top != __name__.split(".")[0] and top not in owners:
+                pkg, ver = _pkg_of(ep)
+                owners[top] = f"plugin {ep.name!r} ({kind}) from package {pkg} {ver}"
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_globals.get("__name__", ""))
+        tb = tb.tb_next
+    for module in reversed(frames):
+        top = str(module).split(".")[0]
+        if top in owners:
+            return owners[top]
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def default_registry() -> Registry:
     """The registry of the running environment (cached)."""

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from .errors import MdkError, MissingExtraError, ReportError
+from .errors import MdkError, MissingExtraError, RecipeError, ReportError
 from .plots import (
     PLOT_EXTRA_HINT,
     have_matplotlib,
@@ -36,6 +36,7 @@ from .plots import (
     save_image_grid,
     save_loss_curves,
 )
+from .recipe import parse_yaml
 from .synthetic import SyntheticSet, atomic_write, load_synthetic
 
 HISTORY = "losses.jsonl"
@@ -151,12 +152,12 @@ def _locate(target: Path) -> tuple[Path, Path]:
     recipe_file = target / RECIPE
     if recipe_file.is_file():
         try:
-            recorded = yaml.safe_load(recipe_file.read_text(encoding="utf-8")) or {}
-            name = ((recorded.get("output") or {}).get("file")
-                    if isinstance(recorded, dict) else None)
-            if isinstance(name, str):
+            recorded = parse_yaml(recipe_file.read_text(encoding="utf-8"), str(recipe_file))
+            output = recorded.get("output") if isinstance(recorded, dict) else None
+            name = output.get("file") if isinstance(output, dict) else None
+            if isinstance(name, str) and "/" not in name and "\\" not in name:
                 names.append(name)
-        except yaml.YAMLError:
+        except (RecipeError, OSError, UnicodeDecodeError):
             pass
     names.append(DEFAULT_SET)
     for name in names:
@@ -337,8 +338,8 @@ def _sections(target: Path, pictures: _Pictures, ncols: int | None
     if recipe_path is not None and recipe_path.is_file():
         recipe_text = recipe_path.read_text(encoding="utf-8")
         try:
-            on_disk = yaml.safe_load(recipe_text)
-        except yaml.YAMLError:
+            on_disk = parse_yaml(recipe_text, str(recipe_path))
+        except RecipeError:
             on_disk = None
         if recorded is not None and on_disk != recorded:
             warnings.append(f"{recipe_path} differs from the recipe recorded in {set_path}; "
@@ -461,15 +462,25 @@ def render_html(title: str, sections: list[Section], warnings: list[str]) -> str
     return "\n".join(parts) + "\n"
 
 
+_MD_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _md(text: Any) -> str:
+    """Text from files in Markdown: no raw HTML (``<script>``, ``onerror=``), no links
+    or images made from brackets, no control characters."""
+    text = html.escape(_MD_CONTROL.sub("", str(text)), quote=False)
+    return re.sub(r"([\\`\[\]!])", r"\\\1", text)
+
+
 def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return _md(text).replace("|", "\\|").replace("\n", " ")
 
 
 def _md_block(b: Block) -> str:
     if b.kind == "p":
-        return b.text
+        return _md(b.text)
     if b.kind == "h3":
-        return f"### {b.text}"
+        return f"### {_md(b.text)}"
     if b.kind in ("pre", "details"):
         longest = max((len(m) for m in re.findall(r"`+", b.text)), default=0)
         fence = "`" * max(3, longest + 1)
@@ -477,24 +488,24 @@ def _md_block(b: Block) -> str:
         return body if b.kind == "pre" else f"<details><summary>raw result</summary>\n\n" \
             f"{body}\n\n</details>"
     if b.kind == "list":
-        return "\n".join(f"- {i}" for i in b.items)
+        return "\n".join(f"- {_md(i)}" for i in b.items)
     if b.kind == "table":
         lines = ["| " + " | ".join(_md_cell(h) for h in b.head) + " |",
                  "|" + "---|" * len(b.head)]
         lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows]
         return "\n".join(lines)
     if b.kind == "img" and b.image is not None:
-        return f"![{b.text}]({b.image.name})"
+        return f"![{_md(b.text)}]({b.image.name})"
     return ""
 
 
 def render_markdown(title: str, sections: list[Section], warnings: list[str]) -> str:
     """The report as Markdown; pictures are referenced by file name (beside the page)."""
-    parts = [f"# {title}"]
+    parts = [f"# {_md(title)}"]
     if warnings:
-        parts.append("**Warnings**\n\n" + "\n".join(f"- {w}" for w in warnings))
+        parts.append("**Warnings**\n\n" + "\n".join(f"- {_md(w)}" for w in warnings))
     for sec in sections:
-        parts.append(f"## {sec.title}")
+        parts.append(f"## {_md(sec.title)}")
         parts += [t for t in (_md_block(b) for b in sec.blocks) if t]
     return "\n\n".join(parts) + "\n"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -53,11 +54,29 @@ class SyntheticSet:
 
     @property
     def num_classes(self) -> int:
-        ds = self.metadata.get("dataset") or {}
-        return int(ds.get("num_classes") or int(self.labels.max()) + 1)
+        ds = self.metadata.get("dataset")
+        recorded = ds.get("num_classes") if isinstance(ds, dict) else None
+        if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded > 0:
+            return recorded
+        return int(self.labels.max()) + 1
 
     def ipc(self) -> int:
-        return int(torch.bincount(self.labels).max())
+        # counts of the labels present: memory follows the set, not its largest label
+        return int(torch.unique(self.labels, return_counts=True)[1].max())
+
+    def check_finite(self, where: str) -> None:
+        """Refuse a set that cannot be scored: NaN/Inf pixels, a non-finite or
+        non-positive learned lr."""
+        bad = int((~torch.isfinite(self.images)).sum())
+        if bad:
+            raise SyntheticSetError(
+                f"{where}: 'images' holds {bad:,} NaN/Inf value(s); a set with non-finite "
+                "pixels cannot be scored (the run that made it diverged)"
+            )
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise SyntheticSetError(
+                f"{where}: the learned 'lr' is {self.lr}; it must be a finite number > 0"
+            )
 
 
 def _umask() -> int:
@@ -134,6 +153,8 @@ def save_synthetic(
 
 
 def _check_tensors(images: torch.Tensor, labels: torch.Tensor, where: str) -> None:
+    if images.ndim >= 1 and images.shape[0] == 0:
+        raise SyntheticSetError(f"{where}: the set holds no images")
     if images.ndim != 4:
         raise SyntheticSetError(
             f"{where}: 'images' must have shape (N, C, H, W), got {tuple(images.shape)}"
@@ -187,6 +208,7 @@ def load_synthetic(path: str | Path, verify: bool = True) -> SyntheticSet:
             raise SyntheticSetError(
                 f"{path}: metadata entry {key!r} is not valid JSON; the file is damaged"
             ) from None
+    _check_metadata(metadata, path)
     expected = metadata.get("tensors_sha256")
     if verify and expected is not None and expected != tensors_sha256(images, labels, lr):
         raise SyntheticSetError(
@@ -194,6 +216,57 @@ def load_synthetic(path: str | Path, verify: bool = True) -> SyntheticSet:
             "the file was modified or is corrupt"
         )
     return SyntheticSet(images, labels, lr, metadata)
+
+
+_Number = (int, float)
+#: the JSON type of each metadata entry the toolkit reads (anything else is kept as is)
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "recipe": (dict,), "dataset": (dict,), "evaluations": (dict,), "components": (list,),
+    "final_losses": (dict,), "coreset": (dict,), "distributed": (dict,), "iterations": (int,),
+    "seed": (int,), "run_seconds": _Number, "tensors_sha256": (str,), "format": (str,),
+    "recipe_fingerprint": (str,), "toolkit_version": (str,), "started": (str,),
+    "finished": (str,),
+}
+_RECIPE_TYPES: dict[str, tuple[type, ...]] = {
+    "dataset": (dict,), "backbone": (dict,), "dd_loss": (dict,), "synthetic": (dict,),
+    "regularizer": (dict, type(None)), "augmentation": (dict, type(None)),
+    "evaluators": (list,), "seed": (int,), "name": (str,),
+}
+_EVAL_TYPES: dict[str, tuple[type, ...]] = {
+    "accuracy_mean": _Number, "accuracy_std": _Number, "accuracies": (list,),
+    "params": (dict,),
+}
+
+
+def _check_metadata(meta: dict[str, Any], path: Path) -> None:
+    """Metadata is untrusted JSON: an entry the toolkit reads must have its JSON type,
+    else a clear error naming the entry (never a crash in evaluate, compare or report)."""
+
+    def check(value: Any, types: tuple[type, ...], key: str) -> None:
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            names = " or ".join("null" if t is type(None) else
+                                {dict: "an object", list: "a list", int: "an integer",
+                                 float: "a number", str: "a string"}[t] for t in types)
+            raise SyntheticSetError(f"{path}: metadata entry {key!r} must be {names}, got "
+                                    f"{type(value).__name__}")
+
+    for key, types in _META_TYPES.items():
+        if key in meta:
+            check(meta[key], types, key)
+    for key, types in _RECIPE_TYPES.items():
+        if key in meta.get("recipe", {}):
+            check(meta["recipe"][key], types, f"recipe.{key}")
+    for name, result in meta.get("evaluations", {}).items():
+        check(result, (dict,), f"evaluations.{name}")
+        for key, types in _EVAL_TYPES.items():
+            if key in result:
+                check(result[key], types, f"evaluations.{name}.{key}")
+        for i, acc in enumerate(result.get("accuracies", [])):
+            check(acc, _Number, f"evaluations.{name}.accuracies.{i}")
+    for i, comp in enumerate(meta.get("components", [])):
+        check(comp, (dict,), f"components.{i}")
+    for key, value in meta.get("final_losses", {}).items():
+        check(value, _Number, f"final_losses.{key}")
 
 
 def update_metadata(path: str | Path, **entries: Any) -> SyntheticSet:

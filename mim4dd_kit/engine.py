@@ -39,6 +39,7 @@ from .runlock import LOCK_NAME, RunLock, remove_stale_temporaries
 from .runtime import (
     cache_dir,
     isolated_rng,
+    memory_bytes,
     resolve_device,
     rng_state,
     seed_everything,
@@ -76,6 +77,20 @@ def _feature_dims(make_backbone, info, device) -> list[int]:
     with torch.no_grad():
         x = torch.zeros(1, info.channels, *info.image_size, device=device)
         return [f[0].numel() for f in probe.features(x)]
+
+
+def check_set_size(n: int, info, device: torch.device) -> None:
+    """Refuse, before allocating, a synthetic set that cannot fit in memory: the images
+    with their gradient, momentum and a working copy (4 float32 copies)."""
+    need = 4 * 4 * n * info.channels * math.prod(info.image_size)
+    limit = memory_bytes(device)
+    if limit is not None and need > limit:
+        raise RecipeError(
+            f"synthetic.ipc asks for {n:,} images of {info.channels}x{info.image_size[0]}x"
+            f"{info.image_size[1]}: about {need / 2**30:,.1f} GiB with their gradient and "
+            f"momentum, more than the {limit / 2**30:,.1f} GiB of memory of {device}; lower "
+            "synthetic.ipc"
+        )
 
 
 class Run:
@@ -161,6 +176,7 @@ class Run:
 
     def _init_synthetic(self) -> None:
         s, info = self.recipe.synthetic, self.data.info
+        check_set_size(info.num_classes * s.ipc, info, self.device)
         counts = self.data.class_counts()
         if s.init == "real":
             if int(counts.min()) < s.ipc:

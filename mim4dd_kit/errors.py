@@ -19,6 +19,11 @@ class RecipeError(MdkError):
     """A recipe is malformed, has an unknown key, or a parameter is invalid."""
 
 
+class BuildError(RecipeError, ValueError):
+    """A component cannot be built for this data set (a backbone too deep for its image
+    size); a ``ValueError`` too, so plugins may raise it where they raised that."""
+
+
 class PluginError(MdkError):
     """A plugin is unknown, ambiguous, fails to import, or breaks its contract."""
 

@@ -24,6 +24,7 @@ from pydantic import Field
 from torch import nn
 
 from ..contracts import Backbone, Params
+from ..errors import BuildError
 from ._checks import check_context
 from .convnet import make_norm
 
@@ -73,7 +74,7 @@ class AlexNet(Backbone):
                 stage.append(nn.MaxPool2d(kernel_size=2, stride=2))
                 h, w = h // 2, w // 2
                 if h < 1 or w < 1:
-                    raise ValueError(
+                    raise BuildError(
                         f"AlexNet needs larger images than {image_size[0]}x{image_size[1]}: "
                         f"the feature map reaches {h}x{w} at block {len(blocks) + 1}"
                     )

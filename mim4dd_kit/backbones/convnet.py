@@ -25,6 +25,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ..contracts import Backbone, Params
+from ..errors import BuildError
 from ._checks import check_context
 
 NormKind = Literal["instance", "batch", "layer", "group", "none"]
@@ -128,7 +129,7 @@ class ConvNet(Backbone):
                 layers.append(pool)
                 h, w = h // 2, w // 2  # 2x2 stride 2, floor
             if h < 1 or w < 1:
-                raise ValueError(
+                raise BuildError(
                     f"depth {params.depth} is too deep for {image_size[0]}x{image_size[1]} "
                     f"images: the feature map reaches {h}x{w} at block {k + 1}; use a "
                     f"smaller depth or pooling: none"

@@ -24,6 +24,7 @@ from pydantic import Field
 from torch import nn
 
 from ..contracts import Backbone, Params
+from ..errors import BuildError
 from ._checks import check_context
 
 
@@ -60,7 +61,7 @@ class LeNet(Backbone):
         h1, w1 = (_conv_pool_size(n, pad) for n in image_size)
         h2, w2 = _conv_pool_size(h1, 0), _conv_pool_size(w1, 0)
         if min(h1, w1, h2, w2) < 1:
-            raise ValueError(
+            raise BuildError(
                 f"LeNet's two 5x5 conv stages need larger images than "
                 f"{image_size[0]}x{image_size[1]} (at least 12x12 grey or 16x16 colour)"
             )

@@ -13,6 +13,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from ..contracts import Backbone, Params
+from ..errors import BuildError
 
 
 class MLP(Backbone):
@@ -33,7 +34,7 @@ class MLP(Backbone):
         super().__init__()
         in_features = channels * math.prod(image_size)
         if in_features < 1 or num_classes < 1:
-            raise ValueError(
+            raise BuildError(
                 f"MLP needs positive channels, classes and image size; got channels="
                 f"{channels}, num_classes={num_classes}, image_size={image_size}"
             )

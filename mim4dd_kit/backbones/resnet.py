@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..contracts import Backbone, Params
+from ..errors import BuildError
 from ._checks import check_context
 from .convnet import make_norm
 
@@ -105,7 +106,7 @@ class ResNet18(Backbone):
             shapes.append((width, h, w))
         if params.norm == "instance" and h * w < 2:
             # GroupNorm(C, C) cannot normalise a single value per channel
-            raise ValueError(
+            raise BuildError(
                 f"ResNet18 with instance norm needs larger images than "
                 f"{image_size[0]}x{image_size[1]}: the last stage's map is {h}x{w}; use at "
                 f"least 9x9 images or norm: batch"

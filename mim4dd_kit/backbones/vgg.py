@@ -20,6 +20,7 @@ from pydantic import Field
 from torch import nn
 
 from ..contracts import Backbone, Params
+from ..errors import BuildError
 from ._checks import check_context
 from .convnet import make_norm
 
@@ -67,7 +68,7 @@ class VGG11(Backbone):
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             h, w = h // 2, w // 2
             if h < 1 or w < 1:
-                raise ValueError(
+                raise BuildError(
                     f"VGG11 needs larger images than {image_size[0]}x{image_size[1]}: the "
                     f"feature map reaches {h}x{w} at block {k + 1} (5 max-pools need at "
                     f"least 32x32, or 28x28 for 1-channel input)"

@@ -112,3 +112,33 @@ def test_a_root_that_does_not_exist_is_an_error(tmp_path):
                                                   "root": str(tmp_path / "nope")}})
     with pytest.raises(DataError, match=r"dataset\.root .*nope does not exist"):
         default_registry().build("datasets", recipe.dataset).load()
+
+
+def test_sizes_are_checked_before_allocating(tmp_path):
+    text = _tiny_text(synthetic={"ipc": 1, "iterations": 1, "init": "noise"}).replace(
+        "ipc: 1", "ipc: 1e9")
+    path = _file(tmp_path, text)
+    tracemalloc.start()
+    res = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "o")])
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert res.exit_code == 2, res.output
+    message = " ".join(res.stderr.split())
+    assert "synthetic.ipc asks for 10,000,000,000 images of 1x8x8" in message
+    assert "lower synthetic.ipc" in message and peak < 500e6
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_backbone_too_deep_for_the_images_is_a_clear_error(tmp_path):
+    path = _file(tmp_path, _tiny_text(backbone={"name": "convnet", "width": 8, "depth": 6}))
+    res = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "internal error" not in res.output
+    assert "depth 6 is too deep for 8x8 images" in " ".join(res.stderr.split())
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**62), str(2**70)])
+def test_seeds_out_of_range_name_the_key(tmp_path, seed):
+    path = _file(tmp_path, _tiny_text())
+    with pytest.raises(RecipeError, match=r"seed: Input should be (greater|less) than"):
+        load_recipe(path, [f"seed={seed}"])

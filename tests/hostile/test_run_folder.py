@@ -176,3 +176,21 @@ def test_two_processes_into_one_folder(tmp_path):
     assert (out / "synthetic.safetensors").is_file() and not (out / LOCK_NAME).exists()
     assert not (out / CHECKPOINT).exists()
     assert len((out / "losses.jsonl").read_text().splitlines()) == iterations
+
+
+def test_a_full_disk_is_an_error_naming_the_file(tmp_path, monkeypatch):
+    import errno
+
+    from mim4dd_kit import statefile
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(statefile, "save_file", full)
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["run", str(_recipe_file(tmp_path)), "--out", str(out),
+                              "--no-eval"])
+    assert res.exit_code == 2, res.output
+    message = " ".join(res.stderr.split())
+    assert f"cannot write {out / CHECKPOINT}: No space left on device" in message
+    assert not out.exists()  # no temporary, no lock: the folder the run made is gone

@@ -22,6 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from . import formation
 from .errors import SyntheticSetError
 
 FORMAT = "mim4dd_kit.synthetic/1"
@@ -58,6 +59,22 @@ class SyntheticSet:
 
     def ipc(self) -> int:
         return int(torch.bincount(self.labels).max())
+
+    @property
+    def formation(self) -> int:
+        """Multi-formation factor recorded in ``mdk.formation`` (1 when absent)."""
+        try:
+            return formation.factor_of(self.metadata)
+        except ValueError as exc:
+            raise SyntheticSetError(str(exc)) from None
+
+    def decoded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images and labels networks train on: the stored set decoded by its formation
+        factor (``mim4dd_kit/formation.py``); the stored tensors themselves at factor 1."""
+        ds = self.metadata.get("dataset") or {}
+        pad = (formation.pad_value(ds["mean"], ds["std"]) if ds.get("mean") and ds.get("std")
+               else 0.0)
+        return formation.decode(self.images, self.labels, self.formation, pad=pad)
 
 
 def _umask() -> int:
@@ -159,6 +176,10 @@ def load_synthetic(path: str | Path, verify: bool = True) -> SyntheticSet:
             raise SyntheticSetError(
                 f"{path}: metadata entry {key!r} is not valid JSON; the file is damaged"
             ) from None
+    try:
+        formation.factor_of(metadata)
+    except ValueError as exc:
+        raise SyntheticSetError(f"{path}: {exc}") from None
     expected = metadata.get("tensors_sha256")
     if verify and expected is not None and expected != tensors_sha256(images, labels, lr):
         raise SyntheticSetError(

@@ -202,10 +202,12 @@ class Run:
 
     def iterate(self, iteration: int) -> dict[str, float]:
         """One iteration: ``image_steps`` calls of :meth:`step`, each followed by the
-        loss's ``after_step`` hook if it has one; logs are the means over the steps."""
+        loss's ``after_step`` hook if it has one; each log is its mean over the steps that
+        reported it."""
         after = getattr(self.loss, "after_step", None)
         n = self.image_steps
         total: dict[str, float] = {}
+        count: dict[str, int] = {}
         for _ in range(n):
             logs = self.step(iteration)
             if after is not None:
@@ -213,9 +215,10 @@ class Run:
                     after(self.syn)
             if n == 1:
                 return logs
-            for k, v in logs.items():
+            for k, v in logs.items():  # a key may come from some of the steps only
                 total[k] = total.get(k, 0.0) + v
-        return {k: v / n for k, v in total.items()}
+                count[k] = count.get(k, 0) + 1
+        return {k: v / count[k] for k, v in total.items()}
 
     # -- checkpoints ----------------------------------------------------------------------
     @property

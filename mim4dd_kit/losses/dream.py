@@ -50,6 +50,7 @@ from pydantic import Field
 from torch import Tensor
 
 from ..contracts import Backbone, LossOutput, Params, RunContext, SyntheticState
+from ..errors import DataError
 from .dc import BN_PER_CLASS
 from .gradient_matching import class_gradients, freeze_batchnorm, has_batchnorm
 from .kmeans import class_pool, representatives
@@ -254,9 +255,11 @@ class DREAM:
             idx = representatives(self.net, ctx.data.train_images, class_pool(ctx.data),
                                   ipc * f * f, p.kmeans_iters, prepare=self._embed_input)
             if idx.shape[1] < ipc * f * f:
-                raise ValueError(
-                    f"dream init kmeans needs {ipc * f * f} real images per class "
-                    f"(ipc {ipc} x formation {f}^2) but a class has {idx.shape[1]}"
+                raise DataError(
+                    f"dd_loss dream (init: kmeans) needs {ipc * f * f} real images per class "
+                    f"(synthetic.ipc {ipc} x synthetic.formation {f}^2) but a class of "
+                    f"{ctx.data.info.name!r} has {idx.shape[1]}; lower synthetic.ipc or "
+                    "synthetic.formation, or set dd_loss.init: engine"
                 )
             chosen = ctx.data.train_images[idx]  # (C, ipc f^2, ch, H, W)
             groups = chosen.reshape(c, f * f, ipc, *chosen.shape[2:]).transpose(0, 1)

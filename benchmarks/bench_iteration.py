@@ -38,14 +38,16 @@ from pathlib import Path
 
 from _common import mtt_subset, sync
 
-METHODS = ["dm", "dc", "dsa", "dream", "mtt", "bptt", "cafe"]
+METHODS = ["dm", "dc", "dsa", "dsa_kmeans", "dream", "mtt", "bptt", "cafe"]
 CASES = ["dm_baseline"] + [c for m in METHODS for c in (m, f"{m}_mim4dd")] + ["eval_model"]
 #: the published per-iteration knobs at IPC 10 (see docs/components/<method>.md)
 LOSS_PARAMS = {
     "dm": {},
     "dc": {"outer_loop": 10, "inner_loop": 50},
     "dsa": {"outer_loop": 10, "inner_loop": 50},
-    "dream": {"outer_loop": 10, "inner_loop": 50},
+    "dsa_kmeans": {"outer_loop": 10, "inner_loop": 50},
+    # one iteration = one image step per class plus the network's training on real data
+    "dream": {},
     "mtt": {"syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 1, "num_experts": 1},
     "bptt": {"inner_steps": 20},
     "cafe": {},
@@ -192,7 +194,7 @@ def run_case(case: str, args) -> dict:
         for i in range(args.warmup + args.iters):
             sync(device)
             t0 = time.perf_counter()
-            logs = run.step(i)
+            logs = run.iterate(i)  # all of the loss's image steps of one iteration
             sync(device)
             if i >= args.warmup:
                 times.append(time.perf_counter() - t0)

@@ -36,8 +36,8 @@ CPU_METHOD = {
     "dm": ["synthetic.iterations=200"],
     "dc": ["synthetic.iterations=100"],
     "dsa": ["synthetic.iterations=100"],
-    # k-means over 1,000 real images per class instead of the whole class
-    "dream": ["synthetic.iterations=100", "dd_loss.pool=1000"],
+    # one outer iteration of the reference loop (100 iterations x one image step per class)
+    "dream": ["synthetic.iterations=100"],
     # 3 experts of 6 epochs, lr 0.01 at both IPCs (one shared buffer)
     "mtt": ["synthetic.iterations=100", "dd_loss.num_experts=3", "dd_loss.max_start_epoch=4",
             "dd_loss.expert_epochs=2", "dd_loss.lr_teacher=0.01", "synthetic.lr_init=0.01"],

@@ -325,6 +325,10 @@ def show(
     counts = s.labels.unique(return_counts=True)[1].tolist()  # not bincount: labels may be huge
     summary = {"file": str(file), "images": list(s.images.shape), "classes": len(counts),
                "ipc": max(counts), "lr": s.lr, "made_by_mdk": s.made_by_mdk, **s.metadata}
+    if s.formation > 1:  # multi-formation: what is stored vs what networks train on
+        f2 = s.formation ** 2
+        summary.update({"stored_images": len(s.labels), "decoded_images": len(s.labels) * f2,
+                        "decoded_ipc": max(counts) * f2})
     if as_json:
         _print_json(summary)
         return

@@ -99,6 +99,9 @@ def compare_row(path: Path, s: SyntheticSet) -> dict[str, Any]:
         "dataset": dataset,
         "ipc": s.ipc() if s.labels.numel() else 0,
         "images": len(s.labels),
+        # networks train on the decoded set (multi-formation; mim4dd_kit/formation.py)
+        "formation": s.formation,
+        "decoded_images": len(s.labels) * s.formation ** 2,
         "iterations": meta.get("iterations"),
         "made_by_mdk": s.made_by_mdk,
         "evaluators": list(evaluations),
@@ -179,7 +182,9 @@ def format_compare(rows: list[dict[str, Any]], fmt: str = "markdown") -> str:
     head = ["file", "method", "dataset", "IPC", "iterations", *cols]
     lines = ["| " + " | ".join(_cell(h) for h in head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["file"], r["method"], r["dataset"] or "?", r["ipc"],
+        f = r.get("formation", 1)
+        ipc = r["ipc"] if f == 1 else f"{r['ipc']} (decodes to {r['ipc'] * f * f})"
+        cells = [r["file"], r["method"], r["dataset"] or "?", ipc,
                  "–" if r["iterations"] is None else r["iterations"]]
         cells += [_fmt(r["columns"].get(c)) for c in cols]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")

@@ -322,6 +322,9 @@ class RunContext:
     #: activation bytes per chunk of gradient-free real-data passes on a CPU
     #: (``mim4dd_kit/chunked.py``; 0 = whole batches)
     chunk_bytes: int = 8 * 2**20
+    #: multi-formation factor of the stored set (``synthetic.formation``); ``compute``
+    #: receives the decoded set (mim4dd_kit/formation.py)
+    formation: int = 1
 
 
 @dataclass
@@ -344,6 +347,13 @@ class DDLoss(Protocol):
     loss honours ``ctx.shard``: it keeps only its rank's real rows and returns a partial
     loss whose sum over ranks is the full loss (docs/distributed.md); multi-process runs
     refuse losses without it.
+
+    Optional hooks, each absent by default (the engine then behaves as without them; see
+    docs/plugins.md): ``image_steps`` (int) image-optimiser steps per iteration, each a
+    ``compute`` -> backward -> step; ``init_images(syn)`` called once, under ``no_grad``,
+    after the engine initialised the stored set; ``after_step(syn)`` called under
+    ``no_grad`` after every image step, with the stored set (e.g. a projection). ``syn``
+    given to ``compute`` is the set decoded by ``ctx.formation``; the hooks get the stored set.
     """
 
     learns_lr: ClassVar[bool]

@@ -28,7 +28,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import __version__, performance, plots
+from . import __version__, formation, performance, plots
 from . import distributed as ddp
 from .contracts import RealData, RunContext, Shard, SyntheticState
 from .errors import CheckpointError, DataError, PluginError, RecipeError, RunError
@@ -171,7 +171,7 @@ class Run:
         self.ctx = RunContext(self.data, s.ipc, s.batch_real, self.device, make_backbone,
                               augment, r.seed, {"name": r.backbone.name, **r.backbone.params},
                               cache_dir(), {"name": r.dataset.name, **r.dataset.params},
-                              self.shard, performance.chunk_bytes(perf))
+                              self.shard, performance.chunk_bytes(perf), s.formation)
         return self.ctx
 
     def _init_synthetic(self) -> None:
@@ -191,14 +191,58 @@ class Run:
                                  device=self.device)
         self.syn = SyntheticState(images.detach().clone().requires_grad_(True), labels)
         self.opt_img = torch.optim.SGD([self.syn.images], lr=s.lr, momentum=s.momentum)
+        # milestones count iterations; the scheduler steps once per image step
+        steps = self.image_steps
         self.sched = torch.optim.lr_scheduler.MultiStepLR(
-            self.opt_img, milestones=s.schedule.milestones, gamma=s.schedule.gamma)
+            self.opt_img, milestones=[m * steps for m in s.schedule.milestones],
+            gamma=s.schedule.gamma)
         self.opt_lr = None
         if s.learn_lr or getattr(self.loss, "learns_lr", False):
             self.syn.lr = torch.tensor(s.lr_init, device=self.device, requires_grad=True)
             self.opt_lr = torch.optim.SGD([self.syn.lr], lr=s.lr_lr, momentum=0.5)
         params = list(self.reg.parameters()) if self.reg is not None else []
         self.opt_reg = torch.optim.Adam(params, lr=self.reg.lr) if params else None
+        init_images = getattr(self.loss, "init_images", None)
+        if init_images is not None:  # optional DDLoss hook (docs/plugins.md)
+            with torch.no_grad():
+                init_images(self.syn)
+
+    # -- optional DDLoss hooks (docs/plugins.md) ------------------------------------------
+    @property
+    def image_steps(self) -> int:
+        """Image-optimiser steps per iteration (DDLoss ``image_steps``, default 1)."""
+        return int(getattr(self.loss, "image_steps", 1))
+
+    def loss_view(self) -> SyntheticState:
+        """The synthetic set as the DD loss sees it: decoded by ``synthetic.formation``
+        (differentiably; mim4dd_kit/formation.py), else the stored set itself."""
+        factor = self.recipe.synthetic.formation
+        if factor == 1:
+            return self.syn
+        info = self.data.info
+        pad = formation.pad_value(info.mean, info.std).to(self.device)
+        images, labels = formation.decode(self.syn.images, self.syn.labels, factor, pad=pad)
+        return SyntheticState(images, labels, self.syn.lr)
+
+    def iterate(self, iteration: int) -> dict[str, float]:
+        """One iteration: ``image_steps`` calls of :meth:`step`, each followed by the
+        loss's ``after_step`` hook if it has one; each log is its mean over the steps that
+        reported it."""
+        after = getattr(self.loss, "after_step", None)
+        n = self.image_steps
+        total: dict[str, float] = {}
+        count: dict[str, int] = {}
+        for _ in range(n):
+            logs = self.step(iteration)
+            if after is not None:
+                with torch.no_grad():
+                    after(self.syn)
+            if n == 1:
+                return logs
+            for k, v in logs.items():  # a key may come from some of the steps only
+                total[k] = total.get(k, 0.0) + v
+                count[k] = count.get(k, 0) + 1
+        return {k: v / count[k] for k, v in total.items()}
 
     # -- checkpoints ----------------------------------------------------------------------
     @property
@@ -293,7 +337,7 @@ class Run:
     def step(self, iteration: int) -> dict[str, float]:
         want = self.reg is not None
         with performance.autocast(self.recipe.performance, self.device):
-            out = self.loss.compute(self.syn, iteration, want)
+            out = self.loss.compute(self.loss_view(), iteration, want)
         total = out.loss.float()
         logs = {"loss_dd": float(out.loss.detach()), **out.logs}
         # logs that are partial sums in a sharded run (the loss's own logs are replicated)
@@ -348,7 +392,7 @@ class Run:
         with Progress(*columns, console=Console(stderr=True), disable=not shown_bar) as bar:
             task = bar.add_task(self.recipe.name, total=total, completed=start, losses="")
             for it in range(start, total):
-                logs = self.step(it)
+                logs = self.iterate(it)
                 self.history.append({"iteration": it + 1, **logs})
                 shown = " ".join(f"{k}={v:.4g}" for k, v in logs.items() if k.startswith("loss"))
                 bar.update(task, advance=1, losses=shown)
@@ -387,6 +431,8 @@ class Run:
             "final_losses": {k: v for k, v in (self.history[-1] if self.history else {}).items()
                              if k != "iteration"},
             "distributed": {"world_size": self.shard.world_size, "backend": ddp.backend()},
+            **({"formation": formation.metadata_entry(r.synthetic.formation)}
+               if r.synthetic.formation > 1 else {}),
         }
 
     def write_logs(self) -> None:
@@ -533,6 +579,7 @@ def _run_locked(
             recipe.evaluators, r.syn.images.detach(), r.syn.labels, lr, r.data,
             device=dev, seed=recipe.seed, backbone=recipe.backbone,
             augmentation=recipe.augmentation, registry=registry,
+            formation=recipe.synthetic.formation,
         )
         if main:
             update_metadata(final, evaluations=evaluations)

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from . import formation as _formation
 from .contracts import (
     AugmentationRef,
     BackboneRef,
@@ -35,9 +36,17 @@ def run_evaluators(
     augmentation: AugmentationRef | None = None,
     registry: Registry | None = None,
     progress=None,
+    formation: int = 1,
 ) -> dict[str, Any]:
-    """Run each evaluator on one set; results keyed by evaluator name (``name.2``...)."""
+    """Run each evaluator on one set; results keyed by evaluator name (``name.2``...).
+
+    ``images``/``labels`` are the stored set; with ``formation`` > 1 they are decoded
+    (``mim4dd_kit/formation.py``) first, so every evaluator trains on the decoded images.
+    """
     registry = registry or default_registry()
+    if formation > 1:
+        pad = _formation.pad_value(data.info.mean, data.info.std).to(images.device)
+        images, labels = _formation.decode(images, labels, formation, pad=pad)
     request = EvalRequest(images, labels, lr, data, device, seed, backbone, augmentation)
     results: dict[str, Any] = {}
     for key, ref in zip(result_keys(evaluators), evaluators, strict=True):
@@ -174,8 +183,10 @@ def evaluate(
     results = run_evaluators(
         evaluators, s.images, s.labels, s.lr, data.to(dev), device=dev, seed=seed,
         backbone=backbone, augmentation=aug, registry=registry, progress=progress,
+        formation=s.formation,
     )
     if save:
         update_metadata(path, evaluations={**stored, **results})
     return {"file": str(path), "dataset": ds_ref.name, "warnings": warnings,
+            "formation": s.formation,
             "evaluations": results}

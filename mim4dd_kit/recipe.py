@@ -58,6 +58,10 @@ class SyntheticSettings(_Strict):
     learn_lr: bool = Field(False, description="learn a training lr with the images")
     lr_init: float = Field(0.01, gt=0, description="initial value of a learned lr")
     lr_lr: float = Field(1e-5, gt=0, description="learning rate of the learned lr")
+    formation: int = Field(
+        1, ge=1, le=8, description="multi-formation factor: each stored image decodes to "
+        "formation**2 images (mim4dd_kit/formation.py); 1 = plain images"
+    )
 
 
 class OutputSettings(_Strict):
@@ -130,6 +134,8 @@ class Recipe(_Strict):
         d = self.to_dict()
         for key in ("output", "device", "performance"):
             d.pop(key, None)
+        if d.get("synthetic", {}).get("formation") == 1:
+            del d["synthetic"]["formation"]  # the default: fingerprints as before the field
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

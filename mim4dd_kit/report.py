@@ -180,6 +180,10 @@ def _provenance_blocks(meta: dict[str, Any], s: SyntheticSet, path: Path) -> lis
             "tensors_sha256", "format")
     rows = [["file", str(path)], ["images", " x ".join(map(str, s.images.shape))],
             ["images per class", str(s.ipc())]]
+    if s.formation > 1:
+        f2 = s.formation ** 2
+        rows += [["formation factor", str(s.formation)],
+                 ["decoded images", f"{len(s.labels) * f2} ({s.ipc() * f2} per class)"]]
     if s.lr is not None:
         rows.append(["learned lr", _s(s.lr)])
     rows += [[k, _s(meta[k])] for k in keys if k in meta]

@@ -23,6 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from . import formation
 from .errors import OutputError, SyntheticSetError
 
 FORMAT = "mim4dd_kit.synthetic/1"
@@ -77,6 +78,22 @@ class SyntheticSet:
             raise SyntheticSetError(
                 f"{where}: the learned 'lr' is {self.lr}; it must be a finite number > 0"
             )
+
+    @property
+    def formation(self) -> int:
+        """Multi-formation factor recorded in ``mdk.formation`` (1 when absent)."""
+        try:
+            return formation.factor_of(self.metadata)
+        except ValueError as exc:
+            raise SyntheticSetError(str(exc)) from None
+
+    def decoded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images and labels networks train on: the stored set decoded by its formation
+        factor (``mim4dd_kit/formation.py``); the stored tensors themselves at factor 1."""
+        ds = self.metadata.get("dataset") or {}
+        pad = (formation.pad_value(ds["mean"], ds["std"]) if ds.get("mean") and ds.get("std")
+               else 0.0)
+        return formation.decode(self.images, self.labels, self.formation, pad=pad)
 
 
 def _umask() -> int:
@@ -209,6 +226,10 @@ def load_synthetic(path: str | Path, verify: bool = True) -> SyntheticSet:
                 f"{path}: metadata entry {key!r} is not valid JSON; the file is damaged"
             ) from None
     _check_metadata(metadata, path)
+    try:
+        formation.factor_of(metadata)
+    except ValueError as exc:
+        raise SyntheticSetError(f"{path}: {exc}") from None
     expected = metadata.get("tensors_sha256")
     if verify and expected is not None and expected != tensors_sha256(images, labels, lr):
         raise SyntheticSetError(

@@ -91,6 +91,29 @@ SOURCES = {
 }
 
 
+#: DREAM reference (Yanqing0327/DREAM): argument.py defaults and misc/reproduce.py
+DREAM_REF = {"niter": 2000, "inner_loop": 100, "interval": 10, "batch_real": 128, "factor": 2}
+DREAM_TABLE: dict[str, dict[str, Any]] = {
+    "cifar10": {"metric": "mse", "lr_img": 5e-3, "size": 32, "imsize_base": 32, "n_data": 2000,
+                "line": "11-14", "why_lr": "misc/reproduce.py:13", "mix_p": 0.5,
+                "why_mix": "argument.py:276-279", "aug_type": "color_crop_cutout",
+                "why_aug": "argument.py:184-188"},
+    "cifar100": {"metric": "mse", "lr_img": 5e-3, "size": 32, "imsize_base": 32,
+                 "n_data": 2000, "line": "11-14", "why_lr": "misc/reproduce.py:13",
+                 "mix_p": 0.5, "why_mix": "argument.py:276-279",
+                 "aug_type": "color_crop_cutout", "why_aug": "argument.py:184-188"},
+    "mnist": {"metric": "l1", "lr_img": 1e-4, "size": 28, "imsize_base": 28, "n_data": 500,
+              "line": "22-24", "why_lr": "misc/reproduce.py:24", "mix_p": 0.0,
+              "why_mix": "none: --mixup_net vanilla at factor > 1, misc/reproduce.py:25-28",
+              "aug_type": "color_crop",
+              "why_aug": "misc/reproduce.py:25-27 at factor > 1"},
+    "fashion_mnist": {"metric": "l1", "lr_img": 1e-4, "size": 28, "imsize_base": 32,
+                      "n_data": 500, "line": "31-33", "why_lr": "misc/reproduce.py:33",
+                      "mix_p": 0.5, "why_mix": "argument.py:300-305",
+                      "aug_type": "color_crop_cutout", "why_aug": "argument.py:184-188"},
+}
+
+
 # -- recipe builders -----------------------------------------------------------------------
 def _per_class(total: int, classes: int) -> int:
     """Real images per class giving about ``total`` per batch (the toolkit counts per class)."""
@@ -129,6 +152,7 @@ def build(ds: str, ipc: int, method: str) -> tuple[dict[str, Any], list[str]]:
     dataset: dict[str, Any] = {"name": ds}
     header: list[str] = []
     loops = GET_LOOPS[ipc]
+    aug: dict[str, Any] = {"name": "dsa", "strategy": info["strategy"]}
     if method == "dm":
         synthetic = _synthetic(ipc, iterations=20000, lr=1.0, batch_real=256)
         loss: dict[str, Any] = {"name": "dm"}
@@ -164,18 +188,46 @@ def build(ds: str, ipc: int, method: str) -> tuple[dict[str, Any], list[str]]:
             f"schedule by DC get_loops {loops}, 1000 outer iterations x outer_loop = "
             f"{1000 * loops[0]} engine iterations.")
     elif method == "dream":
-        synthetic = _synthetic(ipc, iterations=PAPER["iterations"], lr=PAPER["lr"],
-                               batch_real=128, schedule=True)
-        loss = {"name": "dream", "outer_loop": loops[0], "inner_loop": loops[1],
-                "net_lr": 0.01, "batch_train": 256, "distance": "ours", "augment": True}
+        d = DREAM_TABLE[ds]
+        # reference lr_img tuned by tune_lr_img (argument.py:46-65, applied at :420):
+        # lr * ipc / 10 * (size / imsize_base)^2
+        lr = d["lr_img"] * ipc / 10 * (d["size"] / d["imsize_base"]) ** 2
+        synthetic = _synthetic(ipc, iterations=DREAM_REF["niter"] * 100, lr=float(f"{lr:.6g}"),
+                               batch_real=DREAM_REF["batch_real"])
+        synthetic["formation"] = DREAM_REF["factor"]
+        loss = {"name": "dream", "inner_loop": DREAM_REF["inner_loop"],
+                "interval": DREAM_REF["interval"], "metric": d["metric"],
+                "net_data": d["n_data"], "mix_p": d["mix_p"]}
+        aug = {"name": "dsa", "strategy": d["aug_type"]}
         header += [
-            "DREAM: gradient matching (its published runs use --match grad) on real batches "
-            "drawn from per-class k-means centres; batch_real 128 per class (DREAM's "
-            "reference default; clusters = batch_real), interval 10 and kmeans_iters 100 "
-            f"(loss defaults from its reference). Network loops from DC get_loops {loops}.",
-            SOURCES["paper"].replace(", lambda 0.8, beta 2, one fc-layer critic", "")
-            + " One engine iteration is one image update.",
+            "DREAM (Liu et al., ICCV 2023), the loop of Yanqing0327/DREAM condense.py "
+            "(python condense.py --reproduce -f 2, run.sh:2 / README; --match grad, "
+            "REFERENCES.md): multi-formation factor 2 (argument.py:164-168, run.sh), stored "
+            "set initialised from k-means representatives (argument.py:174-183, 361-363; "
+            "condense.py:539-568).",
+            f"{DREAM_REF['niter']} outer iterations (misc/reproduce.py:10) x inner_loop "
+            f"{DREAM_REF['inner_loop']} (argument.py:210; condense.py:594 n_iter = niter * 100 "
+            f"// inner_loop) = {DREAM_REF['niter'] * 100} engine iterations, each one image "
+            f"step per class (condense.py:616-644); a new network every outer iteration "
+            "(fix_iter 1, condense.py:599-608).",
+            f"Image SGD momentum 0.5 (argument.py:241; condense.py:591) at lr_img "
+            f"{d['lr_img']} ({d['why_lr']}) x ipc/10 x ({d['size']}/{d['imsize_base']})^2 = "
+            f"{synthetic['lr']:.6g} in [0, 1] pixel space (dd_loss pixel_step).",
+            f"Gradient distance {d['metric']} on conv weights (misc/reproduce.py:{d['line']}; "
+            "--bias/--fc False, argument.py:200-201); 128 real images per class "
+            "(argument.py:229-232) = k-means clusters, refreshed every 10 inner iterations "
+            "(argument.py:123-126; condense.py:621-629).",
+            f"Network trained on {d['n_data']} real images between inner iterations "
+            f"(misc/reproduce.py:6,14; condense.py:647-656), SGD lr 0.01, momentum 0.9, wd 5e-4 "
+            f"(argument.py:118-120), cutmix p {d['mix_p']} ({d['why_mix']}).",
+            f"Matching augmentation {d['aug_type']} ({d['why_aug']}), here the toolkit's DSA "
+            "with that strategy.",
         ]
+        if ds == "fashion_mnist":
+            header.append(
+                "The reference's Fashion-MNIST path needs --size 28 (the default 224 sizes "
+                "its ConvNet's classifier wrongly, argument.py:94, 300-305); with it, "
+                "tune_lr_img scales by (28/32)^2.")
     elif method == "bptt":
         synthetic = _synthetic(
             ipc, iterations=PAPER["iterations"], lr=PAPER["lr"],
@@ -218,12 +270,15 @@ def build(ds: str, ipc: int, method: str) -> tuple[dict[str, Any], list[str]]:
         "synthetic": synthetic,
         "backbone": dict(CONVNET),
         "dd_loss": loss,
-        "augmentation": {"name": "dsa", "strategy": info["strategy"]},
+        "augmentation": aug,
         "evaluators": [dict(EVALUATOR)],
-        "output": {"checkpoint_every": 500 if synthetic["iterations"] >= 5000 else 100},
+        "output": {"checkpoint_every": 1000 if method == "dream" else
+                   500 if synthetic["iterations"] >= 5000 else 100},
     }
-    header += [SOURCES["convnet"], SOURCES["dsa_aug"].format(strategy=info["strategy"]),
-               SOURCES["eval"]]
+    header += [SOURCES["convnet"]]
+    if method != "dream":
+        header.append(SOURCES["dsa_aug"].format(strategy=info["strategy"]))
+    header.append(SOURCES["eval"])
     return recipe, header
 
 

@@ -1,148 +1,400 @@
 """DREAM: Efficient Dataset Distillation by Representative Matching (Liu, Gu, Wang, Zhu,
-Jiang & You, ICCV 2023), on top of gradient matching.
+Jiang & You, ICCV 2023), the loop of its reference code (Yanqing0327/DREAM ``condense.py``,
+built on IDC, Kim et al., ICML 2022).
 
-Gradient matching (``dc``) draws each class's real batch at random; DREAM matches against
-*representative* real images instead (paper Sec. 3.2): the embeddings of a class's real
-images under the current network are clustered by k-means into ``clusters`` groups, and
-the real sample nearest each centre is taken, so the real batch of a class is
+The reference loop (``condense.py:600-657``), with one engine iteration here = one inner
+iteration ``ot`` there:
 
-    B_c = { argmin_{x in pool_c} || f(x) - mu_j^c ||  :  j = 1..clusters }
+    for it in range(niter):                       # outer: a fresh network (it > 0)
+        clamp the stored images to [0, 1]
+        for ot in range(inner_loop):               # inner: one engine iteration
+            for c in classes:                      # one image step per class
+                if ot % interval == 0: real_c <- k-means representatives of class c
+                L_c = D(grad CE(net, A(real_c)), grad CE(net, A(decode(syn_c))))
+                SGD step of the images on L_c
+            train net on n_data real images (SGD, cutmix)
 
-with ``f`` the flattened last-block output (the features before the classifier, reference
-``net.embed``) and ``mu^c`` the k-means centres of ``{f(x) : x in pool_c}``. The selection
-is refreshed every ``interval`` calls on the same network and whenever the network is
-re-initialised (reference ``condense.py``: ``ot % interval == 0`` within each network's
-life). Everything else is ``dc`` (``dream`` inherits its parameters and schedule).
+- ``image_steps`` (the engine hook) = the number of classes: each ``compute`` call is the
+  step of one class, so the image optimiser's momentum runs across the per-class steps
+  exactly as in the reference (one SGD over the whole set, zero gradient for the other
+  classes).
+- ``syn`` handed to ``compute`` is the decoded set (``synthetic.formation``; the engine
+  decodes); at most ``batch_syn_max`` decoded images of the class are matched.
+- D sums ``(g_r - g_s)^2`` (``mse``) or ``|g_r - g_s|`` (``l1``) over the convolution
+  weights only; biases, norm affines and the classifier are skipped (reference
+  ``matchloss``, ``--bias False --fc False``).
+- Pixel space: the reference holds images in [0, 1] and normalises inside the network's
+  input; the toolkit holds them normalised, x_n = (x - m) / s. An SGD step of lr on x
+  equals a step of lr on x_n whose gradient is scaled by 1 / s^2 per channel (momentum is
+  linear), which ``pixel_step`` applies, so ``synthetic.lr`` is the reference's
+  ``lr_img``; clamping x to [0, 1] is clamping x_n to [-m / s, (1 - m) / s].
+- The network is trained on real data between inner iterations (``train_epoch``: batches
+  of ``net_batch`` until ``net_data`` images, cutmix with probability ``mix_p``, SGD lr
+  0.01, momentum 0.9, weight decay 5e-4) and re-initialised every ``inner_loop`` engine
+  iterations.
+- ``init_images`` (engine hook) writes k-means representatives of every class into the
+  stored set (factor f: ``ipc * f^2`` of them, shrunk by nearest-neighbour resizing into
+  the f x f tiles of each stored image), as the reference's ``--init kmean`` /
+  ``--init mix --f2_init kmean``; ``after_step`` clamps at the end of each outer iteration.
 
-k-means runs for all classes at once on (C, P, D) tensors: random distinct points of each
-class as initial centres (global torch RNG), batched distances, ``kmeans_iters`` Lloyd
-iterations (stopping early once no assignment changes, after which nothing would move), an
-empty cluster keeping its centre.
+See docs/components/dream.md for every point with the reference's file:line.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from ..contracts import Backbone, RealData, RunContext, class_table
-from .dc import DatasetCondensation
+from ..contracts import Backbone, LossOutput, Params, RunContext, SyntheticState
+from ..errors import DataError
+from .dc import BN_PER_CLASS
+from .gradient_matching import class_gradients, freeze_batchnorm, has_batchnorm
+from .kmeans import class_pool, representatives
 
-EMBED_CHUNK = 1024  # images per no-grad forward when embedding a pool
+Metric = Literal["auto", "mse", "l1"]
 
 
-def kmeans(
-    x: Tensor, k: int, iters: int, valid: Tensor | None = None, init: Tensor | None = None
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the backward multiplies the gradient by ``scale``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(scale)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (scale,) = ctx.saved_tensors
+        return grad * scale, None
+
+
+def metric_for(dataset: str, metric: Metric) -> Literal["mse", "l1"]:
+    """``auto``: L1 on (Fashion-)MNIST, MSE otherwise (reference ``misc/reproduce.py``)."""
+    if metric != "auto":
+        return metric
+    return "l1" if "mnist" in dataset.lower() else "mse"
+
+
+def conv_distance(
+    g_real: list[Tensor], g_syn: list[Tensor], metric: str, *, bias: bool = False,
+    fc: bool = False,
 ) -> Tensor:
-    """Lloyd's k-means of every group at once: ``x`` (C, P, D) -> centres (C, k, D).
+    """Per-class (C,) distance between per-class gradients (each (C, *param)).
 
-    ``valid`` (C, P) bool marks the real points (padding is ignored). Initial centres are
-    the points ``init`` (C, k) or else ``k`` distinct valid points per group drawn from the
-    global torch RNG; each group needs at least ``k`` valid points.
+    Parameters with one dimension (biases, norm affines) count only with ``bias``, with two
+    (linear weights) only with ``fc``; the rest (convolution weights) always (reference
+    ``matchloss``). ``mse``: sum of squared differences; ``l1``: sum of absolute ones.
     """
-    c, p, d = x.shape
-    if valid is None:
-        valid = torch.ones(c, p, dtype=torch.bool, device=x.device)
-    if int(valid.sum(1).min()) < k:
-        raise ValueError(f"k-means with {k} clusters needs at least {k} points per group")
-    if init is None:
-        keys = torch.rand(c, p, device=x.device).masked_fill(~valid, 2.0)
-        init = keys.topk(k, dim=1, largest=False).indices  # (C, k)
-    centres = x.gather(1, init[..., None].expand(c, k, d))
-    weight = valid.to(x.dtype)[..., None]  # (C, P, 1)
-    assign: Tensor | None = None
-    for _ in range(iters):
-        new = torch.cdist(x, centres).argmin(-1)  # (C, P)
-        if assign is not None and torch.equal(new, assign):
-            break  # a fixed point: further iterations change nothing
-        assign = new
-        member = F.one_hot(assign, k).to(x.dtype) * weight  # (C, P, k)
-        sums = member.transpose(1, 2) @ x  # (C, k, D)
-        counts = member.sum(1)[..., None]  # (C, k, 1)
-        centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)
-    return centres
+    c = g_real[0].shape[0]
+    total = g_real[0].new_zeros(c)
+    for gr, gs in zip(g_real, g_syn, strict=True):
+        dims = gr.dim() - 1
+        if (dims == 1 and not bias) or (dims == 2 and not fc):
+            continue
+        diff = (gs - gr).reshape(c, -1)
+        total = total + (diff.pow(2) if metric == "mse" else diff.abs()).sum(-1)
+    return total
 
 
-def nearest_points(x: Tensor, centres: Tensor, valid: Tensor | None = None) -> Tensor:
-    """Index (C, k) into P of the valid point of ``x`` (C, P, D) nearest each centre (C, k, D)."""
-    dist = torch.cdist(centres, x)  # (C, k, P)
-    if valid is not None:
-        dist = dist.masked_fill(~valid[:, None, :], float("inf"))
-    return dist.argmin(-1)
+def cutmix_loss(
+    net: torch.nn.Module, x: Tensor, y: Tensor, beta: float
+) -> Tensor:
+    """CutMix of a batch with a permutation of itself (reference ``train_epoch`` with
+    ``rand_bbox``): one box for the batch, labels mixed by the kept area."""
+    lam = float(torch.distributions.Beta(beta, beta).sample())
+    perm = torch.randperm(len(y), device=y.device)
+    h, w = x.shape[2], x.shape[3]
+    cut = (1.0 - lam) ** 0.5
+    ch, cw = int(h * cut), int(w * cut)
+    cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+    y1, y2 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
+    x1, x2 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
+    x = x.clone()
+    x[:, :, y1:y2, x1:x2] = x[perm, :, y1:y2, x1:x2]
+    ratio = 1.0 - (y2 - y1) * (x2 - x1) / (h * w)
+    out = net(x)
+    return F.cross_entropy(out, y) * ratio + F.cross_entropy(out, y[perm]) * (1.0 - ratio)
 
 
-class DREAM(DatasetCondensation):
-    """Gradient matching against representative (k-means-selected) real batches (DREAM)."""
+def tile_encode(images: Tensor, factor: int) -> Tensor:
+    """(f^2, M, C, H, W) images -> (M, C, H, W): image k of each group, shrunk by nearest
+    resizing, fills tile k (row-major) of the output; tiles are ``H // f`` (+1 for the first
+    ``H % f`` rows/columns) wide (reference ``condense.py:552-568``)."""
+    k2, m, c, h, w = images.shape
+    out = images.new_empty(m, c, h, w)
+    sh, rh = divmod(h, factor)
+    sw, rw = divmod(w, factor)
+    k, top = 0, 0
+    for i in range(factor):  # over the f x f tiles, never over samples
+        th = sh + 1 if i < rh else sh
+        left = 0
+        for j in range(factor):
+            tw = sw + 1 if j < rw else sw
+            out[:, :, top:top + th, left:left + tw] = F.interpolate(images[k], size=(th, tw))
+            left += tw
+            k += 1
+        top += th
+    return out
 
-    method = "dream"
 
-    class Params(DatasetCondensation.Params):
+class DREAM:
+    """Representative matching on IDC's loop: per-class gradient matching of (decoded)
+    synthetic images against k-means representatives, network trained on real data."""
+
+    learns_lr: ClassVar[bool] = False
+    shardable: ClassVar[bool] = False
+    method: ClassVar[str] = "dream"
+
+    class Params(Params):
+        inner_loop: int = Field(
+            100, ge=1, description="engine iterations (reference inner iterations) per "
+            "matching network; a new network and a clamp follow each block of them "
+            "(reference --inner_loop 100, --fix_iter 1)"
+        )
         clusters: int | None = Field(
             None, ge=1, description="k-means centres = real images matched per class; None: "
-            "synthetic.batch_real (the reference clusters into batch_real, default 128)"
+            "synthetic.batch_real (reference --batch_real 128)"
         )
         interval: int = Field(
-            10, ge=1, description="calls between re-clusterings on one network (reference "
-            "--interval 10); a new network always re-clusters"
+            10, ge=1, description="engine iterations between re-clusterings (reference "
+            "--interval 10, counted within each network's inner loop)"
         )
         kmeans_iters: int = Field(
-            100, ge=1, description="Lloyd iterations at most (fast_pytorch_kmeans max_iter "
-            "100, used by the reference)"
+            100, ge=1, description="Lloyd iterations at most (fast_pytorch_kmeans max_iter)"
         )
-        pool: int | None = Field(
-            None, ge=1, description="real images per class that are clustered, drawn at "
-            "random at each refresh; None: the whole class (reference)"
+        kmeans_input: Literal["pixel", "normalised"] = Field(
+            "pixel", description="images the network embeds for k-means: pixel values in "
+            "[0, 1] (reference: it embeds un-normalised images) or the normalised ones"
+        )
+        metric: Metric = Field(
+            "auto", description="gradient distance: mse, l1, or auto (l1 on MNIST-like "
+            "data, mse otherwise; reference misc/reproduce.py)"
+        )
+        match_bias: bool = Field(False, description="also match 1-D parameters (--bias)")
+        match_fc: bool = Field(False, description="also match linear weights (--fc)")
+        batch_syn_max: int = Field(
+            128, ge=1, description="decoded synthetic images of a class matched at most, a "
+            "random subset beyond it (reference --batch_syn_max)"
+        )
+        augment: bool = Field(
+            True, description="siamese augmentation of each class's real and synthetic "
+            "batch (one draw) and per-sample augmentation of the network's real batches"
+        )
+        net_lr: float = Field(0.01, gt=0, description="network SGD lr (reference --lr)")
+        net_momentum: float = Field(0.9, ge=0, lt=1, description="network SGD momentum")
+        net_weight_decay: float = Field(5e-4, ge=0, description="network SGD weight decay")
+        net_data: int = Field(
+            500, ge=0, description="real images the network trains on between inner "
+            "iterations (reference --n_data: 500, CIFAR 2000); 0: no training"
+        )
+        net_batch: int | None = Field(
+            None, ge=1, description="minibatch of that training; None: synthetic.batch_real "
+            "(the reference's real loader batch)"
+        )
+        mix_p: float = Field(
+            0.5, ge=0, le=1, description="cutmix probability per network batch (reference "
+            "mix_p 0.5 on CIFAR/SVHN/MNIST/Fashion-MNIST, --mixup_net cut)"
+        )
+        cutmix_beta: float = Field(1.0, gt=0, description="cutmix Beta(beta, beta) (--beta)")
+        init: Literal["kmeans", "engine"] = Field(
+            "kmeans", description="kmeans: the stored set starts as k-means representatives "
+            "(tiled by the formation factor; reference --init kmean / mix); engine: keep "
+            "synthetic.init"
+        )
+        clamp: bool = Field(
+            True, description="clamp the stored images to the [0, 1] pixel range at the "
+            "start and after every inner_loop engine iterations"
+        )
+        pixel_step: bool = Field(
+            True, description="scale the image gradient by 1/std^2 per channel, so that "
+            "synthetic.lr and momentum act in [0, 1] pixel space as the reference's lr_img"
         )
 
     def __init__(self, params: DREAM.Params, *, ctx: RunContext):
-        super().__init__(params, ctx=ctx)
-        self.params: DREAM.Params = params
-        self.selection: Tensor | None = None  # (C, k) indices into the training set
-        self._table: Tensor | None = None
+        self.params, self.ctx = params, ctx
+        if params.augment and ctx.augment is None:
+            raise ValueError(
+                "dream with augment: true needs an augmentation; set the recipe key "
+                "`augmentation` (e.g. `augmentation: {name: dsa, strategy: color_crop_cutout}`)"
+                " or the dd_loss key `augment: false`"
+            )
+        info = ctx.data.info
+        self.num_classes = info.num_classes
+        self.metric = metric_for(info.name, params.metric)
+        mean = torch.tensor(info.mean, device=ctx.device).reshape(1, -1, 1, 1)
+        std = torch.tensor(info.std, device=ctx.device).reshape(1, -1, 1, 1)
+        self.mean, self.std = mean, std
+        self.lo, self.hi = -mean / std, (1 - mean) / std  # pixel [0, 1] in normalised space
+        self.calls = 0
+        self.net: Backbone | None = None
+        self.opt: torch.optim.Optimizer | None = None
+        self.selection: Tensor | None = None  # (C, k) training-set indices
+        self._real_feats: list[Tensor] | None = None
 
-    def pool(self) -> Tensor:
-        """(C, P) training-set indices to cluster, -1 where a class has fewer than P."""
-        data: RealData = self.ctx.data
-        if self._table is None:
-            self._table = class_table(data.train_labels, data.info.num_classes)
-        table = self._table
-        size = self.params.pool
-        if size is not None and size < table.shape[1]:
-            keys = torch.rand(table.shape, device=table.device).masked_fill(table < 0, 2.0)
-            table = table.gather(1, keys.topk(size, dim=1, largest=False).indices)
-        return table
+    # -- engine hooks -----------------------------------------------------------------------
+    @property
+    def image_steps(self) -> int:
+        """One image step per class per iteration (reference ``condense.py:619-644``)."""
+        return self.num_classes
 
-    def select(self, net: Backbone) -> Tensor:
-        """Re-cluster every class's pool under ``net``; (C, k) indices of the representatives."""
-        data, p = self.ctx.data, self.params
-        table = self.pool()
-        valid = table >= 0
-        c, width = table.shape
-        flat = table.clamp(min=0).reshape(-1)
+    def init_images(self, syn: SyntheticState) -> None:
+        """Build the first network; with ``init: kmeans`` fill the stored set with k-means
+        representatives of every class under it; clamp (reference ``condense.py:517-615``)."""
+        self._new_net()
+        p, ctx = self.params, self.ctx
+        if p.init == "kmeans":
+            f, ipc, c = ctx.formation, ctx.ipc, self.num_classes
+            expected = torch.arange(c, device=syn.labels.device).repeat_interleave(ipc)
+            if not torch.equal(syn.labels, expected):
+                raise ValueError("dream init kmeans needs the stored set grouped by class")
+            assert self.net is not None
+            idx = representatives(self.net, ctx.data.train_images, class_pool(ctx.data),
+                                  ipc * f * f, p.kmeans_iters, prepare=self._embed_input)
+            if idx.shape[1] < ipc * f * f:
+                raise DataError(
+                    f"dd_loss dream (init: kmeans) needs {ipc * f * f} real images per class "
+                    f"(synthetic.ipc {ipc} x synthetic.formation {f}^2) but a class of "
+                    f"{ctx.data.info.name!r} has {idx.shape[1]}; lower synthetic.ipc or "
+                    "synthetic.formation, or set dd_loss.init: engine"
+                )
+            chosen = ctx.data.train_images[idx]  # (C, ipc f^2, ch, H, W)
+            groups = chosen.reshape(c, f * f, ipc, *chosen.shape[2:]).transpose(0, 1)
+            stored = tile_encode(groups.reshape(f * f, c * ipc, *chosen.shape[2:]), f)
+            syn.images.copy_(stored)
+        if p.clamp:
+            self._clamp(syn)
+
+    def after_step(self, syn: SyntheticState) -> None:
+        """Clamp after the last step of every ``inner_loop`` iterations (the reference
+        clamps at the start of each outer iteration, ``condense.py:615``)."""
+        if self.params.clamp and self.calls % (self.num_classes * self.params.inner_loop) == 0:
+            self._clamp(syn)
+
+    # -- pieces -----------------------------------------------------------------------------
+    def _clamp(self, syn: SyntheticState) -> None:
+        syn.images.copy_(torch.maximum(torch.minimum(syn.images, self.hi), self.lo))
+
+    def _embed_input(self, x: Tensor) -> Tensor:
+        return x * self.std + self.mean if self.params.kmeans_input == "pixel" else x
+
+    def _new_net(self) -> None:
+        p = self.params
+        self.net = self.ctx.make_backbone().to(self.ctx.device)
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=p.net_lr, momentum=p.net_momentum,
+                                   weight_decay=p.net_weight_decay)
+
+    def _train_on_real(self) -> None:
+        """Reference ``train_epoch(..., n_data)``: random real batches until ``net_data``
+        images, per-sample augmentation without gradient, cutmix with probability mix_p."""
+        p, ctx = self.params, self.ctx
+        net, opt = self.net, self.opt
+        assert net is not None and opt is not None
+        data = ctx.data
+        batch = p.net_batch or ctx.batch_real
+        net.train()
+        net.requires_grad_(True)
+        seen = 0
+        while seen < p.net_data:
+            idx = torch.randperm(len(data.train_labels), device=data.train_labels.device)[:batch]
+            x, y = data.train_images[idx], data.train_labels[idx]
+            if p.augment and ctx.augment is not None:
+                with torch.no_grad():
+                    x = ctx.augment(x)
+            if float(torch.rand(())) < p.mix_p:
+                loss = cutmix_loss(net, x, y, p.cutmix_beta)
+            else:
+                loss = F.cross_entropy(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += len(y)
+
+    def _refresh(self) -> None:
+        p = self.params
+        assert self.net is not None
+        self.selection = representatives(
+            self.net, self.ctx.data.train_images, class_pool(self.ctx.data),
+            p.clusters or self.ctx.batch_real, p.kmeans_iters, prepare=self._embed_input)
+
+    def _real_features(self) -> tuple[list[Tensor], Tensor]:
+        """Features of every class's representatives under the current network (no graph),
+        computed once per inner iteration (the network is fixed during it)."""
+        assert self.selection is not None and self.net is not None
+        if self._real_feats is None:
+            with torch.no_grad():
+                self._real_feats = self.net.features(
+                    self.ctx.data.train_images[self.selection.reshape(-1)])
+        k = self.selection.shape[1]
+        labels = torch.arange(self.num_classes, device=self.ctx.device).repeat_interleave(k)
+        return self._real_feats, labels
+
+    # -- the loss ---------------------------------------------------------------------------
+    def compute(self, syn: SyntheticState, iteration: int, want_features: bool) -> LossOutput:
+        p, ctx = self.params, self.ctx
+        c = self.calls % self.num_classes
+        inner = self.calls // self.num_classes
+        ot = inner % p.inner_loop
+        logs: dict[str, float] = {}
+        if c == 0:  # a new inner iteration: network, representatives
+            if self.net is None or (inner > 0 and ot == 0):
+                self._new_net()
+            elif inner > 0 and p.net_data > 0:
+                self._train_on_real()
+            assert self.net is not None
+            self.net.train()
+            self.net.requires_grad_(False)
+            if has_batchnorm(self.net):
+                freeze_batchnorm(self.net, ctx.data.sample_per_class(BN_PER_CLASS)[0])
+            refresh = self.selection is None or ot % p.interval == 0
+            if refresh:
+                self._refresh()
+            logs["dream_refresh"] = float(refresh)
+            self._real_feats = None
+        self.calls += 1
+        net, sel = self.net, self.selection
+        assert net is not None and sel is not None
+        real = ctx.data.train_images[sel[c]]
+        rows = (syn.labels == c).nonzero().squeeze(1)
+        if len(rows) > p.batch_syn_max:
+            rows = rows[torch.randperm(len(rows), device=rows.device)[:p.batch_syn_max]]
+        syn_x = syn.images[rows]
+        if p.pixel_step:
+            syn_x = _ScaleGrad.apply(syn_x, self.std.pow(-2))
+        if p.augment:
+            assert ctx.augment is not None
+            real_g = torch.full((len(real),), c, device=real.device)
+            syn_g = torch.full((len(rows),), c, device=real.device)
+            real, syn_x = ctx.augment.siamese(real, real_g, syn_x, syn_g)
+        real_y = torch.full((1, len(real)), c, device=real.device)
+        syn_y = torch.full((1, len(rows)), c, device=real.device)
         with torch.no_grad():
-            emb = torch.cat([net.embed(data.train_images[idx]) for idx in flat.split(EMBED_CHUNK)])
-        emb = emb.reshape(c, width, -1)  # (C, P, D)
-        k = min(p.clusters or self.ctx.batch_real, int(valid.sum(1).min()))
-        centres = kmeans(emb, k, p.kmeans_iters, valid)
-        return table.gather(1, nearest_points(emb, centres, valid))
-
-    def real_batch(self, net: Backbone) -> tuple[Tensor, Tensor, dict[str, float]]:
-        refresh = self.selection is None or self.schedule.position % self.params.interval == 0
-        if refresh:
-            self.selection = self.select(net)
-        assert self.selection is not None
-        idx = self.selection.reshape(-1)
-        data = self.ctx.data
-        return data.train_images[idx], data.train_labels[idx], {"dream_refresh": float(refresh)}
+            g_real, _ = class_gradients(net, real[None], real_y)
+        g_syn, f_syn = class_gradients(net, syn_x[None], syn_y)
+        loss = conv_distance(g_real, g_syn, self.metric, bias=p.match_bias, fc=p.match_fc)[0]
+        if not want_features:
+            return LossOutput(loss, logs=logs)
+        real_feats, real_labels = self._real_features()
+        return LossOutput(loss, [f[0] for f in f_syn], syn_y[0], real_feats, real_labels, logs)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "selection": self.selection}
+        return {
+            "calls": self.calls,
+            "net": None if self.net is None else self.net.state_dict(),
+            "opt": None if self.opt is None else self.opt.state_dict(),
+            "selection": self.selection,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
+        self.calls = int(state.get("calls", 0))
+        self._real_feats = None
+        if state.get("net") is not None:
+            self._new_net()  # consumes RNG, but the engine restores the RNG state afterwards
+            assert self.net is not None and self.opt is not None
+            self.net.load_state_dict(state["net"])
+            self.opt.load_state_dict(state["opt"])
         sel = state.get("selection")
         self.selection = None if sel is None else sel.to(self.ctx.device)

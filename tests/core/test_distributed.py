@@ -179,8 +179,8 @@ def test_two_processes_match_one(tmp_path):
         "dm": merged(TINY, {}),
         "dsa": merged(TINY, {"regularizer": MIM, "synthetic": short,
                              "dd_loss": {"name": "dsa", **GM}}),
-        "dream": merged(TINY, {"synthetic": short, "dd_loss": {
-            "name": "dream", **GM, "clusters": 5, "pool": 24, "kmeans_iters": 5}}),
+        "dsa_kmeans": merged(TINY, {"synthetic": short, "dd_loss": {
+            "name": "dsa_kmeans", **GM, "clusters": 5, "pool": 24, "kmeans_iters": 5}}),
     }
     ranks = distributed.launch(2, _runs_in_one_group, recipes, str(tmp_path / "multi"),
                                threads=1)

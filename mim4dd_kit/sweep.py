@@ -253,7 +253,9 @@ def run_sweep(
         # resume: continue a checkpoint, or redo a set whose evaluation never finished
         redo = resume and final.is_file() and not any(
             (run_dir / name).exists() for name in (CHECKPOINT, LEGACY_CHECKPOINT))
-        result = run(v.recipe, device=device, out=run_dir, resume=resume, overwrite=redo,
+        # a variant not started yet starts now; one with a checkpoint continues from it
+        cont = resume and (run_dir / CHECKPOINT).exists()
+        result = run(v.recipe, device=device, out=run_dir, resume=cont, overwrite=redo,
                      progress=progress, registry=registry)
         rows.append(_row(v, result.synthetic_path, "ran", result.iterations,
                          result.final_losses, result.evaluations))

@@ -65,8 +65,12 @@ def test_fashion_mnist_found_through_mdk_data(tmp_path, monkeypatch):
 def test_missing_fashion_mnist_names_searched_paths(tmp_path, monkeypatch):
     monkeypatch.setenv("MDK_DATA", str(tmp_path / "empty"))
     monkeypatch.setattr("mim4dd_kit.datasets.fashion_mnist.DEBIAN_DIR", tmp_path / "none")
+    (tmp_path / "nowhere").mkdir()  # a root that exists but lacks the files
     with pytest.raises(DataError, match=r"searched .*empty.*dataset-fashion-mnist"):
         FashionMNIST(FashionMNIST.Params(root=tmp_path / "nowhere")).load()
+    # a root that does not exist is a mistake, not a reason to search elsewhere
+    with pytest.raises(DataError, match=r"dataset\.root .*missing does not exist"):
+        FashionMNIST(FashionMNIST.Params(root=tmp_path / "missing")).load()
 
 
 @pytest.mark.skipif(not (DEBIAN_DIR / "train-images-idx3-ubyte.gz").exists(),
@@ -129,5 +133,6 @@ def test_tensor_file_bad_inputs(tmp_path):
 @pytest.mark.parametrize("cls", [MNIST, CIFAR10])
 def test_torchvision_sets_do_not_download_by_default(cls, tmp_path, monkeypatch):
     monkeypatch.setenv("MDK_DATA", str(tmp_path))
+    (tmp_path / "x").mkdir()
     with pytest.raises(DataError, match="download: true"):
         cls(cls.Params(root=tmp_path / "x")).load()

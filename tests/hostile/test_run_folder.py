@@ -194,3 +194,20 @@ def test_a_full_disk_is_an_error_naming_the_file(tmp_path, monkeypatch):
     message = " ".join(res.stderr.split())
     assert f"cannot write {out / CHECKPOINT}: No space left on device" in message
     assert not out.exists()  # no temporary, no lock: the folder the run made is gone
+
+
+def test_sweep_resume_starts_variants_that_never_started(tmp_path):
+    import shutil
+
+    from mim4dd_kit.sweep import load_sweep, run_sweep
+
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(FAST, sort_keys=False))
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"base": "base.yaml", "name": "sw",
+                                    "grid": {"seed": [0, 1]}}))
+    sweep = load_sweep(path)
+    out = tmp_path / "out"
+    run_sweep(sweep, out_dir=out, progress=False)
+    shutil.rmtree(out / sweep.variants()[1].name)  # as if the sweep stopped before it
+    rows = run_sweep(sweep, out_dir=out, resume=True, progress=False)
+    assert [r["status"] for r in rows] == ["skipped", "ran"]

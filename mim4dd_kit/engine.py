@@ -283,6 +283,9 @@ class Run:
             for o in opts:
                 o.zero_grad(set_to_none=True)
             total.backward()
+        clip = self.recipe.synthetic.grad_clip
+        if clip is not None and self.syn.images.grad is not None:
+            torch.nn.utils.clip_grad_norm_([self.syn.images], clip)
         for o in opts:
             o.step()
         self.sched.step()

@@ -59,6 +59,9 @@ class SyntheticSettings(_Strict):
         None, gt=0, description="initial value of a learned lr; null: the dd loss's own "
         "(mtt: dd_loss.lr_teacher), else 0.01")
     lr_lr: float = Field(1e-5, gt=0, description="learning rate of the learned lr")
+    grad_clip: float | None = Field(
+        None, gt=0, description="clip the norm of the synthetic images' gradient to this "
+        "value before each image step (BPTT's reference: 2); null: off")
 
 
 class OutputSettings(_Strict):

@@ -175,8 +175,8 @@ F32_LOSS = {"rtol": 1e-5, "atol": 1e-6}
 
 BPTT_CHANGES = {
     "name": "tiny_bptt_ckpt",
-    "synthetic": {"iterations": 2},
-    "dd_loss": {"name": "bptt", "inner_steps": 5, "batch_syn": 10},
+    "synthetic": {"iterations": 2, "learn_lr": True},
+    "dd_loss": {"name": "bptt", "inner_steps": 5, "batch_syn": 10, "augment": True},
     "output": {"checkpoint_every": 0},
 }
 

@@ -300,8 +300,11 @@ class CAFE:
             unused = _WATCHER_ONLY if self.schedule == "fixed" else _FIXED_ONLY
             given = sorted(set(unused) & self.model_fields_set)
             if given:
-                raise ValueError(f"{', '.join(given)} only apply to schedule: "
-                                 f"{'watcher' if self.schedule == 'fixed' else 'fixed'}")
+                other = "watcher" if self.schedule == "fixed" else "fixed"
+                verb = "applies" if len(given) == 1 else "apply"
+                raise ValueError(f"{', '.join(given)} {verb} only to schedule: {other}; "
+                                 f"remove {'it' if len(given) == 1 else 'them'} or set "
+                                 f"schedule: {other}")
             return self
 
     def __init__(self, params: CAFE.Params, *, ctx: RunContext):

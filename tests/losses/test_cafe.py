@@ -257,10 +257,12 @@ def test_a_reading_is_accuracy_plus_the_carried_value_over_c(recipe, tmp_path):
 
 
 def test_schedule_specific_fields_are_refused_with_the_other_schedule():
-    with pytest.raises(ValueError, match="outer_loop only apply to schedule: fixed"):
+    with pytest.raises(ValueError, match="outer_loop applies only to schedule: fixed; remove it"):
         CAFEParams(outer_loop=3)
-    with pytest.raises(ValueError, match="lambda_1 only apply to schedule: watcher"):
+    with pytest.raises(ValueError, match="lambda_1 applies only to schedule: watcher"):
         CAFEParams(schedule="fixed", lambda_1=0.1)
+    with pytest.raises(ValueError, match="lambda_1, window apply only to schedule: watcher"):
+        CAFEParams(schedule="fixed", window=3, lambda_1=0.1)
     assert CAFEParams(schedule="fixed", outer_loop=3).outer_loop == 3
 
 

@@ -4,7 +4,7 @@ One row per file: the method that made it (the recipe's DD loss and regularizer,
 coreset method of a baseline), the data set, the images per class, the iterations, and the
 headline number of every evaluation stored in the file's metadata: accuracy mean ± std (in
 percent, over the evaluator's networks) for ``train_from_scratch``-style results with
-the protocol and budget that produced it in the next column (``dsa (20×1000 ep)``), one
+the protocol and budget that produced it in the next column (``dsa, 20×1000 ep``), one
 column per backbone for ``cross_arch``, the mean CKA diagonal for ``cka``, the bound
 averaged over layers for ``mi_estimate``. Missing evaluations can be computed on the way
 with :func:`mim4dd_kit.evaluate.evaluate`. Numbers are always those stored for the final
@@ -38,13 +38,13 @@ def _mean(values: Any) -> float | None:
 
 
 def budget_of(result: dict[str, Any]) -> str:
-    """How an accuracy was obtained: ``dsa (20×1000 ep)``, or ``5×300 ep`` for results
+    """How an accuracy was obtained: ``dsa, 20×1000 ep``, or ``5×300 ep`` for results
     stored before protocols were recorded; empty when nothing is recorded."""
     models, epochs = result.get("models"), result.get("epochs")
     size = f"{models}×{epochs} ep" if models is not None and epochs is not None else ""
     protocol = result.get("protocol")
     if protocol and size:
-        return f"{protocol} ({size})"
+        return f"{protocol}, {size}"
     return str(protocol or size)
 
 

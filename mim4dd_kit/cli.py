@@ -242,7 +242,8 @@ def _print_evaluations(evaluations: Any) -> None:
             each = ", ".join(_number(a) for a in (accs if isinstance(accs, list) else []))
         else:
             acc, each = "-", ""
-        setting = ", ".join(f"{k}={res[k]}" for k in ("models", "epochs", "lr") if k in res)
+        setting = ", ".join(f"{k}={res[k]}" for k in ("protocol", "models", "epochs", "lr")
+                            if k in res)
         table.add_row(cell(name), cell(acc), cell(each), cell(setting))
     out.print(table)
 
@@ -257,6 +258,9 @@ def evaluate(
     evaluator: Annotated[
         list[str] | None, typer.Option(help="Evaluator plugin (repeatable).")
     ] = None,
+    protocol: Annotated[str | None, typer.Option(
+        help="train_from_scratch preset: mim4dd, dc, dsa, dm, mtt or bptt (each paper's "
+             "own evaluation; --models/--epochs still override it).")] = None,
     dataset: Annotated[
         str | None, typer.Option(help="Data set plugin (needed for sets made elsewhere).")
     ] = None,
@@ -278,10 +282,18 @@ def evaluate(
     refs = None
     overrides = {k: v for k, v in {"models": models, "epochs": epochs,
                                    "backbone": backbone}.items() if v is not None}
-    if evaluator or overrides:
+    if evaluator or overrides or protocol:
         recorded = (load_synthetic(file).metadata.get("recipe") or {}).get("evaluators")
         specs = ([{"name": e} for e in evaluator] if evaluator
                  else recorded or [{"name": "train_from_scratch"}])
+        if protocol:
+            from .evaluators.train_from_scratch import with_protocol
+
+            if not any(sp["name"] == "train_from_scratch" for sp in specs):
+                raise RecipeError("--protocol applies to the train_from_scratch evaluator, "
+                                  "which this evaluation does not run")
+            specs = [with_protocol(sp, protocol) if sp["name"] == "train_from_scratch"
+                     else sp for sp in specs]
         refs = []
         for spec in specs:
             spec = dict(spec)

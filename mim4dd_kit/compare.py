@@ -3,7 +3,8 @@
 One row per file: the method that made it (the recipe's DD loss and regularizer, or the
 coreset method of a baseline), the data set, the images per class, the iterations, and the
 headline number of every evaluation stored in the file's metadata: accuracy mean ± std (in
-percent, over the evaluator's networks) for ``train_from_scratch``-style results, one
+percent, over the evaluator's networks) for ``train_from_scratch``-style results with
+the protocol and budget that produced it in the next column (``dsa, 20×1000 ep``), one
 column per backbone for ``cross_arch``, the mean CKA diagonal for ``cka``, the bound
 averaged over layers for ``mi_estimate``. Missing evaluations can be computed on the way
 with :func:`mim4dd_kit.evaluate.evaluate`. Numbers are always those stored for the final
@@ -36,18 +37,33 @@ def _mean(values: Any) -> float | None:
     return sum(nums) / len(nums) if nums else None
 
 
-def headlines(name: str, result: Any) -> dict[str, dict[str, float]]:
+def budget_of(result: dict[str, Any]) -> str:
+    """How an accuracy was obtained: ``dsa, 20×1000 ep``, or ``5×300 ep`` for results
+    stored before protocols were recorded; empty when nothing is recorded."""
+    models, epochs = result.get("models"), result.get("epochs")
+    size = f"{models}×{epochs} ep" if models is not None and epochs is not None else ""
+    protocol = result.get("protocol")
+    if protocol and size:
+        return f"{protocol}, {size}"
+    return str(protocol or size)
+
+
+def headlines(name: str, result: Any) -> dict[str, dict[str, Any]]:
     """Headline numbers of one stored evaluation, by column name.
 
-    Each value is ``{"mean": m, "std": s}`` (accuracies, percent) or ``{"value": v}``.
+    Each value is ``{"mean": m, "std": s}`` (accuracies, percent), ``{"value": v}``, or
+    ``{"text": t}`` for the protocol and budget beside an accuracy (``name protocol``).
     Unknown result shapes give no columns (they still appear in ``mdk show``).
     """
     if not isinstance(result, dict):
         return {}
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Any]] = {}
     mean = _num(result.get("accuracy_mean"))
     if mean is not None:
         out[f"{name} acc %"] = {"mean": mean, "std": _num(result.get("accuracy_std")) or 0.0}
+        budget = budget_of(result)
+        if budget:
+            out[f"{name} protocol"] = {"text": budget}
     table = result.get("table")
     if isinstance(table, list):
         for row in table:
@@ -90,7 +106,7 @@ def compare_row(path: Path, s: SyntheticSet) -> dict[str, Any]:
     dataset = (meta.get("dataset") or {}).get("name") or \
         ((meta.get("recipe") or {}).get("dataset") or {}).get("name")
     evaluations = meta.get("evaluations") or {}
-    columns: dict[str, dict[str, float]] = {}
+    columns: dict[str, dict[str, Any]] = {}
     for name, result in evaluations.items():
         columns.update(headlines(name, result))
     return {
@@ -158,9 +174,11 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _fmt(value: dict[str, float] | None) -> str:
+def _fmt(value: dict[str, Any] | None) -> str:
     if value is None:
         return "–"
+    if "text" in value:
+        return str(value["text"])
     if "mean" in value:
         return f"{value['mean']:.2f} ± {value['std']:.2f}"
     return f"{value['value']:.4g}"
@@ -176,9 +194,14 @@ def format_compare(rows: list[dict[str, Any]], fmt: str = "markdown") -> str:
     # files store evaluations in key order; show the protocol's accuracy first, then
     # per-backbone accuracies, then the diagnostics
     kinds = {c: next(r["columns"][c] for r in rows if c in r["columns"]) for c in cols}
+    budgets = {c for c in cols if "text" in kinds[c]}
+    cols = [c for c in cols if c not in budgets]
     cols.sort(key=lambda c: (0 if c.startswith("train_from_scratch ") else
                              1 if "mean" in kinds[c] and "/" not in c else
                              2 if "mean" in kinds[c] else 3))
+    # each accuracy's protocol and budget right beside it
+    cols = [x for c in cols
+            for x in [c, *[b for b in budgets if b == c.replace(" acc %", " protocol") != c]]]
     head = ["file", "method", "dataset", "IPC", "iterations", *cols]
     lines = ["| " + " | ".join(_cell(h) for h in head) + " |", "|" + "---|" * len(head)]
     for r in rows:

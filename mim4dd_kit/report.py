@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from .compare import budget_of
 from .errors import MdkError, MissingExtraError, RecipeError, ReportError
 from .plots import (
     PLOT_EXTRA_HINT,
@@ -248,9 +249,11 @@ def _evaluation_blocks(name: str, result: Any, pictures: _Pictures) -> list[Bloc
     blocks: list[Block] = []
     if isinstance(result.get("accuracy_mean"), (int, float)):
         accs = result.get("accuracies") or []
+        budget = budget_of(result)
         text = (f"Test accuracy {result['accuracy_mean']:.2f} ± "
                 f"{float(result.get('accuracy_std') or 0):.2f} % (mean ± std over "
-                f"{len(accs) or result.get('models', '?')} networks)")
+                f"{len(accs) or result.get('models', '?')} networks"
+                + (f"; protocol: {budget}" if budget else "") + ")")
         if accs:
             text += "; per network: " + ", ".join(f"{float(a):.2f}" for a in accs)
         blocks.append(Block("p", text + "."))

@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .compare import budget_of
 from .errors import RecipeError, RunError
 from .recipe import Recipe, _line_of, _Yaml12Loader, load_recipe, parse_yaml, read_yaml_file
 from .registry import Registry, _pretty, default_registry
@@ -198,7 +199,8 @@ def _finished(final: Path, recipe: Recipe) -> dict[str, Any] | None:
 def _row(variant: Variant, path: Path, status: str, iterations: int | None,
          losses: dict[str, float], evaluations: dict[str, Any]) -> dict[str, Any]:
     accuracy = {
-        name: {"mean": ev.get("accuracy_mean"), "std": ev.get("accuracy_std")}
+        name: {"mean": ev.get("accuracy_mean"), "std": ev.get("accuracy_std"),
+               "budget": budget_of(ev)}
         for name, ev in evaluations.items() if isinstance(ev, dict)
     }
     return {
@@ -268,14 +270,16 @@ def _fmt_acc(acc: dict[str, Any]) -> str:
     mean, std = acc.get("mean"), acc.get("std")
     if mean is None:
         return "–"
-    return f"{mean:.2f} ± {std or 0.0:.2f}"  # evaluators report percent
+    budget = acc.get("budget")  # protocol and networks x epochs behind the number
+    return f"{mean:.2f} ± {std or 0.0:.2f}" + (f" ({budget})" if budget else "")
 
 
 def format_table(rows: list[dict[str, Any]], fmt: str = "markdown") -> str:
     """Rows of :func:`run_sweep` as a table: ``markdown`` or ``json``.
 
     Markdown columns: variant, each grid key, each evaluator's accuracy (%, mean ± std over
-    its networks), iterations, each final loss.
+    its networks, with the protocol and budget that produced it), iterations, each final
+    loss.
     """
     if fmt == "json":
         return json.dumps(rows, indent=2, sort_keys=False)

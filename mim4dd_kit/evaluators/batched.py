@@ -179,18 +179,19 @@ def train_stacked(
     weight_decay: float,
     batch_size: int,
     augment: Callable[[Tensor], Tensor] | None = None,
+    lr_decay: bool = True,
 ) -> None:
     """Train the stacked networks in place; network ``i`` draws from stream ``i``.
 
     Per network this is :func:`~mim4dd_kit.evaluators.train_from_scratch.train_network`:
-    SGD with momentum and weight decay, lr x0.1 after half the epochs, a fresh
-    permutation of the set every epoch, ``augment`` on every batch.
+    SGD with momentum and weight decay, lr x0.1 after half the epochs (``lr_decay``), a
+    fresh permutation of the set every epoch, ``augment`` on every batch.
     """
     n_nets, n = len(stack), len(images)
     opt = torch.optim.SGD(
         list(stack.params.values()), lr=lr, momentum=momentum, weight_decay=weight_decay
     )
-    decay_at = epochs // 2
+    decay_at = epochs // 2 if lr_decay else epochs
     for epoch in range(epochs):
         if epoch == decay_at and epoch > 0:
             for group in opt.param_groups:
@@ -251,6 +252,7 @@ def train_networks(
     batch_size: int,
     augment: Callable[[Tensor], Tensor] | None = None,
     batched: bool = True,
+    lr_decay: bool = True,
 ) -> TrainedNetworks:
     """Build and train one network per seed, stacked when the architecture allows it.
 
@@ -263,7 +265,7 @@ def train_networks(
     from .train_from_scratch import train_network
 
     hyper = dict(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                 batch_size=batch_size, augment=augment)
+                 batch_size=batch_size, augment=augment, lr_decay=lr_decay)
     reason = None if batched else "batched training is off (batched: false)"
     if batched and seeds:
         devices = [device] if device.type == "cuda" else []

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .. import chunked, distributed
 from ..contracts import AugmentationRef, BackboneRef, EvalRequest, Params
@@ -55,10 +55,11 @@ def train_network(
     weight_decay: float,
     batch_size: int,
     augment=None,
+    lr_decay: bool = True,
 ) -> torch.nn.Module:
-    """SGD on a (small) labelled tensor set, lr x0.1 after half the epochs."""
+    """SGD on a (small) labelled tensor set, lr x0.1 after half the epochs (``lr_decay``)."""
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    decay_at = epochs // 2
+    decay_at = epochs // 2 if lr_decay else epochs
     n = len(images)
     for epoch in range(epochs):
         if epoch == decay_at and epoch > 0:
@@ -129,10 +130,51 @@ BATCHED_HELP = (
 )
 
 
+ProtocolName = Literal["mim4dd", "dc", "dsa", "dm", "mtt", "bptt"]
+
+#: each paper's own evaluation settings; a preset fills the fields a recipe leaves unset
+#: (sources, file:line, in docs/components/train_from_scratch.md)
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    # MIM4DD paper sec. 3.1: 5 networks x 300 epochs (the toolkit's defaults)
+    "mim4dd": {},
+    # DatasetCondensation main.py: 20 networks, 300 epochs without augmentation
+    "dc": {"models": 20, "epochs": 300, "augmentation": None},
+    # main.py with --method DSA: 1000 epochs with DSA
+    "dsa": {"models": 20, "epochs": 1000},
+    # main_DM.py: 1000 epochs with DSA
+    "dm": {"models": 20, "epochs": 1000},
+    # mtt-distillation distill.py: 5 networks x 1000 epochs with DSA at the learned lr
+    "mtt": {"models": 5, "epochs": 1000, "use_learned_lr": True},
+    # RememberThePast: 10 networks x 300 epochs, lr 0.01 fixed, no augmentation, no weight
+    # decay, no lr schedule, batches of 640
+    "bptt": {"models": 10, "epochs": 300, "augmentation": None, "weight_decay": 0.0,
+             "lr": 0.01, "use_learned_lr": False, "lr_decay": False, "batch_size": 640},
+}
+#: the settings a protocol decides (what an evaluation record lists as resolved)
+PROTOCOL_FIELDS = ("models", "epochs", "lr", "use_learned_lr", "momentum", "weight_decay",
+                   "batch_size", "augmentation", "lr_decay")
+
+
+def with_protocol(spec: dict[str, Any], protocol: str) -> dict[str, Any]:
+    """A ``train_from_scratch`` spec switched to ``protocol``: the settings a protocol
+    decides are dropped so the preset's apply; the rest (backbone, batching) stays."""
+    kept = {k: v for k, v in spec.items() if k not in PROTOCOL_FIELDS}
+    return {**kept, "protocol": protocol}
+
+
 class TrainFromScratch:
     """Train fresh networks on the synthetic set and test them on the real test split."""
 
     class Params(ProtocolParams):
+        protocol: ProtocolName = Field(
+            "mim4dd", description="evaluation preset: mim4dd (paper: 5 x 300 epochs, DSA), "
+            "dc, dsa, dm, mtt or bptt (each paper's own protocol); fields set explicitly "
+            "override the preset"
+        )
+        lr_decay: bool = Field(
+            True, description="lr x0.1 after half the epochs (DC code base); false: a "
+            "constant lr (BPTT)"
+        )
         models: int = Field(5, ge=1, description="networks trained (paper: 5)")
         backbone: BackboneRef | None = Field(
             None, description="network to train; default: the one the set was distilled "
@@ -143,6 +185,23 @@ class TrainFromScratch:
             None, ge=1, description="at most this many networks train together (memory "
             "grows with it); null: all of this process's networks at once",
         )
+
+        @model_validator(mode="before")
+        @classmethod
+        def _preset(cls, data: Any) -> Any:
+            # the preset's values stand in for fields the spec does not set
+            if isinstance(data, dict):
+                preset = PROTOCOLS.get(data.get("protocol", "mim4dd"))
+                if preset:  # an unknown name is left to the field's own check
+                    data = {**preset, **data}
+            return data
+
+        def resolved(self) -> dict[str, Any]:
+            """The settings the protocol decides, as used."""
+            out = {k: getattr(self, k) for k in PROTOCOL_FIELDS}
+            aug = self.augmentation
+            out["augmentation"] = None if aug is None else {"name": aug.name, **aug.params}
+            return out
 
     def __init__(self, params: TrainFromScratch.Params):
         self.params = params
@@ -172,7 +231,7 @@ class TrainFromScratch:
                 build, [request.seed + 7919 * i for i in chunk], images, labels,
                 device=request.device, epochs=p.epochs, lr=lr, momentum=p.momentum,
                 weight_decay=p.weight_decay, batch_size=p.batch_size, augment=augment,
-                batched=batched,
+                batched=batched, lr_decay=p.lr_decay,
             )
             if not group.batched:
                 # the architecture decides: later chunks go one by one without a new probe
@@ -183,6 +242,8 @@ class TrainFromScratch:
                     progress(len(local), len(mine), acc)
         accs = distributed.gather_indexed(local, p.models)
         result: dict[str, Any] = {
+            "protocol": p.protocol,
+            "settings": p.resolved(),
             "accuracy_mean": float(np.mean(accs)),
             "accuracy_std": float(np.std(accs)),
             "accuracies": accs,

@@ -214,7 +214,8 @@ def run_dir(tmp_path_factory):
     distilled(recipe, out)
     update_metadata(out / "synthetic.safetensors", evaluations={
         "train_from_scratch": {"accuracy_mean": 61.25, "accuracy_std": 1.5,
-                               "accuracies": [60.0, 62.5], "models": 2, "epochs": 3},
+                               "accuracies": [60.0, 62.5], "models": 2, "epochs": 3,
+                               "protocol": "dsa"},
         "cka": {"matrix": [[0.91, 0.12], [0.33, 0.84]], "layers": ["block1", "block2"],
                 "diagonal": [0.91, 0.84]},
         "<script>alert(1)</script>": {"accuracy_mean": 1.0, "accuracy_std": 0.0},
@@ -235,6 +236,7 @@ def test_html_report_is_one_self_contained_file(run_dir):
     assert "loss_dd" in text and "loss_reg" in text and "nce1" in text
     assert text.count('<img src="data:image/png;base64,') == 3  # losses, images, CKA
     assert "0.840" in text and "block2" in text and "61.25 ± 1.50" in text
+    assert "protocol: dsa, 2×3 ep" in text  # how the number was obtained
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "<script>" not in text
     assert not re.search(r"(src|href)=\"(?!data:)", text)  # nothing external
     assert "dd_loss:" in text and "mim4dd" in text  # the recipe YAML

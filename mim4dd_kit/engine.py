@@ -126,6 +126,12 @@ class RunGuard:
         self.warned.add(key)
         print(f"warning: {text}", file=sys.stderr, flush=True)
 
+    def note_start(self, images: torch.Tensor) -> None:
+        """Record the pixel std before the run's (or the resumed run's) first update."""
+        if self.std0 is None:
+            with torch.no_grad():
+                self.std0 = float(images.detach().float().std())
+
     def after_step(self, iteration: int, images: torch.Tensor, logs: dict[str, float],
                    diagnose: bool) -> None:
         with torch.no_grad():
@@ -373,6 +379,7 @@ class Run:
             )
         if not self.shard.active:
             self._backward(dd, r, total, opts, logs, partial, diagnose)
+        self.guard.note_start(self.syn.images)
         for o in opts:
             o.step()
         self.sched.step()

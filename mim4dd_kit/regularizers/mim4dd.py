@@ -318,8 +318,9 @@ class MIM4DD(nn.Module):
             return [log_c1] * len(scores)
         with torch.no_grad():
             # log mean e^s over the full matrix (all ranks): logsumexp, then - log count
-            lse = torch.stack([torch.logsumexp(s.float().flatten(), 0) for s in scores])
-            count = torch.tensor(float(sum(s.numel() for s in scores[:1])), device=lse.device)
+            lse = torch.stack([torch.logsumexp(
+                s.flatten().to(torch.promote_types(s.dtype, torch.float32)), 0) for s in scores])
+            count = torch.tensor(float(scores[0].numel()), dtype=lse.dtype, device=lse.device)
             if self.shard.active:
                 peak = self.shard_max(lse)
                 total = self.shard.sum(torch.cat([torch.exp(lse - peak), count[None]]))

@@ -375,6 +375,9 @@ class RunContext:
     #: activation bytes per chunk of gradient-free real-data passes on a CPU
     #: (``mim4dd_kit/chunked.py``; 0 = whole batches)
     chunk_bytes: int = 8 * 2**20
+    #: where the regularizer's features are taken in each block (``Backbone.features``'s
+    #: ``tap``; set by the engine from the regularizer's ``tap`` parameter)
+    feature_tap: str = "output"
 
 
 @dataclass

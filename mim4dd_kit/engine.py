@@ -31,7 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import __version__, performance, plots
 from . import distributed as ddp
-from .contracts import RealData, RunContext, Shard, SyntheticState
+from .contracts import RealData, RunContext, Shard, SyntheticState, tapped_features
 from .errors import CheckpointError, DataError, PluginError, RecipeError, RunError
 from .evaluate import run_evaluators
 from .recipe import Recipe, load_recipe
@@ -63,12 +63,12 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _feature_shapes(make_backbone, info, device) -> list[tuple[int, ...]]:
+def _feature_shapes(make_backbone, info, device, tap: str = "output") -> list[tuple[int, ...]]:
     # a one-image probe gives each block's feature shape (without the batch) for any backbone
     probe = make_backbone().to(device).eval()
     with torch.no_grad():
         x = torch.zeros(1, info.channels, *info.image_size, device=device)
-        return [tuple(f.shape[1:]) for f in probe.features(x)]
+        return [tuple(f.shape[1:]) for f in tapped_features(probe, x, tap)]
 
 
 #: guard rails (docs/components/mim4dd.md, "Guard rails")
@@ -176,13 +176,17 @@ class Run:
         self.build_context()
         info = self.data.info
         make_backbone = self.ctx.make_backbone
+        # where the regularizer's features are taken: the losses hand them over at this tap
+        tap = (getattr(reg.validate("regularizers", r.regularizer), "tap", "output")
+               if r.regularizer is not None else "output")
+        self.ctx.feature_tap = tap
         self.loss = reg.build("dd_losses", r.dd_loss, ctx=self.ctx)
         # parts whose randomness must not move the main stream (so lambda = 0 or no
         # regularizer leave the base method's trajectory bit-identical)
         with isolated_rng(r.seed + 1, self.device):
             self.reg = None
             if r.regularizer is not None:
-                shapes = _feature_shapes(make_backbone, info, self.device)
+                shapes = _feature_shapes(make_backbone, info, self.device, tap)
                 extra = ({"feature_shapes": shapes} if getattr(
                     reg.load("regularizers", r.regularizer.name), "takes_feature_shapes",
                     False) else {})

@@ -169,6 +169,12 @@ class MIM4DD(nn.Module):
             0.9, ge=0, lt=1,
             description="crd, z_mode tracked: Z <- m Z + (1 - m) mean(e^s) per call",
         )
+        tap: Literal["output", "pre_pool", "pre_activation"] = Field(
+            "output",
+            description="where each block's features are taken: its output (post-ReLU, "
+            "post-pool), before its pooling, or before its closing nonlinearity (Eq. 2.4-2.6's "
+            "W^k sigma(...)); the DD loss hands these over (Backbone.features tap)",
+        )
         critic_input: Literal["flatten", "channel_mean"] = Field(
             "flatten",
             description="what a critic sees of a block's (B, C, H, W) features: all of it "

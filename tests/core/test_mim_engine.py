@@ -132,3 +132,52 @@ def test_guard_warns_when_the_regularizer_dominates(tiny_recipe, tmp_path, capfd
     quiet = tiny_recipe(regularizer={**MIM, "rho": 0.1, "diagnostics_every": 1})
     distilled(quiet, tmp_path / "quiet")
     assert "regularizer's image gradient" not in capfd.readouterr().err
+
+
+def test_for_regularizer_reuses_outputs_and_taps_otherwise():
+    from mim4dd_kit.backbones.convnet import ConvNet
+    from mim4dd_kit.losses.feature_taps import for_regularizer
+
+    torch.manual_seed(0)
+    net = ConvNet(ConvNet.Params(width=4, depth=2), channels=1, num_classes=3,
+                  image_size=(8, 8))
+    x = torch.randn(5, 1, 8, 8, requires_grad=True)
+    outputs = net.features(x)
+    assert for_regularizer("output", net, x, outputs) is outputs
+    pre = for_regularizer("pre_activation", net, x, outputs)
+    # digits in ConvNet: padding 3 on the first conv, so 12x12 and 6x6 before pooling
+    assert [tuple(f.shape) for f in pre] == [(5, 4, 12, 12), (5, 4, 6, 6)]
+    assert (pre[0] < 0).any() and pre[0].requires_grad  # before the ReLU: signed
+    real = for_regularizer("pre_activation", lambda v, t: net.features(v, tap=t), x, outputs,
+                           grad=False)
+    assert torch.equal(real[1], pre[1].detach()) and not real[1].requires_grad
+
+
+@pytest.mark.parametrize("loss", [{"name": "dm"}, {"name": "dsa", "outer_loop": 2,
+                                                   "inner_loop": 1}])
+def test_pre_activation_tap_feeds_the_regularizer(tiny_recipe, tmp_path, loss):
+    tap = {**MIM, "tap": "pre_activation", "diagnostics_every": 1}
+    run = set_up_run(tiny_recipe(dd_loss=loss, regularizer=tap), tmp_path)
+    assert run.ctx.feature_tap == "pre_activation"
+    # the critics see the blocks before their ReLU and pooling: 12x12 and 6x6 maps, width 8
+    assert [c.fc.in_features for c in run.reg.critics] == [8 * 12 * 12, 8 * 6 * 6]
+    torch.manual_seed(0)
+    out = run.loss.compute(run.syn, 0, True)
+    assert [tuple(f.shape[1:]) for f in out.syn_feats] == [(8, 12, 12), (8, 6, 6)]
+    assert min(float(f.detach().min()) for f in out.syn_feats) < 0
+    # lambda 0 with the tap keeps the base method's trajectory
+    base = distilled(tiny_recipe(dd_loss=loss, synthetic={"iterations": 3}), tmp_path / "b")
+    zero = distilled(tiny_recipe(dd_loss=loss, synthetic={"iterations": 3},
+                                 regularizer={**tap, "lambda": 0.0}), tmp_path / "z")
+    assert torch.equal(base.images, zero.images)
+
+
+def test_pre_activation_tap_in_unrolled_losses(tiny_recipe, tmp_path):
+    tap = {**MIM, "tap": "pre_activation"}
+    run = set_up_run(tiny_recipe(**merged(BPTT, {"regularizer": tap})), tmp_path)
+    torch.manual_seed(0)
+    out = run.loss.compute(run.syn, 0, True)
+    assert [tuple(f.shape[1:]) for f in out.syn_feats] == [(8, 12, 12), (8, 6, 6)]
+    assert [tuple(f.shape[1:]) for f in out.real_feats] == [(8, 12, 12), (8, 6, 6)]
+    assert not out.real_feats[0].requires_grad and out.syn_feats[0].requires_grad
+    assert all(torch.isfinite(torch.tensor(v)) for v in run.step(0).values())

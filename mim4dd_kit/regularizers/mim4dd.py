@@ -49,6 +49,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "stable": {
         "discriminator": "crd",
         "critic_input": "channel_mean",
+        "center": True,
         "critic_warmup": 50,
         "critic_steps": 1,
         "ramp": 20,
@@ -180,6 +181,12 @@ class MIM4DD(nn.Module):
             description="what a critic sees of a block's (B, C, H, W) features: all of it "
             "flattened, or the per-channel spatial mean (B, C)",
         )
+        center: bool = Field(
+            False,
+            description="subtract the real batch's mean critic input (detached, over all "
+            "ranks) from both sides' critic inputs: removes the direction every "
+            "post-ReLU feature shares",
+        )
         critic_steps: int = Field(
             0, ge=0,
             description="critic-only Adam steps per iteration on the iteration's detached "
@@ -292,12 +299,26 @@ class MIM4DD(nn.Module):
         """One (M, N) score matrix per selected layer."""
         out = []
         for critic, k in zip(self.critics, self.layers, strict=True):
-            zs = critic(self._critic_view(syn_feats[k - 1]))  # (M, E)
-            zr = critic(self._critic_view(real_feats[k - 1]))  # (N, E)
+            vs = self._critic_view(syn_feats[k - 1])
+            vr = self._critic_view(real_feats[k - 1])
+            if self.params.center:
+                mean = self._real_mean(vr)
+                vs, vr = vs - mean, vr - mean
+            zs = critic(vs)  # (M, E)
+            zr = critic(vr)  # (N, E)
             if self.params.normalize:
                 zs, zr = F.normalize(zs, dim=1), F.normalize(zr, dim=1)
             out.append(zs @ zr.T / self.params.tau)
         return out
+
+    def _real_mean(self, real_view: Tensor) -> Tensor:
+        """The detached mean row of the real critic inputs, over all ranks' rows."""
+        with torch.no_grad():
+            if not self.shard.active:
+                return real_view.mean(0)
+            total = torch.cat([real_view.sum(0), real_view.new_tensor([len(real_view)])])
+            total = self.shard.sum(total.double())
+            return (total[:-1] / total[-1].clamp(min=1.0)).to(real_view.dtype)
 
     def weight(self) -> float:
         """The factor of the layer sum at :attr:`iteration`: lambda times the ramp factor,

@@ -263,14 +263,15 @@ def test_literal_preset_is_the_default_and_todays_objective():
     assert MIM4DD.Params() == MIM4DD.Params(preset="literal")
     p = MIM4DD.Params()
     assert (p.discriminator, p.critic_input, p.critic_steps, p.critic_warmup, p.ramp,
-            p.rho) == ("sigmoid", "flatten", 0, 0, 0, None)
+            p.rho, p.center) == ("sigmoid", "flatten", 0, 0, 0, None, False)
     # the default objective is the hand-computed Eq. 2.15-2.17 (see the identity test)
     test_identity_critic_total_matches_manual_sum()
 
 
 def test_stable_preset_and_explicit_overrides():
     p = MIM4DD.Params.model_validate({"preset": "stable"})
-    assert (p.discriminator, p.critic_input, p.rho) == ("crd", "channel_mean", 0.1)
+    assert (p.discriminator, p.critic_input, p.center, p.rho) == ("crd", "channel_mean", True,
+                                                                  0.1)
     assert p.critic_warmup > 0 and p.critic_steps > 0 and p.ramp > 0
     q = MIM4DD.Params.model_validate({"preset": "stable", "rho": 0.3,
                                       "discriminator": "prior"})
@@ -298,3 +299,16 @@ def test_rho_leaves_the_value_unweighted_and_reports_the_image_scale():
     reg.iteration = 1
     assert reg.weight() == 1.0 and reg.image_scale() == pytest.approx(0.1)
     assert _build().image_scale() is None
+
+
+def test_center_subtracts_the_real_mean_from_both_sides():
+    reg = _build(center=True, critic={"name": "identity"}, normalize=False, tau=1.0)
+    syn = [torch.randn(3, 4) + 5.0, torch.randn(3, 6)]
+    real = [torch.randn(7, 4) + 5.0, torch.randn(7, 6)]
+    got = reg.scores(syn, real)
+    for k in range(2):
+        mean = real[k].mean(0)
+        assert torch.allclose(got[k], (syn[k] - mean) @ (real[k] - mean).T, atol=1e-5)
+    # a shift shared by every feature no longer moves the scores
+    shifted = reg.scores([f + 3.0 for f in syn], [f + 3.0 for f in real])
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(got, shifted, strict=True))

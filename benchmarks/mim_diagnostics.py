@@ -29,16 +29,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 METHODS = ["dm", "dsa", "mtt", "bptt"]
 VARIANTS = ["literal", "stable", "base"]
+#: MTT at the image lr the MIM4DD paper states (0.1, halved at 1,800 and 2,800) instead of
+#: MTT's own (1,000 here); run with --variants literal_lr0.1 base_lr0.1 --methods mtt
+PAPER_LR = ["synthetic.lr=0.1", "synthetic.schedule.milestones=[1800,2800]",
+            "synthetic.schedule.gamma=0.5"]
+EXTRA = ["literal_lr0.1", "base_lr0.1", "stable_lr0.1"]
 COMMON = ["backbone.width=32", "evaluators=[]", "output.checkpoint_every=20"]
 #: per method: iterations, diagnostic cadence and CPU-sized knobs
 PER_METHOD = {
     "dm": ["synthetic.iterations=150", "synthetic.batch_real=64"],
-    "dsa": ["synthetic.iterations=60", "synthetic.batch_real=32", "dd_loss.inner_loop=10",
+    "dsa": ["synthetic.iterations=40", "synthetic.batch_real=32", "dd_loss.inner_loop=10",
             "dd_loss.outer_loop=5"],
-    "mtt": ["synthetic.iterations=80", "dd_loss.num_experts=2", "dd_loss.max_start_epoch=2",
+    "mtt": ["synthetic.iterations=40", "dd_loss.num_experts=2", "dd_loss.max_start_epoch=2",
             "dd_loss.expert_epochs=2", "dd_loss.lr_teacher=0.01", "synthetic.lr_init=0.01",
-            "dd_loss.syn_steps=20"],
-    "bptt": ["synthetic.iterations=80", "dd_loss.inner_steps=10"],
+            "dd_loss.syn_steps=10"],
+    "bptt": ["synthetic.iterations=60", "dd_loss.inner_steps=10"],
 }
 EVERY = {"dm": 2, "dsa": 2, "mtt": 2, "bptt": 2}
 
@@ -49,6 +54,8 @@ def recipe_for(method: str) -> Path:
 
 def variant_sets(method: str, variant: str) -> list[str]:
     every = f"regularizer.diagnostics_every={EVERY[method]}"
+    if variant.endswith("_lr0.1"):
+        return [*variant_sets(method, variant.removesuffix("_lr0.1")), *PAPER_LR]
     if variant == "base":
         return ["regularizer=null"]
     if variant == "literal":
@@ -84,7 +91,9 @@ def plot_method(method: str, runs: dict[str, list[dict]], path: Path) -> None:
 
     fig = Figure(figsize=(11, 8.2))
     axes = fig.subplots(2, 3).ravel()
-    colours = {"literal": "tab:red", "stable": "tab:blue", "base": "tab:gray"}
+    colours = {"literal": "tab:red", "stable": "tab:blue", "base": "tab:gray",
+               "literal_lr0.1": "tab:orange", "base_lr0.1": "tab:olive",
+               "stable_lr0.1": "tab:cyan"}
     for variant, hist in runs.items():
         c = colours[variant]
         ax = axes[0]
@@ -153,7 +162,7 @@ def summary(runs: dict[str, list[dict]]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
-    ap.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
+    ap.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS + EXTRA)
     ap.add_argument("--per-class", type=int, default=500)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "mim_diagnostics")
     ap.add_argument("--plot-only", action="store_true")
@@ -174,7 +183,7 @@ def main() -> None:
     results = {}
     for method in METHODS:
         runs = {}
-        for variant in VARIANTS:
+        for variant in VARIANTS + EXTRA:
             log = args.out / f"{method}_{variant}" / "losses.jsonl"
             if log.exists():
                 runs[variant] = read_history(log)

@@ -183,9 +183,9 @@ class MIM4DD(nn.Module):
         )
         center: bool = Field(
             False,
-            description="subtract the real batch's mean critic input (detached, over all "
-            "ranks) from both sides' critic inputs: removes the direction every "
-            "post-ReLU feature shares",
+            description="subtract the real batch's mean embedding (detached, over all "
+            "ranks) from both sides' critic embeddings before the normalisation: removes "
+            "the direction every post-ReLU feature (and the critic's bias) shares",
         )
         critic_steps: int = Field(
             0, ge=0,
@@ -299,20 +299,18 @@ class MIM4DD(nn.Module):
         """One (M, N) score matrix per selected layer."""
         out = []
         for critic, k in zip(self.critics, self.layers, strict=True):
-            vs = self._critic_view(syn_feats[k - 1])
-            vr = self._critic_view(real_feats[k - 1])
+            zs = critic(self._critic_view(syn_feats[k - 1]))  # (M, E)
+            zr = critic(self._critic_view(real_feats[k - 1]))  # (N, E)
             if self.params.center:
-                mean = self._real_mean(vr)
-                vs, vr = vs - mean, vr - mean
-            zs = critic(vs)  # (M, E)
-            zr = critic(vr)  # (N, E)
+                mean = self._real_mean(zr)
+                zs, zr = zs - mean, zr - mean
             if self.params.normalize:
                 zs, zr = F.normalize(zs, dim=1), F.normalize(zr, dim=1)
             out.append(zs @ zr.T / self.params.tau)
         return out
 
     def _real_mean(self, real_view: Tensor) -> Tensor:
-        """The detached mean row of the real critic inputs, over all ranks' rows."""
+        """The detached mean row of the real embeddings, over all ranks' rows."""
         with torch.no_grad():
             if not self.shard.active:
                 return real_view.mean(0)

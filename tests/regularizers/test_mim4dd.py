@@ -301,7 +301,7 @@ def test_rho_leaves_the_value_unweighted_and_reports_the_image_scale():
     assert _build().image_scale() is None
 
 
-def test_center_subtracts_the_real_mean_from_both_sides():
+def test_center_subtracts_the_real_mean_embedding_from_both_sides():
     reg = _build(center=True, critic={"name": "identity"}, normalize=False, tau=1.0)
     syn = [torch.randn(3, 4) + 5.0, torch.randn(3, 6)]
     real = [torch.randn(7, 4) + 5.0, torch.randn(7, 6)]
@@ -312,3 +312,15 @@ def test_center_subtracts_the_real_mean_from_both_sides():
     # a shift shared by every feature no longer moves the scores
     shifted = reg.scores([f + 3.0 for f in syn], [f + 3.0 for f in real])
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(got, shifted, strict=True))
+    # after a linear critic: its bias (shared by every embedding) drops out too
+    lin = _build(center=True, critic={"name": "linear", "out_dim": 5}, normalize=False,
+                 tau=1.0)
+    scores = lin.scores(syn, real)
+    for k, critic in enumerate(lin.critics):
+        zr, zs = critic(real[k]), critic(syn[k])
+        mean = zr.mean(0)
+        assert torch.allclose(scores[k], (zs - mean) @ (zr - mean).T, atol=1e-4)
+        w = critic.fc.weight
+        rm = real[k].mean(0)
+        assert torch.allclose(scores[k], (syn[k] - rm) @ w.T @ (w @ (real[k] - rm).T),
+                              atol=1e-4)

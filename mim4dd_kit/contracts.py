@@ -407,6 +407,9 @@ class RunContext:
     #: multi-formation factor of the stored set (``synthetic.formation``); ``compute``
     #: receives the decoded set (mim4dd_kit/formation.py)
     formation: int = 1
+    #: where the regularizer's features are taken in each block (``Backbone.features``'s
+    #: ``tap``; set by the engine from the regularizer's ``tap`` parameter)
+    feature_tap: str = "output"
 
 
 @dataclass

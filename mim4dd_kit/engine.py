@@ -30,11 +30,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import __version__, formation, performance, plots
 from . import distributed as ddp
-from .contracts import RealData, RunContext, Shard, SyntheticState
+from .contracts import RealData, RunContext, Shard, SyntheticState, tapped_features
 from .errors import CheckpointError, DataError, PluginError, RecipeError, RunError
 from .evaluate import run_evaluators
 from .recipe import Recipe, load_recipe
 from .registry import Registry, default_registry
+from .regularizer_steps import RegularizerSteps, RunGuard
 from .runlock import LOCK_NAME, RunLock, remove_stale_temporaries
 from .runtime import (
     cache_dir,
@@ -71,12 +72,12 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _feature_dims(make_backbone, info, device) -> list[int]:
-    # a one-image probe gives each block's flattened size for any backbone
+def _feature_shapes(make_backbone, info, device, tap: str = "output") -> list[tuple[int, ...]]:
+    # a one-image probe gives each block's feature shape (without the batch) for any backbone
     probe = make_backbone().to(device).eval()
     with torch.no_grad():
         x = torch.zeros(1, info.channels, *info.image_size, device=device)
-        return [f[0].numel() for f in probe.features(x)]
+        return [tuple(f.shape[1:]) for f in tapped_features(probe, x, tap)]
 
 
 def check_set_size(n: int, info, device: torch.device) -> None:
@@ -93,7 +94,7 @@ def check_set_size(n: int, info, device: torch.device) -> None:
         )
 
 
-class Run:
+class Run(RegularizerSteps):
     """One distillation run; ``run()`` is the functional entry point."""
 
     def __init__(self, recipe: Recipe, run_dir: Path, device: torch.device, registry: Registry):
@@ -110,14 +111,25 @@ class Run:
         self.build_context()
         info = self.data.info
         make_backbone = self.ctx.make_backbone
+        # where the regularizer's features are taken: the losses hand them over at this tap
+        tap = (getattr(reg.validate("regularizers", r.regularizer), "tap", "output")
+               if r.regularizer is not None else "output")
+        self.ctx.feature_tap = tap
         self.loss = reg.build("dd_losses", r.dd_loss, ctx=self.ctx)
         # parts whose randomness must not move the main stream (so lambda = 0 or no
         # regularizer leave the base method's trajectory bit-identical)
         with isolated_rng(r.seed + 1, self.device):
-            dims = _feature_dims(make_backbone, info, self.device)
-            self.reg = (reg.build("regularizers", r.regularizer, num_classes=info.num_classes,
-                                  feature_dims=dims, registry=reg).to(self.device)
-                        if r.regularizer is not None else None)
+            self.reg = None
+            if r.regularizer is not None:
+                shapes = _feature_shapes(make_backbone, info, self.device, tap)
+                extra = ({"feature_shapes": shapes} if getattr(
+                    reg.load("regularizers", r.regularizer.name), "takes_feature_shapes",
+                    False) else {})
+                self.reg = reg.build("regularizers", r.regularizer,
+                                     num_classes=info.num_classes,
+                                     feature_dims=[math.prod(sh) for sh in shapes],
+                                     registry=reg, **extra).to(self.device)
+        self.guard = RunGuard(self.reg)
         if self.reg is not None and self.shard.active:
             self.reg.shard = self.shard  # the real features it gets are this rank's rows
         self._init_synthetic()
@@ -339,22 +351,30 @@ class Run:
         want = self.reg is not None
         with performance.autocast(self.recipe.performance, self.device):
             out = self.loss.compute(self.loss_view(), iteration, want)
-        total = out.loss.float()
+        dd = out.loss.float()
+        total = dd
         logs = {"loss_dd": float(out.loss.detach()), **out.logs}
         # logs that are partial sums in a sharded run (the loss's own logs are replicated)
         partial = ["loss_dd"]
+        r = None
+        diagnose = self.guard.diagnose(iteration)
         if self.reg is not None:
             if out.syn_feats is None or out.real_feats is None:
                 raise PluginError(
                     f"dd loss {self.recipe.dd_loss.name!r} returned no features although "
                     f"regularizer {self.recipe.regularizer.name!r} needs them"
                 )
+            if hasattr(self.reg, "iteration"):
+                self.reg.iteration = iteration
+            self._critic_only_steps(out, iteration)
             with performance.autocast(self.recipe.performance, self.device):
                 r = self.reg(out.syn_feats, out.syn_labels, out.real_feats, out.real_labels)
             r = r.float()
             total = total + r
             logs["loss_reg"] = float(r.detach())
-            reg_logs = getattr(self.reg, "last_logs", {})
+            reg_logs = dict(getattr(self.reg, "last_logs", {}))
+            if diagnose and hasattr(self.reg, "diagnostics"):
+                reg_logs.update(self.reg.diagnostics())
             logs.update(reg_logs)
             partial += ["loss_reg", *reg_logs]
         logs["loss"] = float(total.detach())
@@ -362,29 +382,24 @@ class Run:
         opts = [o for o in (self.opt_img, self.opt_lr, self.opt_reg) if o is not None]
         if self.shard.active:
             # each rank holds a partial loss: sum gradients and logged losses over ranks
-            for o in opts:
-                o.zero_grad(set_to_none=True)
-            total.backward()
-            params = [p for o in opts for g in o.param_groups for p in g["params"]]
-            summed = ddp.sum_gradients(params, [logs[k] for k in partial])
-            logs.update(zip(partial, summed, strict=True))
+            self._backward(dd, r, total, opts, logs, partial, diagnose)
         if not math.isfinite(logs["loss"]):
             raise RunError(
                 f"the loss became {logs['loss']} at iteration {iteration + 1}; lower "
                 "synthetic.lr or check the recipe"
             )
         if not self.shard.active:
-            for o in opts:
-                o.zero_grad(set_to_none=True)
-            total.backward()
+            self._backward(dd, r, total, opts, logs, partial, diagnose)
         clip = self.recipe.synthetic.grad_clip
         if clip is not None and self.syn.images.grad is not None:
             torch.nn.utils.clip_grad_norm_([self.syn.images], clip)
+        self.guard.note_start(self.syn.images)
         for o in opts:
             o.step()
         self.sched.step()
         if self.syn.lr is not None:
             logs["lr"] = float(self.syn.lr.detach())
+        self.guard.after_step(iteration, self.syn.images, logs, diagnose)
         return logs
 
     def loop(self, start: int, progress: bool, callbacks: Iterable[Callback]) -> None:

@@ -52,7 +52,15 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils.checkpoint import get_device_states, set_device_states
 
-from ..contracts import Backbone, LossOutput, Params, RunContext, SyntheticState
+from ..contracts import (
+    Backbone,
+    LossOutput,
+    Params,
+    RunContext,
+    SyntheticState,
+    tapped_features,
+)
+from .feature_taps import for_regularizer
 
 
 def _check_checkpoint(value: Any) -> bool | int:
@@ -85,7 +93,9 @@ class _FeaturesAndLogits(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+    def forward(self, x: Tensor, tap: str = "output") -> tuple[list[Tensor], Tensor | None]:
+        if tap != "output":  # features at another tap only (for a regularizer): no logits
+            return tapped_features(self.net, x, tap), None
         feats = self.net.features(x)
         return feats, self.net.classify(feats[-1])
 
@@ -359,8 +369,12 @@ class BPTT:
         # the real side of the regularizer is a fixed target: the network that produced it
         # was trained on the synthetic set, but the paper's real network is independent of
         # it, so no gradient may flow from these features back into the unroll
+        real_feats = for_regularizer(ctx.feature_tap, lambda x, t: functional_call(
+            model, ({**w, **buffers},), (x,), {"tap": t})[0], real.detach(), real_feats,
+            grad=False)
         real_feats = [f.detach() for f in real_feats]
-        syn_feats, _ = functional_call(model, ({**w, **buffers},), (syn.images,))
+        syn_feats, _ = functional_call(model, ({**w, **buffers},), (syn.images,),
+                                       {"tap": ctx.feature_tap})
         return LossOutput(loss, syn_feats, syn.labels, real_feats, real_y, logs)
 
     def state_dict(self) -> dict[str, Any]:

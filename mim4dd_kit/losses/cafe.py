@@ -43,6 +43,7 @@ from ..contracts import (
     tapped_features,
 )
 from .dm import class_means
+from .feature_taps import for_regularizer
 from .gradient_matching import PersistentNetwork, sgd_epochs, sgd_steps
 
 
@@ -356,8 +357,10 @@ class CAFE:
                          "cafe_watch_acc": self.schedule.outer_carry})
         if not want_features:
             return LossOutput(loss, logs=logs)
-        # the regularizer gets the block outputs, as from every other method
-        return LossOutput(loss, syn_out, syn_y, real_out, real_y, logs)
+        # the regularizer gets the block outputs (or its tap), as from every other method
+        syn_feats = for_regularizer(ctx.feature_tap, net, syn_x, syn_out)
+        real_feats = for_regularizer(ctx.feature_tap, net, real, real_out, grad=False)
+        return LossOutput(loss, syn_feats, syn_y, real_feats, real_y, logs)
 
     def state_dict(self) -> dict[str, Any]:
         return self.schedule.state_dict()

@@ -177,6 +177,11 @@ def test_two_processes_match_one(tmp_path):
     recipes = {
         "mim": merged(TINY, {"regularizer": MIM, "evaluators": [EVAL]}),
         "dm": merged(TINY, {}),
+        # CRD's Z (a mean over all ranks' columns), critic-only steps and rho's split
+        # gradients (norms of the summed gradients), with diagnostics every iteration
+        "stable": merged(TINY, {"synthetic": short, "regularizer": {
+            **MIM, "preset": "stable", "critic_warmup": 2, "ramp": 2,
+            "diagnostics_every": 1}}),
         "dsa": merged(TINY, {"regularizer": MIM, "synthetic": short,
                              "dd_loss": {"name": "dsa", **GM}}),
         "dsa_kmeans": merged(TINY, {"synthetic": short, "dd_loss": {
@@ -203,7 +208,10 @@ def test_two_processes_match_one(tmp_path):
         for x, y in zip(a, b, strict=True):
             assert x.keys() == y.keys()
             for key in x:
-                assert x[key] == pytest.approx(y[key], rel=RTOL), (name, key)
+                # MI bounds and score means are differences of O(1) float32 sums that can
+                # land near 0 (a sharded Z differs in its last bits): an absolute tolerance
+                tol = 1e-5 if key[:2] == "mi" or key[:3] in ("pos", "neg") else 0
+                assert x[key] == pytest.approx(y[key], rel=RTOL, abs=tol), (name, key)
         assert multi.metadata["distributed"] == {"world_size": 2, "backend": "gloo"}
         assert not (tmp_path / "multi" / name / "checkpoint.safetensors").exists()
     # evaluation: one network per rank, joined; the same as one process on the same set

@@ -106,6 +106,9 @@ def evaluate(
     recipe = s.metadata.get("recipe") or {}
     ds_ref = _dataset_for(s, dataset, path)
     data = registry.build("datasets", ds_ref).load()
+    held = recipe.get("validation")
+    if held:  # the same held-out images as the run that made the set
+        data = data.hold_out(int(held["per_class"]), int(held.get("seed", 0)))
     warnings = check_compatible(s, data, path)
     dev = resolve_device(device)
     if evaluators is None:

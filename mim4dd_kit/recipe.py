@@ -65,6 +65,16 @@ class OutputSettings(_Strict):
     checkpoint_every: int = Field(100, ge=0, description="iterations between checkpoints")
 
 
+class ValidationSettings(_Strict):
+    """Training images held out of distillation so that settings can be chosen on them."""
+
+    per_class: int = Field(ge=1, description="training images of every class held out")
+    seed: int = Field(
+        0, description="seed of the held-out choice, independent of the run's seed (runs "
+        "with the same seed hold out the same images)"
+    )
+
+
 class Recipe(_Strict):
     """A distillation run, declaratively."""
 
@@ -72,6 +82,11 @@ class Recipe(_Strict):
     seed: int = 0
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     dataset: DatasetRef
+    validation: ValidationSettings | None = Field(
+        None, description="hold out training images of every class as a validation split, "
+        "never seen by distillation and scored by evaluators with `split: validation`; "
+        "null: distill from the whole training split"
+    )
     synthetic: SyntheticSettings = Field(default_factory=SyntheticSettings)
     backbone: BackboneRef = Field(default_factory=lambda: BackboneRef(name="convnet"))
     dd_loss: LossRef = Field(default_factory=lambda: LossRef(name="dm"))
@@ -118,6 +133,8 @@ class Recipe(_Strict):
         d = self.to_dict()
         for key in ("output", "device", "performance"):
             d.pop(key, None)
+        if d.get("validation") is None:  # recipes from before the field hash as they did
+            d.pop("validation", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

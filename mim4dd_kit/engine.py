@@ -17,6 +17,7 @@ import datetime as _dt
 import json
 import math
 import platform
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import __version__, performance, plots
 from . import distributed as ddp
-from .contracts import RealData, RunContext, Shard, SyntheticState
+from .contracts import RealData, RunContext, Shard, SyntheticState, tapped_features
 from .errors import CheckpointError, DataError, PluginError, RecipeError, RunError
 from .evaluate import run_evaluators
 from .recipe import Recipe, load_recipe
@@ -62,12 +63,100 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _feature_dims(make_backbone, info, device) -> list[int]:
-    # a one-image probe gives each block's flattened size for any backbone
+def _feature_shapes(make_backbone, info, device, tap: str = "output") -> list[tuple[int, ...]]:
+    # a one-image probe gives each block's feature shape (without the batch) for any backbone
     probe = make_backbone().to(device).eval()
     with torch.no_grad():
         x = torch.zeros(1, info.channels, *info.image_size, device=device)
-        return [f[0].numel() for f in probe.features(x)]
+        return [tuple(f.shape[1:]) for f in tapped_features(probe, x, tap)]
+
+
+#: guard rails (docs/components/mim4dd.md, "Guard rails")
+GUARD_STD_FACTOR = 10.0  # pixel std above this multiple of its start: images blow up
+GUARD_RATIO = 10.0  # regularizer image gradient above this multiple of the DD one ...
+GUARD_CHECKS = 3  # ... at this many consecutive diagnostic iterations
+
+
+def _sum_over_ranks(tensors: list[torch.Tensor], shard: Shard) -> list[torch.Tensor]:
+    """Sum a list of tensors over ranks in one collective; returns new tensors."""
+    flat = torch.cat([t.detach().reshape(-1).double() for t in tensors])
+    shard.sum(flat)
+    return [piece.view_as(t).to(t.dtype)
+            for piece, t in zip(flat.split([t.numel() for t in tensors]), tensors, strict=True)]
+
+
+def _grad_logs(g_dd: list[torch.Tensor], g_reg: list[torch.Tensor] | None) -> dict[str, float]:
+    """Norms of the DD and regularizer gradients on the images (and a learned lr)."""
+    out = {"grad_dd": float(torch.linalg.vector_norm(g_dd[0]))}
+    if len(g_dd) > 1:
+        out["grad_dd_lr"] = float(g_dd[1].abs().sum())
+    if g_reg is not None:
+        out["grad_reg"] = float(torch.linalg.vector_norm(g_reg[0]))
+        out["grad_ratio"] = out["grad_reg"] / out["grad_dd"] if out["grad_dd"] > 0 else math.inf
+        if len(g_reg) > 1:
+            out["grad_reg_lr"] = float(g_reg[1].abs().sum())
+    return out
+
+
+class RunGuard:
+    """Diagnostic cadence and the run's guard rails.
+
+    ``diagnose(it)`` says whether iteration ``it`` (0-based) logs diagnostics: the first
+    and every ``diagnostics_every``-th, when the regularizer has that parameter.
+    ``after_step`` logs the images' pixel std on those iterations and warns once on
+    stderr when the images blow up (pixel std above ``GUARD_STD_FACTOR`` times its value
+    at the first step) or when the regularizer's image gradient exceeds ``GUARD_RATIO``
+    times the DD one at ``GUARD_CHECKS`` consecutive diagnostic iterations. Neither
+    touches the run's tensors or random streams.
+    """
+
+    def __init__(self, reg) -> None:
+        params = getattr(reg, "params", None)
+        self.every = int(getattr(params, "diagnostics_every", 0) or 0)
+        self.std0: float | None = None
+        self.high = 0
+        self.warned: set[str] = set()
+
+    def diagnose(self, iteration: int) -> bool:
+        return self.every > 0 and (iteration == 0 or (iteration + 1) % self.every == 0)
+
+    def _warn(self, key: str, text: str) -> None:
+        if key in self.warned or not ddp.is_main():
+            return
+        self.warned.add(key)
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+
+    def note_start(self, images: torch.Tensor) -> None:
+        """Record the pixel std before the run's (or the resumed run's) first update."""
+        if self.std0 is None:
+            with torch.no_grad():
+                self.std0 = float(images.detach().float().std())
+
+    def after_step(self, iteration: int, images: torch.Tensor, logs: dict[str, float],
+                   diagnose: bool) -> None:
+        with torch.no_grad():
+            std = float(images.detach().float().std())
+        if diagnose:
+            logs["img_std"] = std
+        if self.std0 is None:
+            self.std0 = std
+        elif math.isfinite(self.std0) and self.std0 > 0 and std > GUARD_STD_FACTOR * self.std0:
+            self._warn("std", f"the synthetic images' pixel std is {std:.3g} at iteration "
+                       f"{iteration + 1}, {std / self.std0:.1f}x its start ({self.std0:.3g}): "
+                       "the images are blowing up. Lower synthetic.lr, or the "
+                       "regularizer's weight (regularizer.lambda, or regularizer.rho / "
+                       "regularizer.preset: stable)")
+        ratio = logs.get("grad_ratio")
+        if ratio is None:
+            return
+        self.high = self.high + 1 if ratio > GUARD_RATIO else 0
+        if self.high >= GUARD_CHECKS:
+            self._warn("ratio", f"the regularizer's image gradient is {ratio:.3g}x the DD "
+                       f"loss's (|grad reg| {logs.get('grad_reg', math.nan):.3g} vs |grad dd| "
+                       f"{logs.get('grad_dd', math.nan):.3g}) at iteration {iteration + 1}, "
+                       f"above {GUARD_RATIO:g}x for {self.high} checks in a row: the "
+                       "regularizer dominates the base method. Lower regularizer.lambda, or "
+                       "set regularizer.rho (e.g. 0.1) to tie it to the DD gradient")
 
 
 class Run:
@@ -87,14 +176,25 @@ class Run:
         self.build_context()
         info = self.data.info
         make_backbone = self.ctx.make_backbone
+        # where the regularizer's features are taken: the losses hand them over at this tap
+        tap = (getattr(reg.validate("regularizers", r.regularizer), "tap", "output")
+               if r.regularizer is not None else "output")
+        self.ctx.feature_tap = tap
         self.loss = reg.build("dd_losses", r.dd_loss, ctx=self.ctx)
         # parts whose randomness must not move the main stream (so lambda = 0 or no
         # regularizer leave the base method's trajectory bit-identical)
         with isolated_rng(r.seed + 1, self.device):
-            dims = _feature_dims(make_backbone, info, self.device)
-            self.reg = (reg.build("regularizers", r.regularizer, num_classes=info.num_classes,
-                                  feature_dims=dims, registry=reg).to(self.device)
-                        if r.regularizer is not None else None)
+            self.reg = None
+            if r.regularizer is not None:
+                shapes = _feature_shapes(make_backbone, info, self.device, tap)
+                extra = ({"feature_shapes": shapes} if getattr(
+                    reg.load("regularizers", r.regularizer.name), "takes_feature_shapes",
+                    False) else {})
+                self.reg = reg.build("regularizers", r.regularizer,
+                                     num_classes=info.num_classes,
+                                     feature_dims=[math.prod(sh) for sh in shapes],
+                                     registry=reg, **extra).to(self.device)
+        self.guard = RunGuard(self.reg)
         if self.reg is not None and self.shard.active:
             self.reg.shard = self.shard  # the real features it gets are this rank's rows
         self._init_synthetic()
@@ -246,22 +346,30 @@ class Run:
         want = self.reg is not None
         with performance.autocast(self.recipe.performance, self.device):
             out = self.loss.compute(self.syn, iteration, want)
-        total = out.loss.float()
+        dd = out.loss.float()
+        total = dd
         logs = {"loss_dd": float(out.loss.detach()), **out.logs}
         # logs that are partial sums in a sharded run (the loss's own logs are replicated)
         partial = ["loss_dd"]
+        r = None
+        diagnose = self.guard.diagnose(iteration)
         if self.reg is not None:
             if out.syn_feats is None or out.real_feats is None:
                 raise PluginError(
                     f"dd loss {self.recipe.dd_loss.name!r} returned no features although "
                     f"regularizer {self.recipe.regularizer.name!r} needs them"
                 )
+            if hasattr(self.reg, "iteration"):
+                self.reg.iteration = iteration
+            self._critic_only_steps(out, iteration)
             with performance.autocast(self.recipe.performance, self.device):
                 r = self.reg(out.syn_feats, out.syn_labels, out.real_feats, out.real_labels)
             r = r.float()
             total = total + r
             logs["loss_reg"] = float(r.detach())
-            reg_logs = getattr(self.reg, "last_logs", {})
+            reg_logs = dict(getattr(self.reg, "last_logs", {}))
+            if diagnose and hasattr(self.reg, "diagnostics"):
+                reg_logs.update(self.reg.diagnostics())
             logs.update(reg_logs)
             partial += ["loss_reg", *reg_logs]
         logs["loss"] = float(total.detach())
@@ -269,28 +377,122 @@ class Run:
         opts = [o for o in (self.opt_img, self.opt_lr, self.opt_reg) if o is not None]
         if self.shard.active:
             # each rank holds a partial loss: sum gradients and logged losses over ranks
-            for o in opts:
-                o.zero_grad(set_to_none=True)
-            total.backward()
-            params = [p for o in opts for g in o.param_groups for p in g["params"]]
-            summed = ddp.sum_gradients(params, [logs[k] for k in partial])
-            logs.update(zip(partial, summed, strict=True))
+            self._backward(dd, r, total, opts, logs, partial, diagnose)
         if not math.isfinite(logs["loss"]):
             raise RunError(
                 f"the loss became {logs['loss']} at iteration {iteration + 1}; lower "
                 "synthetic.lr or check the recipe"
             )
         if not self.shard.active:
-            for o in opts:
-                o.zero_grad(set_to_none=True)
-            total.backward()
+            self._backward(dd, r, total, opts, logs, partial, diagnose)
+        self.guard.note_start(self.syn.images)
         for o in opts:
             o.step()
         self.sched.step()
         if self.syn.lr is not None:
             logs["lr"] = float(self.syn.lr.detach())
+        self.guard.after_step(iteration, self.syn.images, logs, diagnose)
         return logs
 
+    # -- regularizer helpers (critic schedule, split gradients, diagnostics) --------------
+    def _critic_only_steps(self, out, iteration: int) -> None:
+        """Critic-only Adam steps on the iteration's detached features (``critic_steps``
+        every iteration, plus ``critic_warmup`` at the run's first); the images, the
+        learned lr and every random stream are untouched."""
+        p = getattr(self.reg, "params", None)
+        n = getattr(p, "critic_steps", 0) + (getattr(p, "critic_warmup", 0)
+                                             if iteration == 0 else 0)
+        if n == 0 or self.opt_reg is None:
+            return
+        syn = [f.detach() for f in out.syn_feats]
+        real = [f.detach() for f in out.real_feats]
+        critics = [q for g in self.opt_reg.param_groups for q in g["params"]]
+        for _ in range(n):
+            self.opt_reg.zero_grad(set_to_none=True)
+            with performance.autocast(self.recipe.performance, self.device):
+                loss = self.reg.critic_loss(syn, out.syn_labels, real, out.real_labels)
+            loss.float().backward()
+            if self.shard.active:
+                ddp.sum_gradients(critics)
+            self.opt_reg.step()
+
+    def _backward(self, dd: torch.Tensor, r: torch.Tensor | None, total: torch.Tensor,
+                  opts: list, logs: dict[str, float], partial: list[str],
+                  diagnose: bool) -> None:
+        """Fill the gradients of the learned tensors for this iteration.
+
+        Without ``rho`` this is ``total.backward()`` (the joint objective); diagnostic
+        iterations first take the regularizer's own image gradient with
+        ``torch.autograd.grad`` (which leaves ``.grad`` and the update untouched). With
+        ``rho`` the two gradients are taken separately and combined
+        (:meth:`_rho_backward`). In a sharded run gradients and partial logs are summed.
+        """
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        scale = self.reg.image_scale() if hasattr(self.reg, "image_scale") else None
+        if r is not None and scale is not None:
+            self._rho_backward(dd, r, scale, logs, partial, diagnose)
+            return
+        targets = self._image_targets()
+        g_reg = None
+        if diagnose and r is not None:
+            g_reg = [g if g is not None else torch.zeros_like(t) for g, t in zip(
+                torch.autograd.grad(r, targets, retain_graph=True, allow_unused=True),
+                targets, strict=True)]
+        total.backward()
+        if self.shard.active:
+            params = [p for o in opts for g in o.param_groups for p in g["params"]]
+            summed = ddp.sum_gradients(params, [logs[k] for k in partial])
+            logs.update(zip(partial, summed, strict=True))
+            if g_reg is not None:
+                g_reg = _sum_over_ranks(g_reg, self.shard)
+        if diagnose:
+            g_all = [t.grad if t.grad is not None else torch.zeros_like(t) for t in targets]
+            g_dd = g_all if g_reg is None else [a - b for a, b in zip(g_all, g_reg,
+                                                                       strict=True)]
+            logs.update(_grad_logs(g_dd, g_reg))
+
+    def _image_targets(self) -> list[torch.Tensor]:
+        """The images, and the learned lr where the run has one."""
+        return [self.syn.images] + ([self.syn.lr] if self.opt_lr is not None else [])
+
+    def _rho_backward(self, dd: torch.Tensor, r: torch.Tensor, scale: float,
+                      logs: dict[str, float], partial: list[str], diagnose: bool) -> None:
+        """Gradient-relative weight: the regularizer's image gradient is rescaled to
+        ``scale`` times the DD image gradient's norm; the critics get the regularizer's
+        own, unscaled gradient; a learned lr gets the DD gradient, plus the rescaled
+        regularizer one only with ``lr_gradient``."""
+        targets = self._image_targets()
+        critics = [q for g in self.opt_reg.param_groups for q in g["params"]] \
+            if self.opt_reg is not None else []
+
+        def grads(value, wrt, retain):
+            got = torch.autograd.grad(value, wrt, retain_graph=retain, allow_unused=True)
+            return [g if g is not None else torch.zeros_like(t) for g, t in zip(got, wrt,
+                                                                                strict=True)]
+
+        g_dd = grads(dd, targets, True)
+        g_reg = grads(r, targets + critics, False)
+        if self.shard.active:
+            g_dd = _sum_over_ranks(g_dd, self.shard)
+            g_reg = _sum_over_ranks(g_reg, self.shard)
+            values = _sum_over_ranks([torch.tensor([logs[k] for k in partial],
+                                                   dtype=torch.float64, device=dd.device)],
+                                     self.shard)[0].tolist()
+            logs.update(zip(partial, values, strict=True))
+        n_dd = torch.linalg.vector_norm(g_dd[0])
+        n_reg = torch.linalg.vector_norm(g_reg[0])
+        factor = torch.where(n_reg > 0, scale * n_dd / n_reg.clamp_min(1e-30),
+                             torch.zeros_like(n_reg))
+        applied = [g * factor for g in g_reg[:len(targets)]]
+        self.syn.images.grad = g_dd[0] + applied[0]
+        if len(targets) > 1:
+            lr_grad = g_dd[1] + (applied[1] if self.reg.params.lr_gradient else 0.0)
+            self.syn.lr.grad = lr_grad
+        for q, g in zip(critics, g_reg[len(targets):], strict=True):
+            q.grad = g
+        if diagnose:
+            logs.update(_grad_logs(g_dd, applied))
     def loop(self, start: int, progress: bool, callbacks: Iterable[Callback]) -> None:
         total = self.recipe.synthetic.iterations
         every = self.recipe.output.checkpoint_every

@@ -167,7 +167,9 @@ def save_loss_curves(history: list[dict[str, Any]], path: str | Path, *,
 
     Panels, top to bottom, each only when the log has it: the base DD loss ``loss_dd``; the
     weighted regularizer ``loss_reg`` (own panel: the scales differ); the per-layer NCE
-    terms ``nce1..nceK``; the learned lr ``lr``. ``history`` is the list
+    terms ``nce1..nceK``; the ratio of the regularizer's image-gradient norm to the DD
+    one ``grad_ratio`` (log scale; logged on MIM4DD's diagnostic iterations); the learned
+    lr ``lr``. ``history`` is the list
     :func:`read_history` returns; entries without ``iteration`` are numbered in order.
     """
     if not history:
@@ -182,6 +184,9 @@ def save_loss_curves(history: list[dict[str, Any]], path: str | Path, *,
     nce = _nce_keys(history)
     if nce:
         panels.append(("$L_{NCE}$ per layer", [(k, _series(history, k)) for k in nce]))
+    if any("grad_ratio" in h for h in history):
+        panels.append(("|grad reg| / |grad DD|", [("grad_ratio", _series(history,
+                                                                          "grad_ratio"))]))
     if any("lr" in h for h in history):
         panels.append(("learned lr", [("lr", _series(history, "lr"))]))
     figure = _figure_class()
@@ -189,7 +194,11 @@ def save_loss_curves(history: list[dict[str, Any]], path: str | Path, *,
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     for ax, (label, lines) in zip(axes, panels, strict=True):
         for name, y in lines:
-            ax.plot(x, y, label=name, linewidth=1.2)
+            seen = ~np.isnan(y)  # sparse series (diagnostics) are drawn through their points
+            ax.plot(x[seen], y[seen], label=name, linewidth=1.2,
+                    marker="." if seen.sum() < len(y) else None)
+            if name == "grad_ratio" and (y[seen] > 0).any():
+                ax.set_yscale("log")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
         if len(lines) > 1 or lines[0][0] != base_key:

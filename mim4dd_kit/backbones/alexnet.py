@@ -14,6 +14,8 @@ Padding 4 turns 28x28 grey images into 32x32 after the first conv, so both 1x28x
 The blocks are the three stages closed by a max-pool, so ``features`` returns 3 tensors.
 The reference ``AlexNet`` has no normalisation (``norm: none``) and ``AlexNetBN`` batch
 norm after every conv (``norm: batch``); ``instance`` is GroupNorm(C, C, affine=True).
+Feature taps: ``pre_activation`` is a stage's last conv(+norm) before its ReLU,
+``pre_pool`` that ReLU's output before the stage's max-pool.
 """
 
 from __future__ import annotations

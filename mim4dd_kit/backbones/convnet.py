@@ -15,6 +15,10 @@ Two details of the reference code are kept on purpose:
 The reference code hard-codes "28x28 -> 32x32"; here every block's output size follows
 from the padding by arithmetic, which agrees with it on 1x28x28 and stays right for other
 sizes.
+
+Feature taps (``features(x, tap=...)``): ``pre_activation`` is each block's conv+norm
+output, ``pre_pool`` its activation output before the 2x2 pool (the output itself with
+``pooling: none``).
 """
 
 from __future__ import annotations

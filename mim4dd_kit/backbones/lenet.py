@@ -13,7 +13,9 @@ image sizes work too. The reference uses ReLU everywhere.
 
 Blocks (what ``features`` returns): the two conv stages ``(B, 6, h1, w1)`` and
 ``(B, 16, h2, w2)``, then the two hidden fc layers ``(B, 120)`` and ``(B, 84)``;
-``classifier`` is the last fc.
+``classifier`` is the last fc. Feature taps: ``pre_activation`` is each block's conv (or
+fc) output before its activation, ``pre_pool`` the activation's output (before the
+max-pool in the conv stages; the output itself in the fc blocks).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import math
 from pydantic import Field
 from torch import Tensor, nn
 
-from ..contracts import Backbone, Params
+from ..contracts import Backbone, Params, Tap
 
 
 class MLP(Backbone):
@@ -50,6 +50,10 @@ class MLP(Backbone):
         """Each block's output shape without the batch dimension, ``(width,)``."""
         return [(self.params.width,)] * self.params.depth
 
-    def features(self, x: Tensor) -> list[Tensor]:
-        """(B, C, H, W) -> K tensors (B, width), one per hidden layer."""
-        return super().features(x.flatten(1))  # (B, C*H*W) into the fc blocks
+    def features(self, x: Tensor, tap: Tap = "output") -> list[Tensor]:
+        """(B, C, H, W) -> K tensors (B, width), one per hidden layer.
+
+        No block pools, so ``pre_pool`` equals ``output``; ``pre_activation`` is each fc
+        layer's output before its ReLU.
+        """
+        return super().features(x.flatten(1), tap)  # (B, C*H*W) into the fc blocks

@@ -11,7 +11,9 @@ Unlike ConvNet/VGG there is no padding 3 on grey input (the reference has none e
 
 Norm: ``instance`` is ``GroupNorm(C, C, affine=True)`` (reference ``ResNet18``), ``batch``
 is ``BatchNorm2d`` (reference ``ResNet18BN``). The blocks are the stem and the 4 stages,
-so ``features`` returns 5 tensors; ``classify`` pools the last one globally (the reference
+so ``features`` returns 5 tensors (taps: ``pre_activation`` is the stem's norm output and
+each stage's last residual sum before its ReLU; no block pools, so ``pre_pool`` is the
+output); ``classify`` pools the last one globally (the reference
 ``avg_pool2d(out, 4)`` is the same on a 4x4 map) and applies the linear layer. ``embed``
 stays the flattened last block (512 x 4 x 4 at 32x32), as for every backbone here.
 """
@@ -24,7 +26,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..contracts import Backbone, Params
+from ..contracts import Backbone, Params, Tap
 from ._checks import check_context
 from .convnet import make_norm
 
@@ -59,7 +61,13 @@ class BasicBlock(nn.Module):
                 nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), _norm(norm, out_ch)
             )
 
+    def pre_activation(self, x: Tensor) -> Tensor:
+        """The residual sum before the closing ReLU."""
+        out = F.relu(self.bn1(self.conv1(x)))
+        return self.bn2(self.conv2(out)) + self.shortcut(x)
+
     def forward(self, x: Tensor) -> Tensor:
+        # pre_activation inlined: the default path makes no extra call
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x))  # not in place: outputs are features
@@ -117,6 +125,21 @@ class ResNet18(Backbone):
     def feature_shapes(self) -> list[tuple[int, ...]]:
         """Each block's output shape without the batch dimension (stem + 4 stages)."""
         return list(self._shapes)
+
+    def tap_block(self, k: int, x: Tensor, tap: Tap) -> tuple[Tensor, Tensor]:
+        """The stem is [conv, norm, ReLU]; a stage's tap is its last BasicBlock's: the
+        residual sum before the closing ReLU for ``pre_activation``. No block pools (the
+        global pool is in ``classify``), so ``pre_pool`` is the output."""
+        if k == 0:
+            return super().tap_block(k, x, tap)
+        if tap != "pre_activation":
+            out = self.blocks[k](x)
+            return out, out
+        *head, last = self.blocks[k]
+        for basic in head:
+            x = basic(x)
+        pre = last.pre_activation(x)
+        return pre, F.relu(pre)
 
     def classify(self, last: Tensor) -> Tensor:
         """(B, 512, h, w) -> global average pool -> logits (B, num_classes)."""

@@ -9,7 +9,9 @@ trailing ``AvgPool2d(1, 1)`` is the identity and is left out).
 
 Norm: ``instance`` is ``GroupNorm(C, C, affine=True)`` (the reference ``VGG11``),
 ``batch`` is ``BatchNorm2d`` (the reference ``VGG11BN``). The blocks are the five stages
-between max-pools, each closed by its pool, so ``features`` returns 5 tensors.
+between max-pools, each closed by its pool, so ``features`` returns 5 tensors. Feature
+taps: ``pre_activation`` is a stage's last conv+norm before its ReLU, ``pre_pool`` that
+ReLU's output before the max-pool.
 """
 
 from __future__ import annotations

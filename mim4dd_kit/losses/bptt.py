@@ -46,7 +46,15 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils.checkpoint import get_device_states, set_device_states
 
-from ..contracts import Backbone, LossOutput, Params, RunContext, SyntheticState
+from ..contracts import (
+    Backbone,
+    LossOutput,
+    Params,
+    RunContext,
+    SyntheticState,
+    tapped_features,
+)
+from .feature_taps import for_regularizer
 
 
 def _check_checkpoint(value: Any) -> bool | int:
@@ -79,7 +87,9 @@ class _FeaturesAndLogits(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+    def forward(self, x: Tensor, tap: str = "output") -> tuple[list[Tensor], Tensor | None]:
+        if tap != "output":  # features at another tap only (for a regularizer): no logits
+            return tapped_features(self.net, x, tap), None
         feats = self.net.features(x)
         return feats, self.net.classify(feats[-1])
 
@@ -334,7 +344,11 @@ class BPTT:
         logs = {"bptt_steps": float(steps)}
         if not want_features:
             return LossOutput(loss, logs=logs)
-        syn_feats, _ = functional_call(model, ({**w, **buffers},), (syn.images,))
+        real_feats = for_regularizer(ctx.feature_tap, lambda x, t: functional_call(
+            model, ({**w, **buffers},), (x,), {"tap": t})[0], real.detach(), real_feats,
+            grad=False)
+        syn_feats, _ = functional_call(model, ({**w, **buffers},), (syn.images,),
+                                       {"tap": ctx.feature_tap})
         return LossOutput(loss, syn_feats, syn.labels, real_feats, real_y, logs)
 
     def state_dict(self) -> dict[str, Any]:

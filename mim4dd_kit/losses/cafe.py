@@ -29,6 +29,7 @@ from torch import Tensor
 
 from ..contracts import Backbone, LossOutput, Params, RunContext, SyntheticState
 from .dm import class_means
+from .feature_taps import for_regularizer
 from .gradient_matching import PersistentNetwork, sgd_steps
 
 
@@ -122,6 +123,8 @@ class CAFE:
         logs = {"cafe_align": float(align.detach()), "cafe_disc": float(disc.detach())}
         if not want_features:
             return LossOutput(loss, logs=logs)
+        syn_feats = for_regularizer(ctx.feature_tap, net, syn_x, syn_feats)
+        real_feats = for_regularizer(ctx.feature_tap, net, real, real_feats, grad=False)
         return LossOutput(loss, syn_feats, syn_y, real_feats, real_y, logs)
 
     def state_dict(self) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from torch import Tensor
 
 from ..contracts import Backbone, LossOutput, Params, RunContext, Shard, SyntheticState
 from ..errors import RunError
+from .feature_taps import for_regularizer
 from .gradient_matching import (
     Distance,
     PersistentNetwork,
@@ -174,10 +175,14 @@ class DatasetCondensation:
             loss = loss / shard.world_size
         if not want_features:
             return LossOutput(loss, logs=logs)
+        tap = ctx.feature_tap
         return LossOutput(
             loss,
-            [f.flatten(0, 1) for f in f_syn], syn_y.reshape(-1),
-            [f.flatten(0, 1) for f in f_real], real_y.reshape(-1),
+            for_regularizer(tap, net, syn_x.flatten(0, 1), [f.flatten(0, 1) for f in f_syn]),
+            syn_y.reshape(-1),
+            for_regularizer(tap, net, real_x.flatten(0, 1), [f.flatten(0, 1) for f in f_real],
+                            grad=False),
+            real_y.reshape(-1),
             logs,
         )
 

@@ -27,6 +27,7 @@ from torch import Tensor
 from .. import chunked
 from ..contracts import LossOutput, Params, RunContext, Shard, SyntheticState
 from ..runtime import isolated_rng
+from .feature_taps import for_regularizer
 
 
 def class_sums(x: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
@@ -116,6 +117,8 @@ class DistributionMatching:
             loss = loss / ctx.shard.world_size
         if not want_features:
             return LossOutput(loss)
+        syn_feats = for_regularizer(ctx.feature_tap, net, syn_x, syn_feats)
+        real_feats = for_regularizer(ctx.feature_tap, net, real, real_feats, grad=False)
         return LossOutput(loss, syn_feats, syn_y, real_feats, real_y)
 
     def state_dict(self) -> dict[str, Any]:

@@ -160,8 +160,10 @@ class MTT:
         real, real_y = self._real_batch(iteration)
         target = {**self._unflatten(target_flat), **self._buffers(bufs, 1)}
         with torch.no_grad():
-            real_feats, _ = functional_call(self.model, (target,), (real,))
-        syn_feats, _ = functional_call(self.model, ({**w, **student_bufs},), (syn.images,))
+            real_feats, _ = functional_call(self.model, (target,), (real,),
+                                            {"tap": ctx.feature_tap})
+        syn_feats, _ = functional_call(self.model, ({**w, **student_bufs},), (syn.images,),
+                                       {"tap": ctx.feature_tap})
         return LossOutput(loss, syn_feats, syn.labels, real_feats, real_y, logs)
 
     def state_dict(self) -> dict[str, Any]:

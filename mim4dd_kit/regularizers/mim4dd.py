@@ -1,25 +1,36 @@
 """MIM4DD: mutual-information maximisation between synthetic and real features.
 
-Implements the paper's contrastive NCE regularizer (Eqs. 2.14-2.17). For every selected
-backbone block k a critic head g^k embeds the flattened features of both sides; the
-scores ``s_ij = <g(a_syn^i), g(a_real^j)> / tau`` form one (M, N) matrix per layer, the
-discriminator is ``h = sigmoid(s)`` (Eq. 2.15) and the layer loss (Eq. 2.16, as a
-quantity to minimise) is
+Implements the paper's contrastive NCE regularizer (Eqs. 2.10-2.17). For every selected
+backbone block k a critic head g^k embeds the features of both sides (flattened, or
+pooled per channel); the scores ``s_ij = <g(a_syn^i), g(a_real^j)> / tau`` form one
+(M, N) matrix per layer. Every discriminator the module offers is a shifted sigmoid,
+``h = e^s / (e^s + B) = sigmoid(s - log B)``:
+
+- ``sigmoid`` (Eq. 2.15 read literally): ``B = 1``;
+- ``prior`` (Eq. 2.12's class-prior odds): ``B = C - 1``;
+- ``crd`` (the contrastive-distillation form the paper builds on): ``B = (C - 1) Z`` with
+  ``Z`` a detached mean of ``e^s`` (fixed at the first call, or tracked), kept in the
+  module's state so a resumed run continues with the same constant.
+
+The layer loss (Eq. 2.16, as a quantity to minimise) is
 
     L_NCE^k = -( mean_P log h + (C - 1) * mean_Q log(1 - h) )
 
 with P the same-class pairs and Q the rest. The total added to the DD loss (Eq. 2.17) is
-``lambda * sum_k L_NCE^k / beta^(K-1-k)``. See docs/components/mim4dd.md.
+``w(t) * sum_k L_NCE^k / beta^(K-1-k)`` with ``w(t)`` lambda times the ramp factor (or the
+ramp factor alone when the engine rescales the gradient to ``rho`` times the DD one).
+See docs/components/mim4dd.md.
 
 In a multi-process run the real features are split over ranks (columns of the score
-matrices); each rank's NCE divides its columns' sums by the *global* pair counts, so the
-rank losses (and gradients) sum to the single-process ones (docs/distributed.md).
+matrices); each rank's NCE divides its columns' sums by the *global* pair counts, and
+``Z`` is the global mean, so the rank losses (and gradients) sum to the single-process
+ones (docs/distributed.md).
 """
 
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,25 +39,50 @@ from torch import Tensor, nn
 
 from ..contracts import CriticRef, Params, Shard
 
+#: named settings; a recipe's explicit fields override the preset's
+PRESETS: dict[str, dict[str, Any]] = {
+    # today's objective: Eq. 2.15 read literally, flattened block outputs, one joint step
+    "literal": {},
+    # bounded start (CRD's self-normalised discriminator, about log C + 1 per layer),
+    # low-dimensional critic input, critics trained before they steer the images, and a
+    # weight tied to the base method's own gradient scale (see docs/components/mim4dd.md)
+    "stable": {
+        "discriminator": "crd",
+        "critic_input": "channel_mean",
+        "critic_warmup": 50,
+        "critic_steps": 1,
+        "ramp": 20,
+        "rho": 0.1,
+    },
+}
+
+
+def _log_h(scores: Tensor, offset: Tensor | float) -> tuple[Tensor, Tensor]:
+    """``log h`` and ``log(1 - h)`` for ``h = sigmoid(scores - offset)``, stably."""
+    shifted = scores - offset
+    return -F.softplus(-shifted), -F.softplus(shifted)
+
 
 def nce_loss(
     scores: Tensor,
     positive: Tensor,
     num_classes: int,
     pair_counts: tuple[Tensor, Tensor] | None = None,
+    offset: Tensor | float = 0.0,
 ) -> Tensor:
     """Eq. 2.16 for one layer, as a loss. ``scores`` and ``positive`` are (M, N).
 
-    ``log h = -softplus(-s)`` and ``log(1 - h) = -softplus(s)`` are the stable forms of
-    the log-sigmoids. A batch without positive (or negative) pairs contributes 0 for that
-    term rather than NaN. ``pair_counts`` (positive, negative) replaces the counts of this
-    matrix as the denominators: with the counts of the full matrix, the loss of a block
-    of its columns is that block's share of the full loss (sharded runs).
+    ``h = sigmoid(s - offset)``; ``offset`` is ``log B`` of the discriminator
+    ``e^s / (e^s + B)`` (0 for the literal Eq. 2.15). ``log h = -softplus(offset - s)``
+    and ``log(1 - h) = -softplus(s - offset)`` are the stable forms. A batch without
+    positive (or negative) pairs contributes 0 for that term rather than NaN.
+    ``pair_counts`` (positive, negative) replaces the counts of this matrix as the
+    denominators: with the counts of the full matrix, the loss of a block of its columns
+    is that block's share of the full loss (sharded runs).
     """
     pos = positive.to(scores.dtype)
     neg = 1.0 - pos
-    log_h = -F.softplus(-scores)
-    log_1mh = -F.softplus(scores)
+    log_h, log_1mh = _log_h(scores, offset)
     n_pos, n_neg = pair_counts if pair_counts is not None else (pos.sum(), neg.sum())
     mean_pos = (log_h * pos).sum() / n_pos.clamp(min=1.0)
     mean_neg = (log_1mh * neg).sum() / n_neg.clamp(min=1.0)
@@ -54,16 +90,21 @@ def nce_loss(
 
 
 def mi_lower_bound(
-    scores: Tensor, positive: Tensor, num_classes: int, num_positive: Tensor | None = None
+    scores: Tensor,
+    positive: Tensor,
+    num_classes: int,
+    num_positive: Tensor | None = None,
+    offset: Tensor | float = 0.0,
 ) -> Tensor:
     """Eq. 2.14: ``log(C - 1) + E_P[log h]``, the MI estimate the loss maximises (nats).
 
     ``num_positive`` replaces this matrix's positive count (see :func:`nce_loss`); the
     sum over column blocks of their bounds then has ``log(C - 1)`` once per block.
+    ``offset`` selects the discriminator as in :func:`nce_loss`.
     """
     pos = positive.to(scores.dtype)
     n_pos = pos.sum() if num_positive is None else num_positive
-    mean_pos = (-F.softplus(-scores) * pos).sum() / n_pos.clamp(min=1.0)
+    mean_pos = (_log_h(scores, offset)[0] * pos).sum() / n_pos.clamp(min=1.0)
     return math.log(max(num_classes - 1, 1)) + mean_pos
 
 
@@ -72,15 +113,29 @@ def layer_weights(num_layers: int, beta: float) -> list[float]:
     return [1.0 / beta ** (num_layers - 1 - k) for k in range(1, num_layers + 1)]
 
 
+def ramp_factor(iteration: int, ramp: int) -> float:
+    """The weight's factor at 0-based ``iteration``: ``iteration / ramp`` up to 1."""
+    return 1.0 if ramp <= 0 else min(1.0, iteration / ramp)
+
+
 class MIM4DD(nn.Module):
     """MIM4DD contrastive mutual-information regularizer (Eqs. 2.14-2.17)."""
 
     #: accepts real features split over ranks when :attr:`shard` is set (by the engine)
     shardable: ClassVar[bool] = True
+    #: the engine passes ``feature_shapes`` (per-block shapes without the batch)
+    takes_feature_shapes: ClassVar[bool] = True
 
     class Params(Params):
         model_config = ConfigDict(populate_by_name=True)
 
+        preset: Literal["literal", "stable"] = Field(
+            "literal",
+            description="named setting: 'literal' is Eq. 2.15-2.17 as printed (sigmoid, "
+            "flattened block outputs, one joint step); 'stable' is the CRD discriminator "
+            "with pooled critic input, critic warm-up and steps, a ramp and rho 0.1; "
+            "fields given explicitly override the preset's",
+        )
         lam: float = Field(
             0.8, ge=0, alias="lambda", description="lambda in Eq. 2.17 (paper: 0.8)"
         )
@@ -100,6 +155,73 @@ class MIM4DD(nn.Module):
             None, description="1-based blocks to regularize; null means all K blocks"
         )
         critic_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the critics")
+        discriminator: Literal["sigmoid", "prior", "crd"] = Field(
+            "sigmoid",
+            description="h = e^s / (e^s + B): 'sigmoid' B = 1 (Eq. 2.15 literal), 'prior' "
+            "B = C - 1 (Eq. 2.12), 'crd' B = (C - 1) Z with Z a detached mean of e^s",
+        )
+        z_mode: Literal["fixed", "tracked"] = Field(
+            "fixed",
+            description="crd only: Z fixed at the first call (as contrastive distillation "
+            "does) or tracked as a moving average of each call's mean e^s",
+        )
+        z_momentum: float = Field(
+            0.9, ge=0, lt=1,
+            description="crd, z_mode tracked: Z <- m Z + (1 - m) mean(e^s) per call",
+        )
+        tap: Literal["output", "pre_pool", "pre_activation"] = Field(
+            "output",
+            description="where each block's features are taken: its output (post-ReLU, "
+            "post-pool), before its pooling, or before its closing nonlinearity (Eq. 2.4-2.6's "
+            "W^k sigma(...)); the DD loss hands these over (Backbone.features tap)",
+        )
+        critic_input: Literal["flatten", "channel_mean"] = Field(
+            "flatten",
+            description="what a critic sees of a block's (B, C, H, W) features: all of it "
+            "flattened, or the per-channel spatial mean (B, C)",
+        )
+        critic_steps: int = Field(
+            0, ge=0,
+            description="critic-only Adam steps per iteration on the iteration's detached "
+            "features, before the joint step",
+        )
+        critic_warmup: int = Field(
+            0, ge=0,
+            description="critic-only steps at the run's first iteration (on its detached "
+            "features), before anything touches the images",
+        )
+        ramp: int = Field(
+            0, ge=0,
+            description="ramp the weight (lambda, or rho) linearly from 0 over this many "
+            "iterations; 0 = full weight from the start",
+        )
+        rho: float | None = Field(
+            None, gt=0,
+            description="gradient-relative weight: the regularizer's image gradient is "
+            "rescaled each iteration to rho times the DD gradient's norm (replaces lambda); "
+            "null = weight by lambda",
+        )
+        lr_gradient: bool = Field(
+            False,
+            description="with rho: let the (rescaled) regularizer gradient reach a learned "
+            "lr (MTT, BPTT); off keeps the lr the base method's alone",
+        )
+        diagnostics_every: int = Field(
+            10, ge=0,
+            description="log gradient norms, MI bounds, score means and pixel std every N "
+            "iterations into losses.jsonl (0 = off); costs one extra backward of the "
+            "regularizer on those iterations",
+        )
+
+        @model_validator(mode="before")
+        @classmethod
+        def _apply_preset(cls, data: Any) -> Any:
+            if not isinstance(data, dict):
+                return data
+            name = data.get("preset", "literal")
+            if name not in PRESETS:
+                return data  # the Literal check reports it
+            return {**PRESETS[name], **data}
 
         @field_validator("beta")
         @classmethod
@@ -124,6 +246,7 @@ class MIM4DD(nn.Module):
         num_classes: int,
         feature_dims: list[int],
         registry,
+        feature_shapes: list[tuple[int, ...]] | None = None,
     ):
         super().__init__()
         self.params = params
@@ -139,33 +262,103 @@ class MIM4DD(nn.Module):
         self.register_buffer(
             "weights", torch.tensor([weights[k - 1] for k in self.layers]), persistent=False
         )
+        if params.critic_input == "channel_mean":
+            if feature_shapes is None:
+                raise ValueError("critic_input channel_mean needs the blocks' feature shapes")
+            in_dims = [int(feature_shapes[k - 1][0]) for k in self.layers]
+        else:
+            in_dims = [feature_dims[k - 1] for k in self.layers]
         self.critics = nn.ModuleList(
-            registry.build("critics", params.critic, in_features=feature_dims[k - 1])
-            for k in self.layers
+            registry.build("critics", params.critic, in_features=d) for d in in_dims
         )
+        # log Z per layer (crd); NaN until the first call sets it. Saved with the state.
+        self.register_buffer("log_z", torch.full((len(self.layers),), math.nan))
         self.lr = params.critic_lr
         self.last_logs: dict[str, float] = {}
+        #: detached (scores, positive, counts, offsets) of the last call, for diagnostics
+        self.last_scores: tuple[list[Tensor], Tensor, Any, list[Tensor]] | None = None
+        #: 0-based iteration of the run, set by the engine before each call (ramp)
+        self.iteration = 0
         #: the rank's part of a sharded run: the real features are its rows only
         self.shard = Shard()
+
+    # -- pieces ---------------------------------------------------------------------------
+    def _critic_view(self, feats: Tensor) -> Tensor:
+        if self.params.critic_input == "channel_mean" and feats.dim() > 2:
+            return feats.flatten(2).mean(2)
+        return feats.flatten(1)
 
     def scores(self, syn_feats: list[Tensor], real_feats: list[Tensor]) -> list[Tensor]:
         """One (M, N) score matrix per selected layer."""
         out = []
         for critic, k in zip(self.critics, self.layers, strict=True):
-            zs = critic(syn_feats[k - 1].flatten(1))  # (M, E)
-            zr = critic(real_feats[k - 1].flatten(1))  # (N, E)
+            zs = critic(self._critic_view(syn_feats[k - 1]))  # (M, E)
+            zr = critic(self._critic_view(real_feats[k - 1]))  # (N, E)
             if self.params.normalize:
                 zs, zr = F.normalize(zs, dim=1), F.normalize(zr, dim=1)
             out.append(zs @ zr.T / self.params.tau)
         return out
 
-    def forward(
+    def weight(self) -> float:
+        """The factor of the layer sum at :attr:`iteration`: lambda times the ramp factor,
+        or 1 under ``rho`` (the engine then applies rho and the ramp to the gradient, so
+        the critics keep a full-strength gradient of their own)."""
+        if self.params.rho is not None:
+            return 1.0
+        return self.params.lam * ramp_factor(self.iteration, self.params.ramp)
+
+    def image_scale(self) -> float | None:
+        """Under ``rho``: the target ratio of the regularizer's image-gradient norm to the
+        DD one at :attr:`iteration` (rho times the ramp factor); None without rho."""
+        if self.params.rho is None:
+            return None
+        return self.params.rho * ramp_factor(self.iteration, self.params.ramp)
+
+    def _offsets(self, scores: list[Tensor]) -> list[Tensor | float]:
+        """``log B`` per layer; for crd, sets (first call) or tracks ``log Z``."""
+        p, c = self.params, self.num_classes
+        log_c1 = math.log(max(c - 1, 1))
+        if p.discriminator == "sigmoid":
+            return [0.0] * len(scores)
+        if p.discriminator == "prior":
+            return [log_c1] * len(scores)
+        with torch.no_grad():
+            # log mean e^s over the full matrix (all ranks): logsumexp, then - log count
+            lse = torch.stack([torch.logsumexp(
+                s.flatten().to(torch.promote_types(s.dtype, torch.float32)), 0) for s in scores])
+            count = torch.tensor(float(scores[0].numel()), dtype=lse.dtype, device=lse.device)
+            if self.shard.active:
+                peak = self.shard_max(lse)
+                total = self.shard.sum(torch.cat([torch.exp(lse - peak), count[None]]))
+                lse, count = peak + torch.log(total[:-1]), total[-1]
+            log_mean = (lse - torch.log(count)).to(self.log_z.dtype)
+            unset = torch.isnan(self.log_z)
+            if p.z_mode == "fixed":
+                self.log_z.copy_(torch.where(unset, log_mean, self.log_z))
+            else:
+                m = p.z_momentum
+                tracked = torch.logaddexp(self.log_z + math.log(m) if m > 0 else
+                                          torch.full_like(self.log_z, -math.inf),
+                                          log_mean + math.log1p(-m))
+                self.log_z.copy_(torch.where(unset, log_mean, tracked))
+        return [log_c1 + self.log_z[i].to(s.dtype) for i, s in enumerate(scores)]
+
+    def shard_max(self, t: Tensor) -> Tensor:
+        """Element-wise max of ``t`` over ranks (a stable shift for the sharded Z)."""
+        import torch.distributed as dist
+
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t
+
+    def layer_losses(
         self,
         syn_feats: list[Tensor],
         syn_labels: Tensor,
         real_feats: list[Tensor],
         real_labels: Tensor,
     ) -> Tensor:
+        """The unweighted ``L_NCE^k`` of every selected layer, a (len(layers),) tensor."""
         if len(syn_feats) != self.num_layers or len(real_feats) != self.num_layers:
             raise ValueError(
                 f"mim4dd expects {self.num_layers} feature tensors per side, got "
@@ -178,10 +371,58 @@ class MIM4DD(nn.Module):
             both = self.shard.sum(torch.stack([n_pos, positive.numel() - n_pos]))
             both = both.to(syn_feats[0].dtype)
             counts = (both[0], both[1])
+        scores = self.scores(syn_feats, real_feats)
+        offsets = self._offsets(scores)
         losses = torch.stack(
-            [nce_loss(s, positive, self.num_classes, counts)
-             for s in self.scores(syn_feats, real_feats)]
+            [nce_loss(s, positive, self.num_classes, counts, o)
+             for s, o in zip(scores, offsets, strict=True)]
         )
+        self.last_scores = ([s.detach() for s in scores], positive, counts,
+                            [o.detach() if isinstance(o, Tensor) else torch.tensor(o)
+                             for o in offsets])
+        return losses
+
+    def forward(
+        self,
+        syn_feats: list[Tensor],
+        syn_labels: Tensor,
+        real_feats: list[Tensor],
+        real_labels: Tensor,
+    ) -> Tensor:
+        losses = self.layer_losses(syn_feats, syn_labels, real_feats, real_labels)
         values = losses.detach().tolist()
         self.last_logs = {f"nce{k}": v for k, v in zip(self.layers, values, strict=True)}
-        return self.params.lam * (losses * self.weights).sum()
+        return self.weight() * (losses * self.weights).sum()
+
+    def critic_loss(
+        self,
+        syn_feats: list[Tensor],
+        syn_labels: Tensor,
+        real_feats: list[Tensor],
+        real_labels: Tensor,
+    ) -> Tensor:
+        """The layer sum without lambda or ramp: what critic-only steps minimise."""
+        losses = self.layer_losses(syn_feats, syn_labels, real_feats, real_labels)
+        return (losses * self.weights).sum()
+
+    def diagnostics(self) -> dict[str, float]:
+        """Per layer, from the last call: Eq. 2.14's MI bound (``mi{k}``) and the mean
+        score of positive and negative pairs (``pos{k}``, ``neg{k}``). In a sharded run
+        each value is this rank's share (the sums over ranks are the full values)."""
+        if self.last_scores is None:
+            return {}
+        scores, positive, counts, offsets = self.last_scores
+        pos = positive.to(scores[0].dtype)
+        if counts is None:
+            n_pos, n_neg = pos.sum(), (1.0 - pos).sum()
+        else:
+            n_pos, n_neg = counts
+        n_pos, n_neg = n_pos.clamp(min=1.0), n_neg.clamp(min=1.0)
+        const = math.log(max(self.num_classes - 1, 1)) if self.shard.rank == 0 else 0.0
+        out: dict[str, float] = {}
+        for k, s, o in zip(self.layers, scores, offsets, strict=True):
+            log_h = _log_h(s, o.to(s.dtype))[0]
+            out[f"mi{k}"] = const + float((log_h * pos).sum() / n_pos)
+            out[f"pos{k}"] = float((s * pos).sum() / n_pos)
+            out[f"neg{k}"] = float((s * (1.0 - pos)).sum() / n_neg)
+        return out

@@ -106,6 +106,25 @@ def test_drawings_write_pngs(tmp_path):
                            ylabels=["x"])
 
 
+def test_loss_curves_draw_the_gradient_ratio_on_a_log_scale(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    drawn = []
+    save = plots._save_png
+    monkeypatch.setattr(plots, "_save_png", lambda fig, path, dpi=100: (drawn.append(fig),
+                                                                       save(fig, path, dpi))[1])
+    # diagnostics are logged every other iteration: the ratio is a sparse series
+    history = [{"iteration": i, "loss_dd": 1.0 / i, "loss_reg": 0.1,
+                **({"grad_ratio": 10.0 ** (2 - i)} if i % 2 else {})} for i in range(1, 7)]
+    plots.save_loss_curves(history, tmp_path / "loss.png")
+    axes = drawn[0].axes
+    assert [a.get_ylabel() for a in axes] == ["$L_{DD}$", "regularizer",
+                                              "|grad reg| / |grad DD|"]
+    ratio = axes[2]
+    assert ratio.get_yscale() == "log"
+    assert list(ratio.lines[0].get_xdata()) == [1.0, 3.0, 5.0]
+    assert list(ratio.lines[0].get_ydata()) == [10.0, 0.1, 0.001]
+
+
 def test_drawing_without_matplotlib_is_a_clear_error(tmp_path, monkeypatch):
     _no_matplotlib(monkeypatch)
     with pytest.raises(MissingExtraError, match=r"pip install 'mim4dd_kit\[plot\]'"):

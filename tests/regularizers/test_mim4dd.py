@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from pydantic import ValidationError
 
 from mim4dd_kit.registry import default_registry
@@ -124,3 +125,176 @@ def test_wrong_number_of_feature_tensors_is_rejected():
     reg = _build()
     with pytest.raises(ValueError, match="expects 2 feature tensors"):
         reg([torch.randn(2, 4)], torch.arange(2), [torch.randn(2, 4)], torch.arange(2))
+
+
+# -- discriminators, Z, critic input, presets, ramp ------------------------------------
+
+
+def _reference_shifted_nce(scores, positive, c, b):
+    """Eq. 2.16 with h = e^s / (e^s + b), by hand."""
+    pairs = [(s, p) for row, prow in zip(scores, positive, strict=True)
+             for s, p in zip(row, prow, strict=True)]
+    h = [(math.exp(s) / (math.exp(s) + b), p) for s, p in pairs]
+    pos = [math.log(v) for v, p in h if p]
+    neg = [math.log(1 - v) for v, p in h if not p]
+    return -(sum(pos) / len(pos) + (c - 1) * sum(neg) / len(neg))
+
+
+@pytest.mark.parametrize("b", [1.0, 9.0, 9.0 * 3.7])
+def test_shifted_discriminator_matches_hand_computation(b):
+    scores = [[0.5, -1.0, 2.0], [0.0, 3.0, -0.25]]
+    positive = [[True, False, False], [False, True, True]]
+    got = nce_loss(torch.tensor(scores, dtype=torch.float64), torch.tensor(positive), 10,
+                   offset=math.log(b))
+    assert got.item() == pytest.approx(_reference_shifted_nce(scores, positive, 10, b),
+                                       rel=1e-12)
+    bound = mi_lower_bound(torch.tensor(scores, dtype=torch.float64), torch.tensor(positive),
+                           10, offset=math.log(b))
+    expected = math.log(9) + sum(math.log(math.exp(s) / (math.exp(s) + b))
+                                 for s in (0.5, 3.0, -0.25)) / 3
+    assert bound.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_shifted_discriminator_is_stable_at_extreme_scores():
+    s = torch.tensor([[80.0, -80.0]], requires_grad=True)
+    loss = nce_loss(s, torch.tensor([[True, False]]), 10, offset=torch.tensor(60.0))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
+    # h = sigmoid(20) on the positive, sigmoid(-140) on the negative: both near-perfect
+    assert loss.item() == pytest.approx(-_logsig(20.0) - 9 * _logsig(140.0), rel=1e-6)
+
+
+def _build10(**params):
+    p = MIM4DD.Params.model_validate(params)
+    return MIM4DD(p, num_classes=10, feature_dims=[4, 6], registry=default_registry())
+
+
+def _feats(m=20, n=30, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    syn = [torch.randn(m, 4, generator=g, dtype=torch.float64),
+           torch.randn(m, 6, generator=g, dtype=torch.float64)]
+    real = [torch.randn(n, 4, generator=g, dtype=torch.float64),
+            torch.randn(n, 6, generator=g, dtype=torch.float64)]
+    return syn, torch.arange(m) % 10, real, torch.arange(n) % 10
+
+
+def test_crd_z_is_the_mean_of_exp_scores_at_the_first_call_and_stays_fixed():
+    reg = _build10(discriminator="crd", critic={"name": "identity"}, normalize=False,
+                   tau=1.0).double()
+    syn, ys, real, yr = _feats()
+    scores = reg.scores(syn, real)
+    reg(syn, ys, real, yr)
+    expected = [math.log(float(s.exp().mean())) for s in scores]
+    assert reg.log_z.tolist() == pytest.approx(expected, rel=1e-12)
+    # the second call uses the first call's Z, not its own
+    syn2, _, real2, _ = _feats(seed=1)
+    got = reg(syn2, ys, real2, yr)
+    positive = (ys[:, None] == yr[None, :]).tolist()
+    manual = 0.0
+    for k, w in enumerate([1.0, 2.0]):
+        s = (syn2[k] @ real2[k].T).tolist()
+        manual += w * _reference_shifted_nce(s, positive, 10, 9 * math.exp(expected[k]))
+    assert got.item() == pytest.approx(0.8 * manual, rel=1e-10)
+    assert reg.log_z.tolist() == pytest.approx(expected, rel=1e-12)
+    assert "log_z" in reg.state_dict()
+
+
+def test_crd_z_tracked_is_a_moving_average():
+    reg = _build10(discriminator="crd", z_mode="tracked", z_momentum=0.75,
+                   critic={"name": "identity"}, normalize=False, tau=1.0).double()
+    a, ys, ra, yr = _feats(seed=0)
+    b, _, rb, _ = _feats(seed=1)
+    reg(a, ys, ra, yr)
+    reg(b, ys, rb, yr)
+    for i, (sa, sb) in enumerate(zip(reg.scores(a, ra), reg.scores(b, rb), strict=True)):
+        z = 0.75 * float(sa.exp().mean()) + 0.25 * float(sb.exp().mean())
+        assert reg.log_z[i].item() == pytest.approx(math.log(z), rel=1e-10)
+
+
+def test_crd_starts_near_log_c_plus_one_per_layer():
+    # equal scores everywhere (an untrained critic's view): h = 1/C, so the layer loss is
+    # log C + (C - 1) log(C / (C - 1)), about log(C - 1) + 1, whatever the score level
+    s = torch.full((20, 30), 9.0, dtype=torch.float64)
+    positive = (torch.arange(20) % 10)[:, None] == (torch.arange(30) % 10)[None, :]
+    literal = nce_loss(s, positive, 10)
+    crd = nce_loss(s, positive, 10, offset=math.log(9) + 9.0)
+    assert crd.item() == pytest.approx(math.log(10) + 9 * math.log(10 / 9), rel=1e-12)
+    assert literal.item() > 80  # the literal sigmoid is saturated: (C - 1) * 9 and more
+
+
+def test_z_is_restored_from_the_state_dict():
+    reg = _build10(discriminator="crd")
+    syn, ys, real, yr = _feats()
+    reg.double()(syn, ys, real, yr)
+    other = _build10(discriminator="crd").double()
+    other.load_state_dict(reg.state_dict())
+    assert torch.equal(other.log_z, reg.log_z)
+
+
+def test_prior_discriminator_offsets_by_log_c_minus_one():
+    reg = _build10(discriminator="prior", critic={"name": "identity"}, normalize=False,
+                   tau=1.0).double()
+    syn, ys, real, yr = _feats()
+    got = reg(syn, ys, real, yr)
+    positive = (ys[:, None] == yr[None, :]).tolist()
+    manual = sum(w * _reference_shifted_nce((syn[k] @ real[k].T).tolist(), positive, 10, 9.0)
+                 for k, w in enumerate([1.0, 2.0]))
+    assert got.item() == pytest.approx(0.8 * manual, rel=1e-10)
+
+
+def test_channel_mean_critic_sees_per_channel_means():
+    p = MIM4DD.Params.model_validate({"critic_input": "channel_mean",
+                                      "critic": {"name": "linear", "out_dim": 5}})
+    reg = MIM4DD(p, num_classes=3, feature_dims=[4 * 5 * 5, 6 * 2 * 2],
+                 registry=default_registry(), feature_shapes=[(4, 5, 5), (6, 2, 2)])
+    assert [c.fc.in_features for c in reg.critics] == [4, 6]
+    syn = [torch.randn(3, 4, 5, 5), torch.randn(3, 6, 2, 2)]
+    real = [torch.randn(7, 4, 5, 5), torch.randn(7, 6, 2, 2)]
+    got = reg.scores(syn, real)
+    for k, critic in enumerate(reg.critics):
+        zs = F.normalize(critic(syn[k].mean((2, 3))), dim=1)
+        zr = F.normalize(critic(real[k].mean((2, 3))), dim=1)
+        assert torch.allclose(got[k], zs @ zr.T / 0.07, atol=1e-5)
+    with pytest.raises(ValueError, match="feature shapes"):
+        MIM4DD(p, num_classes=3, feature_dims=[4, 6], registry=default_registry())
+
+
+def test_literal_preset_is_the_default_and_todays_objective():
+    assert MIM4DD.Params() == MIM4DD.Params(preset="literal")
+    p = MIM4DD.Params()
+    assert (p.discriminator, p.critic_input, p.critic_steps, p.critic_warmup, p.ramp,
+            p.rho) == ("sigmoid", "flatten", 0, 0, 0, None)
+    # the default objective is the hand-computed Eq. 2.15-2.17 (see the identity test)
+    test_identity_critic_total_matches_manual_sum()
+
+
+def test_stable_preset_and_explicit_overrides():
+    p = MIM4DD.Params.model_validate({"preset": "stable"})
+    assert (p.discriminator, p.critic_input, p.rho) == ("crd", "channel_mean", 0.1)
+    assert p.critic_warmup > 0 and p.critic_steps > 0 and p.ramp > 0
+    q = MIM4DD.Params.model_validate({"preset": "stable", "rho": 0.3,
+                                      "discriminator": "prior"})
+    assert (q.rho, q.discriminator, q.critic_input) == (0.3, "prior", "channel_mean")
+    with pytest.raises(ValidationError, match="preset"):
+        MIM4DD.Params.model_validate({"preset": "best"})
+
+
+def test_ramp_scales_lambda_from_zero():
+    reg = _build(**{"lambda": 0.8, "ramp": 4, "critic": {"name": "identity"}})
+    syn = [torch.randn(3, 4), torch.randn(3, 6)]
+    real = [torch.randn(5, 4), torch.randn(5, 6)]
+    ys, yr = torch.arange(3), torch.arange(5) % 3
+    values = []
+    for it in (0, 1, 2, 4, 9):
+        reg.iteration = it
+        values.append(reg(syn, ys, real, yr).item())
+    full = values[-1]
+    assert values[0] == 0.0
+    assert values[1:4] == pytest.approx([full / 4, full / 2, full], rel=1e-6)
+
+
+def test_rho_leaves_the_value_unweighted_and_reports_the_image_scale():
+    reg = _build(**{"lambda": 0.8, "rho": 0.2, "ramp": 2, "critic": {"name": "identity"}})
+    reg.iteration = 1
+    assert reg.weight() == 1.0 and reg.image_scale() == pytest.approx(0.1)
+    assert _build().image_scale() is None

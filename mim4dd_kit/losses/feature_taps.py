@@ -1,0 +1,39 @@
+"""The feature hand-off to a regularizer at the run's feature tap (``ctx.feature_tap``).
+
+A DD loss computes block outputs for its own objective; a regularizer may want each
+block's tensor elsewhere (``Backbone.features(x, tap=...)``: before the pooling, or before
+the closing nonlinearity). :func:`for_regularizer` returns the loss's own block outputs
+when the tap is ``"output"`` (no extra pass: the default path is unchanged) and one more
+pass of the same network at the tap otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..contracts import tapped_features
+
+#: a network as a function of (inputs, tap) returning its block features
+FeatureFn = Callable[[Tensor, str], list[Tensor]]
+
+
+def for_regularizer(
+    tap: str,
+    net: nn.Module | FeatureFn,
+    x: Tensor,
+    outputs: list[Tensor],
+    *,
+    grad: bool = True,
+) -> list[Tensor]:
+    """The regularizer's features of ``x``: ``outputs`` (the block outputs the loss already
+    computed with ``net`` on ``x``) for the ``"output"`` tap, else ``net``'s features at
+    ``tap`` (with autograd only when ``grad``; the real side needs none)."""
+    if tap == "output":
+        return outputs
+    with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+        if isinstance(net, nn.Module):
+            return tapped_features(net, x, tap)
+        return net(x, tap)

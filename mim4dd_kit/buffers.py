@@ -16,7 +16,7 @@ Layout under ``<cache>/buffers/<key>/``::
                                  file's metadata
 
 ``<key>`` hashes everything that changes a trajectory (data set content and spec,
-normalisation, backbone, augmentation, lr, batch, epochs, momentum, weight decay, seed).
+normalisation, backbone, augmentation, ``expert_lr``, batch, epochs, momentum, weight decay, seed).
 The number of experts is *not* part of it: expert ``i`` is trained on its own RNG stream
 seeded by ``(buffer_seed, i)``, so asking for more experts extends a folder and asking for
 fewer uses its first ones. Each file is written atomically, so an interrupted build keeps
@@ -85,7 +85,7 @@ def key_inputs(ctx: RunContext, params: MTT.Params) -> dict[str, Any]:
         "backbone": dict(ctx.backbone_spec),
         "augmentation": _augmentation_identity(ctx.augment),
         "train_epochs": train_epochs(params),
-        "lr_teacher": params.lr_teacher,
+        "expert_lr": params.expert_lr,
         "expert_batch": params.expert_batch,
         "expert_momentum": params.expert_momentum,
         "expert_weight_decay": params.expert_weight_decay,
@@ -135,7 +135,7 @@ def train_expert(
     with isolated_rng(expert_seed(params.buffer_seed, index), ctx.device):
         net = ctx.make_backbone().to(ctx.device)
         net.train()
-        opt = torch.optim.SGD(net.parameters(), lr=params.lr_teacher,
+        opt = torch.optim.SGD(net.parameters(), lr=params.expert_lr,
                               momentum=params.expert_momentum,
                               weight_decay=params.expert_weight_decay)
         rows = [flat_parameters(net).cpu()]

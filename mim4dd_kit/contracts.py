@@ -455,10 +455,11 @@ class DDLoss(Protocol):
     returns the per-block features of both sides for a regularizer. It may keep state
     (a network trained between outer steps, expert buffers) in ``state_dict`` /
     ``load_state_dict`` so runs resume exactly. ``learns_lr`` tells the engine to create
-    a learnable lr. ``shardable = True`` (optional class attribute) declares that the
-    loss honours ``ctx.shard``: it keeps only its rank's real rows and returns a partial
-    loss whose sum over ranks is the full loss (docs/distributed.md); multi-process runs
-    refuse losses without it.
+    a learnable lr; an optional ``initial_lr`` (float) is where it starts unless the
+    recipe sets ``synthetic.lr_init``. ``shardable = True`` (optional class attribute)
+    declares that the loss honours ``ctx.shard``: it keeps only its rank's real rows and
+    returns a partial loss whose sum over ranks is the full loss (docs/distributed.md);
+    multi-process runs refuse losses without it.
     """
 
     learns_lr: ClassVar[bool]

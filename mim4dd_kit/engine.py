@@ -273,7 +273,8 @@ class Run:
             self.opt_img, milestones=s.schedule.milestones, gamma=s.schedule.gamma)
         self.opt_lr = None
         if s.learn_lr or getattr(self.loss, "learns_lr", False):
-            self.syn.lr = torch.tensor(s.lr_init, device=self.device, requires_grad=True)
+            init = s.lr_init if s.lr_init is not None else getattr(self.loss, "initial_lr", 0.01)
+            self.syn.lr = torch.tensor(init, device=self.device, requires_grad=True)
             self.opt_lr = torch.optim.SGD([self.syn.lr], lr=s.lr_lr, momentum=0.5)
         params = list(self.reg.parameters()) if self.reg is not None else []
         self.opt_reg = torch.optim.Adam(params, lr=self.reg.lr) if params else None
@@ -385,6 +386,9 @@ class Run:
             )
         if not self.shard.active:
             self._backward(dd, r, total, opts, logs, partial, diagnose)
+        clip = self.recipe.synthetic.grad_clip
+        if clip is not None and self.syn.images.grad is not None:
+            torch.nn.utils.clip_grad_norm_([self.syn.images], clip)
         self.guard.note_start(self.syn.images)
         for o in opts:
             o.step()

@@ -55,8 +55,13 @@ class SyntheticSettings(_Strict):
     schedule: Schedule = Field(default_factory=Schedule)
     batch_real: int = Field(256, ge=1, description="real images per class per iteration")
     learn_lr: bool = Field(False, description="learn a training lr with the images")
-    lr_init: float = Field(0.01, gt=0, description="initial value of a learned lr")
+    lr_init: float | None = Field(
+        None, gt=0, description="initial value of a learned lr; null: the dd loss's own "
+        "(mtt: dd_loss.lr_teacher, bptt: dd_loss.inner_lr), else 0.01")
     lr_lr: float = Field(1e-5, gt=0, description="learning rate of the learned lr")
+    grad_clip: float | None = Field(
+        None, gt=0, description="clip the norm of the synthetic images' gradient to this "
+        "value before each image step (BPTT's reference: 2); null: off")
 
 
 class OutputSettings(_Strict):

@@ -71,6 +71,14 @@ MTT_OWN = {
     50: {"syn_steps": 30, "expert_epochs": 2, "max_start_epoch": 40, "lr_img": 1000.0,
          "lr_lr": 1e-05, "lr_teacher": 0.001, "zca": False},
 }
+#: buffer.py trains every expert at its default lr 0.01 (buffer.py:117; MTT readme.md:82);
+#: the tables' lr_teacher is distill.py's initial learned lr only (distill.py:118)
+MTT_EXPERT_LR = 0.01
+#: BPTT reference settings (princetonvisualai/RememberThePast-DatasetDistillation): README
+#: command (150 steps, minibatch 10 per class), configs (inner lr 0.01, momentum 0.9),
+#: runner (clip 2, 64 real images per class)
+BPTT = {"inner_steps": 150, "inner_lr": 0.01, "momentum": 0.9, "grad_clip": 2.0,
+        "real_per_class": 64, "per_class_step": 10}
 #: lambda values of the Fig. 3 sweep: the paper plots lambda without listing the values;
 #: this grid brackets the default 0.8, and lambda 0 is the MTT baseline
 LAMBDA_GRID = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2]
@@ -177,17 +185,39 @@ def build(ds: str, ipc: int, method: str) -> tuple[dict[str, Any], list[str]]:
             + " One engine iteration is one image update.",
         ]
     elif method == "bptt":
-        synthetic = _synthetic(
-            ipc, iterations=PAPER["iterations"], lr=PAPER["lr"],
-            batch_real=_per_class(PAPER["batch"], c), schedule=True,
-            learn_lr={"lr_init": 0.01, "lr_lr": 1e-05})
-        loss = {"name": "bptt", "inner_steps": 20, "momentum": 0.9}
+        if ds.startswith("cifar"):
+            dataset["zca"] = True
+        synthetic = _synthetic(ipc, iterations=PAPER["iterations"], lr=PAPER["lr"],
+                               batch_real=BPTT["real_per_class"], schedule=True)
+        synthetic["grad_clip"] = BPTT["grad_clip"]
+        loss = {"name": "bptt", "inner_steps": BPTT["inner_steps"], "inner_lr": BPTT["inner_lr"],
+                "momentum": BPTT["momentum"], "augment": False, "checkpoint": True}
+        per_class = BPTT["per_class_step"]
+        if ipc > per_class:
+            loss["batch_syn"] = per_class * c
         header += [
-            "BPTT (Deng & Russakovsky, princetonvisualai/RememberThePast): 20 unrolled inner "
-            "steps, inner momentum 0.9 (its config), learnable inner lr starting at 0.01 "
-            "(the evaluation lr), lr_lr 1e-5 (our choice; not published).",
+            "BPTT (Deng & Russakovsky, princetonvisualai/RememberThePast-DatasetDistillation "
+            "@f49e631): 150 unrolled inner steps (README.md:26, 5th argument; the config's 20 "
+            "is overridden), inner SGD lr 0.01 fixed and momentum 0.9 "
+            "(configs/compressors_bptt_interventions.yml:50-54, used by "
+            "models/compressor_bptt_standard.py:114,159), image gradient clipped at norm 2 "
+            "(runners/sgld_runner_standard.py:216), image SGD momentum 0.5 "
+            "(configs/compressors_bptt_interventions.yml:41), 64 real images per class for "
+            "the meta-loss (runners/sgld_runner_standard.py:78), no augmentation "
+            "(README.md:26 'none')"
+            + (", ZCA (README.md:26 zca=1; the toolkit's ZCA is MTT's kornia form, see "
+               "docs/components/bptt.md)" if ds.startswith("cifar") else "")
+            + (f", {per_class} synthetic images per class per inner step (README.md:26 "
+               f"minibatch 10), here {per_class * c} drawn from the whole set"
+               if ipc > per_class else ", the whole set in every inner step (README.md:26 "
+               "minibatch 10 >= IPC)")
+            + ". Checkpointed unroll (same gradient, memory of one step's activations).",
             SOURCES["paper"].replace(", lambda 0.8, beta 2, one fc-layer critic", "")
-            + f" Batch 256 real images in all: {_per_class(256, c)} per class here.",
+            + " The paper's image lr, schedule and iteration count replace the reference's "
+            "(lr 0.1 constant, 500,000 iterations: configs/compressors_bptt_interventions.yml:2; "
+            "utils/command_parser.py:18).",
+            "Init from real images; the reference starts from xavier-uniform noise "
+            "(compressors/imgs_embedding_minibatch.py:40), see docs/components/bptt.md.",
         ]
     elif method == "mtt":
         m, where = _mtt_settings(ds, ipc)
@@ -196,17 +226,22 @@ def build(ds: str, ipc: int, method: str) -> tuple[dict[str, Any], list[str]]:
         synthetic = _synthetic(
             ipc, iterations=PAPER["iterations"], lr=m["lr_img"],
             batch_real=_per_class(PAPER["batch"], c),
-            learn_lr={"lr_init": m["lr_teacher"], "lr_lr": m["lr_lr"]})
+            learn_lr={"lr_lr": m["lr_lr"]})
         loss = {"name": "mtt", "syn_steps": m["syn_steps"], "expert_epochs": m["expert_epochs"],
-                "max_start_epoch": m["max_start_epoch"], "lr_teacher": m["lr_teacher"]}
+                "max_start_epoch": m["max_start_epoch"], "lr_teacher": m["lr_teacher"],
+                "expert_lr": MTT_EXPERT_LR}
         header += [
             where,
-            "MTT (Cazenavette et al., CVPR 2022): 5000 iterations (MTT and MIM4DD agree), "
-            "images by SGD momentum 0.5 at MTT's lr_img without a schedule (MIM4DD's 0.1 "
-            "halving schedule is for lr 0.1), learnable lr starting at lr_teacher; 100 "
-            "experts (loss default)."
-            + (" ZCA whitening (kornia eps 0.1) replaces mean/std normalisation."
-               if m["zca"] else ""),
+            "MTT (Cazenavette et al., CVPR 2022; GeorgeCazenavette/mtt-distillation @50dccea): "
+            "experts trained by SGD at lr 0.01, no momentum or weight decay, batch 256, DSA on "
+            "the real batches (buffer.py:73,117,118,129-130; utils.py:320-322; all the README's "
+            "experts use this default, readme.md:82): expert_lr. lr_teacher only "
+            "starts the learned synthetic lr (distill.py:118,435); images and that lr by SGD "
+            "momentum 0.5 (distill.py:138-139); DSA on every student step (distill.py:358-359); "
+            "5000 iterations (distill.py:431; MIM4DD agrees), MTT's lr_img without a schedule "
+            "(MIM4DD's 0.1 halving schedule is for lr 0.1); 100 experts (buffer.py:116)."
+            + (" ZCA whitening (kornia eps 0.1, utils.py:137-165) replaces mean/std "
+               "normalisation." if m["zca"] else ""),
             f"Real batch for MIM4DD's features: 256 in all, {_per_class(256, c)} per class.",
         ]
     else:

@@ -2,15 +2,21 @@
 the Past: Distilling Datasets into Addressable Memories for Neural Networks", NeurIPS 2022).
 
 Every call trains a freshly initialised backbone from scratch on the synthetic set for
-``inner_steps`` SGD-with-momentum steps with the learnable lr ``syn.lr``,
+``inner_steps`` SGD-with-momentum steps at the fixed lr ``inner_lr`` (or the learned
+``syn.lr`` when the recipe sets ``synthetic.learn_lr``),
 
     v_{t+1} = mu v_t + grad_w CE(w_t; x_syn[B_t])        (v_0 = 0, PyTorch SGD convention)
     w_{t+1} = w_t - lr v_{t+1}
 
-and returns the meta-loss ``L_DD = CE(w_T; A(x_real))`` on a real batch. The unroll is
-functional (``torch.func.functional_call`` on a dict of parameter tensors, no module copy
-per step) and keeps its graph (``create_graph=True``), so ``L_DD.backward()`` reaches the
-images and the lr through every kept step.
+and returns the meta-loss ``L_DD = CE(w_T; x_real)`` on a real batch (``augment``: the
+run's augmentation on both the inner batches and the real batch; off by default, as in
+the reference). The unroll is functional (``torch.func.functional_call`` on a dict of
+parameter tensors, no module copy per step) and keeps its graph (``create_graph=True``),
+so ``L_DD.backward()`` reaches the images (and a learned lr) through every kept step.
+
+For MIM4DD the real features are the trained network's on the real batch, detached: a
+fixed target that carries no gradient back into the unroll (the paper's real network is
+independent of the synthetic set); the synthetic features keep their graph.
 
 Memory: a kept step stores the activations of its forward and its double-backward graph,
 so memory is O(kept steps). With ``truncate = W`` only the last W steps keep a graph; the
@@ -283,15 +289,25 @@ def unroll(
 class BPTT:
     """Bi-level distillation: backprop the real-data loss through an unrolled training run."""
 
-    learns_lr: ClassVar[bool] = True
+    #: the inner lr is fixed (reference); ``synthetic.learn_lr: true`` learns it instead
+    learns_lr: ClassVar[bool] = False
 
     class Params(Params):
         inner_steps: int = Field(
-            20, ge=1, description="unrolled SGD steps per call (RememberThePast config: 20)"
+            150, ge=1, description="unrolled SGD steps per call (the RememberThePast README "
+            "command: 150; its config default 20 is overridden there)"
+        )
+        inner_lr: float = Field(
+            0.01, gt=0, description="inner SGD lr, fixed (reference bptt_optim.lr 0.01); "
+            "with synthetic.learn_lr it is the learned lr's start instead"
         )
         momentum: float = Field(0.9, ge=0, lt=1, description="inner SGD momentum (reference 0.9)")
         batch_syn: int | None = Field(
             None, ge=1, description="synthetic images per inner step; None: the whole set"
+        )
+        augment: bool = Field(
+            False, description="apply the run's augmentation to the synthetic batch of every "
+            "inner step and to the real meta-batch (reference default: none)"
         )
         truncate: int | None = Field(
             None, ge=1, description="keep the graph of only the last N inner steps; None: all"
@@ -312,6 +328,11 @@ class BPTT:
         self.params = params
         self.ctx = ctx
 
+    @property
+    def initial_lr(self) -> float:
+        """Start of a learned inner lr (``synthetic.learn_lr`` without ``lr_init``)."""
+        return self.params.inner_lr
+
     def _schedule(self) -> tuple[int, int]:
         """(steps to unroll, first kept step); draws from the global RNG if random."""
         p = self.params
@@ -329,14 +350,15 @@ class BPTT:
         model = _FeaturesAndLogits(net)
         params = {k: v.detach() for k, v in model.named_parameters()}
         buffers = {k: v for k, v in model.named_buffers()}
-        lr = syn.lr if syn.lr is not None else torch.tensor(0.01, device=ctx.device)
+        lr = syn.lr if syn.lr is not None else torch.tensor(p.inner_lr, device=ctx.device)
+        augment = ctx.augment if p.augment else None
         steps, keep_from = self._schedule()
         w = unroll(model, params, buffers, syn.images, syn.labels, lr, steps=steps,
                    momentum=p.momentum, batch_syn=p.batch_syn, keep_from=keep_from,
-                   augment=ctx.augment, checkpoint=segment_length(p.checkpoint))
+                   augment=augment, checkpoint=segment_length(p.checkpoint))
         real, real_y = ctx.data.sample_per_class(ctx.batch_real)
-        if ctx.augment is not None:
-            real = ctx.augment(real)
+        if augment is not None:
+            real = augment(real)
         # one forward of the trained model on real data gives both the meta-loss and the
         # real features (the same RNG draws with and without want_features)
         real_feats, logits = functional_call(model, ({**w, **buffers},), (real.detach(),))
@@ -344,9 +366,13 @@ class BPTT:
         logs = {"bptt_steps": float(steps)}
         if not want_features:
             return LossOutput(loss, logs=logs)
+        # the real side of the regularizer is a fixed target: the network that produced it
+        # was trained on the synthetic set, but the paper's real network is independent of
+        # it, so no gradient may flow from these features back into the unroll
         real_feats = for_regularizer(ctx.feature_tap, lambda x, t: functional_call(
             model, ({**w, **buffers},), (x,), {"tap": t})[0], real.detach(), real_feats,
             grad=False)
+        real_feats = [f.detach() for f in real_feats]
         syn_feats, _ = functional_call(model, ({**w, **buffers},), (syn.images,),
                                        {"tap": ctx.feature_tap})
         return LossOutput(loss, syn_feats, syn.labels, real_feats, real_y, logs)

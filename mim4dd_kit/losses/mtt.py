@@ -22,7 +22,10 @@ the backward pass in segments instead, storing only the parameters between them:
 gradient for O(N) parameter vectors plus one segment's activations.
 
 For MIM4DD (SPEC section 2) the real features come from the expert at θ*_{t+M} on a real
-batch (no gradient), the synthetic ones from the student θ̂_N on the synthetic set.
+batch (no gradient), the synthetic ones from the student θ̂_N on the synthetic set; both
+batches go through one siamese augmentation draw (the same transformation per class), so
+the critic compares the same view of both sides, as the student's steps (augmented) and
+the expert's training (augmented real batches) do.
 """
 
 from __future__ import annotations
@@ -69,7 +72,15 @@ class MTT:
             None, ge=1, description="epochs each expert is trained; None: max_start_epoch "
             "+ expert_epochs (mtt issue #4: later epochs are never used)"
         )
-        lr_teacher: float = Field(0.01, gt=0, description="expert SGD lr (buffer.py: 0.01)")
+        expert_lr: float = Field(
+            0.01, gt=0, description="SGD lr the experts are trained at (buffer.py "
+            "--lr_teacher, default 0.01; the MTT README trains all its experts at this "
+            "default); part of the buffer key"
+        )
+        lr_teacher: float = Field(
+            0.01, gt=0, description="initial value of the learned synthetic lr (distill.py "
+            "--lr_teacher); synthetic.lr_init overrides it when set. Not the experts' lr"
+        )
         expert_batch: int = Field(256, ge=1, description="expert training batch (buffer.py)")
         expert_momentum: float = Field(
             0.0, ge=0, lt=1, description="expert SGD momentum (buffer.py: 0)"
@@ -116,22 +127,32 @@ class MTT:
         return {n: t.reshape(s).clone()
                 for n, t, s in zip(self.names, parts, self.shapes, strict=True)}
 
+    @property
+    def initial_lr(self) -> float:
+        """Where the engine starts the learned lr unless ``synthetic.lr_init`` is set."""
+        return self.params.lr_teacher
+
     def _buffers(self, bufs: dict[str, Tensor], row: int) -> dict[str, Tensor]:
         # clones: BatchNorm in train mode updates running statistics in place
         return {_PREFIX + k: v[row].to(self.ctx.device).clone() for k, v in bufs.items()}
 
-    def _real_batch(self, iteration: int) -> tuple[Tensor, Tensor]:
-        """The real batch for the regularizer, on a stream of its own (seed, iteration).
+    def _feature_batches(self, syn: SyntheticState, iteration: int
+                         ) -> tuple[Tensor, Tensor, Tensor]:
+        """(real, real labels, synthetic) images for the regularizer's features.
 
-        Drawn only when features are wanted, so it must not touch the run's stream: a run
-        without regularizer and one with lambda = 0 then take identical steps.
+        A real batch and one siamese augmentation draw (one transformation per class,
+        applied to the real images and the synthetic set alike), so both sides of the
+        critic see the same view; the synthetic side stays differentiable. Everything is
+        drawn on a stream of its own (seed, iteration): a run without regularizer and one
+        with lambda = 0 then take identical steps.
         """
         ctx = self.ctx
         with isolated_rng((ctx.seed * 1_000_003 + iteration + 1) % 2**63, ctx.device):
             real, real_y = ctx.data.sample_per_class(ctx.batch_real)
+            images = syn.images
             if ctx.augment is not None:
-                real = ctx.augment(real)
-        return real.detach(), real_y
+                real, images = ctx.augment.siamese(real, real_y, images, syn.labels)
+        return real.detach(), real_y, images
 
     def compute(self, syn: SyntheticState, iteration: int, want_features: bool) -> LossOutput:
         ctx, p = self.ctx, self.params
@@ -157,12 +178,12 @@ class MTT:
                 "mtt_expert_dist": float(expert_dist)}
         if not want_features:
             return LossOutput(loss, logs=logs)
-        real, real_y = self._real_batch(iteration)
+        real, real_y, syn_view = self._feature_batches(syn, iteration)
         target = {**self._unflatten(target_flat), **self._buffers(bufs, 1)}
         with torch.no_grad():
             real_feats, _ = functional_call(self.model, (target,), (real,),
                                             {"tap": ctx.feature_tap})
-        syn_feats, _ = functional_call(self.model, ({**w, **student_bufs},), (syn.images,),
+        syn_feats, _ = functional_call(self.model, ({**w, **student_bufs},), (syn_view,),
                                        {"tap": ctx.feature_tap})
         return LossOutput(loss, syn_feats, syn.labels, real_feats, real_y, logs)
 

@@ -79,7 +79,7 @@ def test_built_once_then_reused(make_ctx, count_training, tmp_path):
     prov = json.loads((folder / "buffer.json").read_text())
     assert prov["key"] == folder.name and prov["experts"] == [0, 1] and prov["epochs"] == 2
     assert {"toolkit_version", "torch_version", "created", "inputs"} <= set(prov)
-    assert prov["inputs"]["lr_teacher"] == 0.01
+    assert prov["inputs"]["expert_lr"] == 0.01  # buffer.py's default, whatever lr_teacher
     assert prov["inputs"]["dataset"]["identity"]["sha256"] == ctx.data.identity["sha256"]
 
     traj = load_expert(folder, 0)  # (epochs + 1, P)
@@ -108,7 +108,7 @@ def test_settings_that_change_trajectories_change_the_key(make_ctx):
     ctx = make_ctx()
     key = buffer_key(ctx, PARAMS)
     changed = [
-        buffer_key(ctx, PARAMS.model_copy(update={"lr_teacher": 0.02})),
+        buffer_key(ctx, PARAMS.model_copy(update={"expert_lr": 0.02})),
         buffer_key(ctx, PARAMS.model_copy(update={"expert_batch": 256})),
         buffer_key(ctx, PARAMS.model_copy(update={"buffer_seed": 1})),
         buffer_key(ctx, PARAMS.model_copy(update={"train_epochs": 5})),
@@ -127,7 +127,7 @@ def test_settings_that_change_trajectories_change_the_key(make_ctx):
     # where the data lives, the run's seed
     same = [
         buffer_key(ctx, PARAMS.model_copy(update={"num_experts": 9, "syn_steps": 3,
-                                                  "batch_syn": 4})),
+                                                  "batch_syn": 4, "lr_teacher": 0.001})),
         buffer_key(dataclasses.replace(ctx, seed=5), PARAMS),
         buffer_key(dataclasses.replace(
             ctx, dataset_spec={**ctx.dataset_spec, "root": "/elsewhere"}), PARAMS),

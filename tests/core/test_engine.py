@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import assert_lambda_zero_is_exact, distilled
+from conftest import assert_lambda_zero_is_exact, distilled, set_up_run
 
 from mim4dd_kit.engine import run
 from mim4dd_kit.errors import RunError
@@ -117,3 +117,28 @@ def test_runs_draw_their_loss_curves(tiny_recipe, tmp_path):
     history = read_history(tmp_path / "losses.jsonl")
     assert [h["iteration"] for h in history] == list(range(1, 7))
     assert all("loss_dd" in h for h in history)
+
+
+def test_grad_clip_bounds_the_image_step(tiny_recipe, tmp_path):
+    def first_step(clip):
+        r = set_up_run(tiny_recipe(synthetic={"grad_clip": clip, "momentum": 0.0}),
+                       tmp_path / str(clip))
+        before = r.syn.images.detach().clone()
+        torch.manual_seed(0)
+        r.step(0)
+        return r, (r.syn.images.detach() - before).norm().item()
+
+    free, moved = first_step(None)
+    raw = free.syn.images.grad.norm().item()
+    clip = raw / 10
+    clipped, moved_clipped = first_step(clip)
+    lr = clipped.recipe.synthetic.lr
+    # the gradient the optimiser used is the clipped one: norm `clip`, same direction
+    assert clipped.syn.images.grad.norm().item() == pytest.approx(clip, rel=1e-4)
+    torch.testing.assert_close(clipped.syn.images.grad * (raw / clip), free.syn.images.grad,
+                               rtol=1e-4, atol=1e-7)
+    assert moved == pytest.approx(lr * raw, rel=1e-4)
+    assert moved_clipped == pytest.approx(lr * clip, rel=1e-4)
+    # a bound above the norm changes nothing
+    loose, moved_loose = first_step(raw * 2)
+    assert moved_loose == pytest.approx(moved, rel=1e-6)

@@ -93,7 +93,30 @@ def test_mtt_recipes_carry_the_published_table(setting, expected):
         got = (loss["syn_steps"], loss["expert_epochs"], loss["max_start_epoch"], s.lr,
                s.lr_lr, loss["lr_teacher"], bool(r.dataset.params.get("zca", False)))
         assert got == expected
-        assert s.learn_lr and s.lr_init == loss["lr_teacher"]
+        # lr_teacher starts the learned lr (distill.py:118); experts train at buffer.py's 0.01
+        assert s.learn_lr and s.lr_init is None and loss["expert_lr"] == 0.01
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPES if "_mtt" in p.stem], ids=_ids)
+def test_every_mtt_recipe_trains_experts_at_the_reference_lr(path):
+    loss = load_recipe(path).dd_loss.params
+    assert loss["expert_lr"] == 0.01  # whatever its lr_teacher (0.001 in some)
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPES if "_bptt" in p.stem], ids=_ids)
+def test_bptt_recipes_carry_the_reference_settings(path):
+    r = load_recipe(path)
+    loss, s = r.dd_loss.params, r.synthetic
+    # RememberThePast README command / configs / runner
+    assert (loss["inner_steps"], loss["inner_lr"], loss["momentum"]) == (150, 0.01, 0.9)
+    assert loss["augment"] is False and loss["checkpoint"] is True
+    assert (s.grad_clip, s.batch_real, s.learn_lr) == (2.0, 64, False)
+    assert bool(r.dataset.params.get("zca", False)) == path.stem.startswith("cifar")
+    # the MIM4DD paper's image lr schedule and iteration count
+    assert (s.lr, s.iterations, s.schedule.milestones) == (0.1, 5000, [1800, 2800])
+    ipc = s.ipc
+    assert loss.get("batch_syn") == (10 * (100 if "cifar100" in path.stem else 10)
+                                     if ipc > 10 else None)
 
 
 def test_generator_output_matches_the_committed_files(tmp_path):

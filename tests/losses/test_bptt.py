@@ -44,18 +44,68 @@ def make_run(recipe):
     return make
 
 
-def test_gradients_reach_images_and_lr(make_run, tmp_path):
+def test_reference_defaults():
+    # RememberThePast: README command (150 steps), configs (lr 0.01, momentum 0.9), no
+    # augmentation ('none' interventions); the lr is not learned
+    p = BPTT.Params()
+    assert (p.inner_steps, p.inner_lr, p.momentum, p.augment) == (150, 0.01, 0.9, False)
+    assert BPTT.learns_lr is False
+
+
+def test_inner_lr_is_fixed_and_gradients_reach_images(make_run, tmp_path):
     r = make_run(tmp_path)
-    assert r.syn.lr is not None and r.syn.lr.requires_grad
+    assert r.syn.lr is None and r.opt_lr is None  # nothing learned but the images
     out = r.loss.compute(r.syn, 0, want_features=False)
     assert torch.isfinite(out.loss)
     out.loss.backward()
     assert r.syn.images.grad is not None and r.syn.images.grad.abs().sum() > 0
+    # the fixed lr is inner_lr: a call with a learned lr of the same value agrees
+    learned = make_run(tmp_path / "l", synthetic={"learn_lr": True})
+    torch.manual_seed(4)
+    a = r.loss.compute(r.syn, 0, False).loss
+    torch.manual_seed(4)
+    b = learned.loss.compute(learned.syn, 0, False).loss
+    torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+
+
+def test_learned_lr_starts_at_inner_lr(make_run, tmp_path):
+    r = make_run(tmp_path, synthetic={"learn_lr": True},
+                 dd_loss={"name": "bptt", "inner_steps": 4, "inner_lr": 0.02})
+    assert r.syn.lr is not None and r.syn.lr.item() == pytest.approx(0.02)
+    r.loss.compute(r.syn, 0, want_features=False).loss.backward()
     assert r.syn.lr.grad is not None and r.syn.lr.grad.abs() > 0
+    given = make_run(tmp_path / "g", synthetic={"learn_lr": True, "lr_init": 0.03})
+    assert given.syn.lr.item() == pytest.approx(0.03)  # synthetic.lr_init wins
+
+
+def test_augmentation_only_when_asked(make_run, tmp_path):
+    calls: list[int] = []
+
+    def counting(run):
+        real = run.ctx.augment
+
+        class Counting:
+            def __call__(self, x, generator=None):
+                calls.append(len(x))
+                return real(x)
+
+        run.ctx.augment = Counting()
+        run.loss.ctx = run.ctx
+        return run
+
+    r = counting(make_run(tmp_path))  # the tiny recipe has DSA (for evaluation)
+    r.loss.compute(r.syn, 0, False)
+    assert calls == []  # reference default: no augmentation in the inner loop or meta-loss
+    r = counting(make_run(tmp_path / "a", dd_loss={"name": "bptt", "inner_steps": 4,
+                                                   "augment": True}))
+    r.loss.compute(r.syn, 0, False)
+    assert calls == [len(r.syn.labels)] * 4 + [10 * 24]  # 4 inner steps, then the real batch
 
 
 def test_meta_loss_decreases_over_engine_steps(make_run, tmp_path):
-    r = make_run(tmp_path, augmentation=None)
+    # a larger fixed inner lr than the reference's 0.01: 4 steps of a width-8 net move
+    r = make_run(tmp_path, augmentation=None,
+                 dd_loss={"name": "bptt", "inner_steps": 4, "inner_lr": 0.1})
     # probe: same network init and real batch every time
     assert_loss_decreases(r, steps=5, probe_seed=123)
 
@@ -71,14 +121,29 @@ def test_features_for_the_regularizer(make_run, tmp_path):
     assert torch.equal(out.syn_labels, r.syn.labels) and out.real_labels.shape == (n,)
     value = r.reg(out.syn_feats, out.syn_labels, out.real_feats, out.real_labels)
     assert torch.isfinite(value)
-    # the real features come from the unrolled parameters: gradient to the lr, not images
-    (out.real_feats[-1].sum()).backward()
-    assert r.syn.lr.grad is not None and r.syn.lr.grad.abs() > 0
+    # the real side is a fixed target: no graph from it reaches the unroll (images, lr)
+    assert all(not f.requires_grad and f.grad_fn is None for f in out.real_feats)
+    value.backward()
+    assert r.syn.images.grad.abs().sum() > 0  # through the synthetic features
+
+
+def test_real_features_carry_no_gradient_to_the_images(make_run, tmp_path):
+    r = make_run(tmp_path, regularizer=MIM, synthetic={"learn_lr": True})
+    out = r.loss.compute(r.syn, 0, want_features=True)
+    targets = [r.syn.images, r.syn.lr]
+    for f in out.real_feats:
+        assert f.grad_fn is None
+    # the regularizer's gradient with the synthetic features held fixed is zero: only the
+    # synthetic side moves the images
+    held = [f.detach() for f in out.syn_feats]
+    value = r.reg(held, out.syn_labels, out.real_feats, out.real_labels)
+    assert not value.requires_grad or all(
+        g is None for g in torch.autograd.grad(value, targets, allow_unused=True))
 
 
 def test_lambda_zero_reproduces_bptt_exactly(recipe, tmp_path):
     base = assert_lambda_zero_is_exact(lambda reg: recipe(regularizer=reg), tmp_path)
-    assert base.lr is not None
+    assert base.lr is None  # the inner lr is fixed, not learned
 
 
 def _tiny_problem():
@@ -153,9 +218,9 @@ def loss_and_grads_from(model, start, images, labels, lr, real, real_y):
 
 
 def test_truncated_loss_matches_full_unroll_in_the_plugin(make_run, tmp_path):
-    full = make_run(tmp_path / "f", augmentation=None,
+    full = make_run(tmp_path / "f", augmentation=None, synthetic={"learn_lr": True},
                     dd_loss={"name": "bptt", "inner_steps": 6})
-    trunc = make_run(tmp_path / "t", augmentation=None,
+    trunc = make_run(tmp_path / "t", augmentation=None, synthetic={"learn_lr": True},
                      dd_loss={"name": "bptt", "inner_steps": 6, "truncate": 2})
     torch.manual_seed(7)
     a = full.loss.compute(full.syn, 0, False).loss

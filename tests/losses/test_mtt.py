@@ -1,5 +1,6 @@
 """MTT: the normalised trajectory distance, its gradients, features and engine integration."""
 
+import json
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from torch.nn.utils import vector_to_parameters
 from mim4dd_kit import buffers
 from mim4dd_kit.buffers import buffer_dir, load_expert
 from mim4dd_kit.engine import Run
+from mim4dd_kit.losses.mtt import MTT
 
 # changes to the shared tiny recipe (tests/conftest.py): 2 experts trained 3 epochs
 MTT_CHANGES = {
@@ -123,10 +125,12 @@ def test_features_for_the_regularizer(make_run):
     # real side: the expert at the target epoch on the (augmented) real batch
     e, t = int(out.logs["mtt_expert"]), int(out.logs["mtt_start_epoch"])
     expert = _load(r.ctx.make_backbone(), load_expert(r.loss.folder, e)[t + 1])
-    real, _ = r.loss._real_batch(0)
+    real, _, syn_view = r.loss._feature_batches(r.syn, 0)
     with torch.no_grad():
         for got, want in zip(out.real_feats, expert.features(real), strict=True):
             torch.testing.assert_close(got, want)
+    # synthetic side: the same siamese view (not the raw images), through the student
+    assert not torch.equal(syn_view, r.syn.images)
     # synthetic side: the student after its steps, so gradient reaches images and lr
     value = r.reg(out.syn_feats, out.syn_labels, out.real_feats, out.real_labels)
     assert torch.isfinite(value)
@@ -178,3 +182,62 @@ def test_the_buffer_lives_under_the_cache(make_run):
     r = make_run()
     assert r.loss.folder == buffer_dir(r.ctx, r.loss.params)
     assert r.loss.state_dict() == {}
+
+
+def test_reference_defaults_and_the_two_lrs():
+    # buffer.py trains experts at its default 0.01; distill.py's --lr_teacher only starts
+    # the learned synthetic lr
+    p = MTT.Params()
+    assert p.expert_lr == 0.01 and p.lr_teacher == 0.01
+    assert MTT.Params(lr_teacher=0.001).expert_lr == 0.01
+
+
+def test_lr_teacher_initialises_the_learned_lr(make_run):
+    r = make_run(dd_loss={"lr_teacher": 0.005})
+    assert r.syn.lr.item() == pytest.approx(0.005)
+    assert r.opt_lr.defaults["momentum"] == 0.5  # distill.py: SGD momentum 0.5 on syn_lr
+    assert r.opt_img.defaults["momentum"] == 0.5  # and on the images
+    # the experts did not move: lr_teacher is not part of the buffer key
+    assert r.loss.folder == make_run().loss.folder
+    given = make_run(dd_loss={"lr_teacher": 0.005}, synthetic={"lr_init": 0.02})
+    assert given.syn.lr.item() == pytest.approx(0.02)  # an explicit lr_init wins
+
+
+def test_experts_train_at_expert_lr(make_run, monkeypatch):
+    seen: list[float] = []
+    real_sgd = torch.optim.SGD
+
+    def recording(params, lr, **kw):
+        seen.append(lr)
+        return real_sgd(params, lr, **kw)
+
+    monkeypatch.setattr(torch.optim, "SGD", recording)
+    r = make_run(dd_loss={"lr_teacher": 0.001, "expert_lr": 0.02, "num_experts": 1})
+    # the expert optimiser (built first, for the missing buffer) ran at expert_lr
+    assert seen[0] == 0.02
+    prov = json.loads((r.loss.folder / "buffer.json").read_text())
+    assert prov["inputs"]["expert_lr"] == 0.02 and "lr_teacher" not in prov["inputs"]
+    assert r.syn.lr.item() == pytest.approx(0.001)
+
+
+def test_student_steps_augment_the_synthetic_batch(make_run):
+    calls: list[int] = []
+    r = make_run(dd_loss={"batch_syn": 8})
+    real = r.ctx.augment
+
+    class Counting:
+        def __call__(self, x, generator=None):
+            calls.append(len(x))
+            return real(x)
+
+        def siamese(self, *args, **kw):
+            calls.append(-1)
+            return real.siamese(*args, **kw)
+
+    r.loss.ctx.augment = Counting()
+    r.loss.compute(r.syn, 0, want_features=False)
+    # distill.py: DSA on every student step's minibatch (20 images in chunks of 8)
+    assert calls == [8, 8, 4]
+    calls.clear()
+    r.loss.compute(r.syn, 0, want_features=True)
+    assert calls == [8, 8, 4, -1]  # then one siamese draw for the regularizer's features

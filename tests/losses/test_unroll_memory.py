@@ -165,8 +165,8 @@ def test_checkpointing_bounds_the_memory_the_graph_holds():
 
 BPTT_CHANGES = {
     "name": "tiny_bptt_ckpt",
-    "synthetic": {"iterations": 2},
-    "dd_loss": {"name": "bptt", "inner_steps": 5, "batch_syn": 10},
+    "synthetic": {"iterations": 2, "learn_lr": True},
+    "dd_loss": {"name": "bptt", "inner_steps": 5, "batch_syn": 10, "augment": True},
     "output": {"checkpoint_every": 0},
 }
 

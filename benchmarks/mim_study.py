@@ -455,8 +455,10 @@ def trace(dataset: str, ipc: int, method: str, variant: str, seed: int,
         return net
 
     r.data.sample_per_class, r.ctx.make_backbone = spy_sample, spy_make
+    out["draws"] = []  # the loss's own random choices (MTT's expert and start epoch)
     for it in range(steps):
-        r.step(it)
+        logs = r.step(it)
+        out["draws"].append([logs[k] for k in ("mtt_expert", "mtt_start_epoch") if k in logs])
     out["final"] = digest(r.syn.images)
     return out
 
@@ -476,7 +478,11 @@ def main_verify(args) -> None:
             check = {"dataset": dataset, "ipc": ipc, "method": method, "variant": variant,
                      "seed": 0, "steps": args.steps,
                      "same_init": base["init"] == other["init"],
-                     "same_batches": base["batches"] == other["batches"],
+                     # None: the base method draws no real batch of its own (MTT; the
+                     # variant's feature batches come from an isolated stream)
+                     "same_batches": (base["batches"] == other["batches"]
+                                      if base["batches"] else None),
+                     "same_draws": base["draws"] == other["draws"],
                      "batches": len(base["batches"]),
                      "same_networks": base["networks"] == other["networks"],
                      "networks": len(base["networks"]),

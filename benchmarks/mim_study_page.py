@@ -185,7 +185,10 @@ def render(rows: list[dict[str, Any]], study: Any) -> Path:
     add(f"- **Budget** (the same for every variant of a cell): {S.budget_text('dm')}; "
         "each method's own image lr, momentum and loops from the shipped Fashion-MNIST "
         "recipes; iterations per cell from the curve below. Digits uses the same "
-        "recipes with the `digits` data set (8×8 images, 360-image test split).")
+        "recipes with the `digits` data set (8×8 images, 360-image test split). Method "
+        "knobs changed for the CPU: " + "; ".join(
+            f"{m} IPC {i}: {', '.join(v)}" for (m, i), v in S.METHOD_SETS.items() if v)
+        + ".")
     add("- **Statistics**: a run's accuracy is the mean over its 5 evaluation networks. "
         "Per variant: mean ± std (ddof 1) over seeds. Paired difference variant − base per "
         "seed; its mean and the 95% t interval over seeds (`scipy.stats.t`, n − 1 degrees "

@@ -267,6 +267,9 @@ def evaluate(
     data_root: Annotated[Path | None, typer.Option(help="Root of the data set.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
     seed: Annotated[int | None, typer.Option(help="Seed of the evaluation networks.")] = None,
+    split: Annotated[str | None, typer.Option(
+        help="Real images to score on: test, or validation (the training images the "
+        "set's recipe held out).")] = None,
     save: Annotated[bool, typer.Option(help="Store the results in the file.")] = False,
     overwrite: Annotated[bool, typer.Option(
         help="With --save: replace stored evaluations of the same name.")] = False,
@@ -280,8 +283,8 @@ def evaluate(
 
     registry = default_registry()
     refs = None
-    overrides = {k: v for k, v in {"models": models, "epochs": epochs,
-                                   "backbone": backbone}.items() if v is not None}
+    overrides = {k: v for k, v in {"models": models, "epochs": epochs, "backbone": backbone,
+                                   "split": split}.items() if v is not None}
     if evaluator or overrides or protocol:
         recorded = (load_synthetic(file).metadata.get("recipe") or {}).get("evaluators")
         specs = ([{"name": e} for e in evaluator] if evaluator

@@ -18,6 +18,7 @@ See ``docs/plugins.md`` for the prose version with an example.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import types
 import typing
@@ -29,6 +30,8 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from torch import Tensor, nn
+
+from .errors import DataError
 
 
 def _numbers_only(annotation: Any) -> bool:
@@ -141,6 +144,9 @@ class RealData:
     test_labels: Tensor
     #: identity recorded in provenance: name, split, size, sha256 of the raw content
     identity: dict[str, Any] = field(default_factory=dict)
+    #: training images held out for choosing settings (:meth:`hold_out`); None without
+    val_images: Tensor | None = None
+    val_labels: Tensor | None = None
     _by_class: Tensor | None = field(default=None, repr=False)
     _counts: Tensor | None = field(default=None, repr=False)
 
@@ -153,7 +159,60 @@ class RealData:
             self.test_images.to(device),
             self.test_labels.to(device),
             dict(self.identity),
+            None if self.val_images is None else self.val_images.to(device),
+            None if self.val_labels is None else self.val_labels.to(device),
         )
+
+    def hold_out(self, per_class: int, seed: int) -> RealData:
+        """Move ``per_class`` training images of every class into a validation split.
+
+        Which images move depends only on ``seed`` and the training labels (a generator of
+        its own, never the run's random stream), so every run with the same ``seed`` holds
+        out the same images. The returned set's training split no longer contains them;
+        its ``identity`` records the split (``validation``: per class, seed, size and a
+        hash of the held-out indices).
+        """
+        if self.val_images is not None:
+            raise DataError(f"data set {self.info.name!r} already holds out a validation split")
+        counts = torch.bincount(self.train_labels.cpu(), minlength=self.info.num_classes)
+        if int(counts.min()) <= per_class:
+            c = int(counts.argmin())
+            raise DataError(
+                f"validation.per_class is {per_class} but class {c} of {self.info.name!r} "
+                f"has only {int(counts[c])} training images (at least one must remain)"
+            )
+        table = class_table(self.train_labels.cpu(), self.info.num_classes)
+        gen = torch.Generator().manual_seed(int(seed))
+        keys = torch.rand(table.shape, generator=gen).masked_fill(table < 0, 2.0)
+        pick = keys.topk(per_class, dim=1, largest=False).indices
+        held = table.gather(1, pick).reshape(-1).sort().values  # class-major, then index
+        keep = torch.ones(len(self.train_labels), dtype=torch.bool)
+        keep[held] = False
+        dev = self.train_labels.device
+        held_d, keep_d = held.to(dev), keep.to(dev)
+        digest = hashlib.sha256(held.numpy().astype("<i8").tobytes()).hexdigest()
+        identity = {**self.identity, "size": int(keep.sum()),
+                    "validation": {"per_class": int(per_class), "seed": int(seed),
+                                   "size": int(len(held)), "indices_sha256": digest}}
+        return RealData(
+            self.info, self.train_images[keep_d], self.train_labels[keep_d],
+            self.test_images, self.test_labels, identity,
+            self.train_images[held_d], self.train_labels[held_d],
+        )
+
+    def eval_split(self, split: str) -> tuple[Tensor, Tensor]:
+        """Images and labels an evaluator scores on: ``test`` or ``validation``."""
+        if split == "test":
+            return self.test_images, self.test_labels
+        if split == "validation":
+            if self.val_images is None or self.val_labels is None:
+                raise DataError(
+                    f"split 'validation' was asked for but data set {self.info.name!r} holds "
+                    "no validation split; add `validation: {per_class: N, seed: S}` to the "
+                    "recipe that distills the set (docs/recipes.md)"
+                )
+            return self.val_images, self.val_labels
+        raise ValueError(f"unknown split {split!r} (test or validation)")
 
     def _index(self) -> tuple[Tensor, Tensor]:
         if self._by_class is None:

@@ -164,6 +164,8 @@ class Run(RegularizerSteps):
         r, reg = self.recipe, self.registry
         seed_everything(r.seed)
         data: RealData = reg.build("datasets", r.dataset).load()
+        if r.validation is not None:  # before anything (init, batches, experts) reads it
+            data = data.hold_out(r.validation.per_class, r.validation.seed)
         self.data = data.to(self.device)
         info = self.data.info
         bb_cls = reg.load("backbones", r.backbone.name)

@@ -18,6 +18,7 @@ from .contracts import (
     RealData,
 )
 from .errors import RecipeError, SyntheticSetError
+from .recipe import ValidationSettings
 from .registry import Registry, default_registry
 from .runtime import resolve_device
 from .synthetic import SyntheticSet, load_synthetic, update_metadata
@@ -168,6 +169,9 @@ def evaluate(
             )
     ds_ref = _dataset_for(s, dataset, path)
     data = registry.build("datasets", ds_ref).load()
+    held = _recorded(s, path, "validation", ValidationSettings)
+    if held is not None:  # the same held-out images as the run that made the set
+        data = data.hold_out(held.per_class, held.seed)
     warnings = check_compatible(s, data, path)
     dev = resolve_device(device)
     backbone = _recorded(s, path, "backbone", BackboneRef)

@@ -85,6 +85,16 @@ class OutputSettings(_Strict):
         return v
 
 
+class ValidationSettings(_Strict):
+    """Training images held out of distillation so that settings can be chosen on them."""
+
+    per_class: int = Field(ge=1, description="training images of every class held out")
+    seed: int = Field(
+        0, ge=0, lt=2**62, description="seed of the held-out choice, independent of the "
+        "run's seed (runs with the same seed hold out the same images)"
+    )
+
+
 class Recipe(_Strict):
     """A distillation run, declaratively."""
 
@@ -93,6 +103,11 @@ class Recipe(_Strict):
                       "are added to it, so it stays well inside torch's 64-bit range)")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N")
     dataset: DatasetRef
+    validation: ValidationSettings | None = Field(
+        None, description="hold out training images of every class as a validation split, "
+        "never seen by distillation and scored by evaluators with `split: validation`; "
+        "null: distill from the whole training split"
+    )
     synthetic: SyntheticSettings = Field(default_factory=SyntheticSettings)
     backbone: BackboneRef = Field(default_factory=lambda: BackboneRef(name="convnet"))
     dd_loss: LossRef = Field(default_factory=lambda: LossRef(name="dm"))
@@ -141,6 +156,8 @@ class Recipe(_Strict):
             d.pop(key, None)
         if d.get("synthetic", {}).get("formation") == 1:
             del d["synthetic"]["formation"]  # the default: fingerprints as before the field
+        if d.get("validation") is None:  # recipes from before the field hash as they did
+            d.pop("validation", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

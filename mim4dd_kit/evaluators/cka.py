@@ -86,6 +86,7 @@ class CKA:
     def evaluate(self, request: EvalRequest, registry, progress=None) -> dict[str, Any]:
         p = self.params
         data, dev = request.data, request.device
+        test_x, test_y = data.eval_split(p.split)
         backbone = backbone_for(p.backbone, request)
         augment = p.build_augmentation(registry, data.info)
         syn_lr = p.lr_for(request)
@@ -99,21 +100,21 @@ class CKA:
             syn_net = build_backbone(registry, backbone, data, dev)
             train_network(syn_net, request.images.to(dev), request.labels.to(dev),
                           epochs=p.epochs, lr=syn_lr, augment=augment, **common)
-        syn_acc = accuracy(syn_net, data.test_images, data.test_labels)
+        syn_acc = accuracy(syn_net, test_x, test_y)
         if progress is not None:
             progress(1, 2, syn_acc)
         with isolated_rng(request.seed + REAL_SEED_OFFSET, dev):
             real_net = build_backbone(registry, backbone, data, dev)
             train_network(real_net, data.train_images, data.train_labels,
                           epochs=p.real_epochs, lr=p.lr, augment=None, **common)
-        real_acc = accuracy(real_net, data.test_images, data.test_labels)
+        real_acc = accuracy(real_net, test_x, test_y)
         if progress is not None:
             progress(2, 2, real_acc)
 
         gen = torch.Generator().manual_seed(request.seed)
-        n_probe = min(p.probe, len(data.test_images))
-        idx = torch.randperm(len(data.test_images), generator=gen)[:n_probe]
-        probe = data.test_images[idx.to(data.test_images.device)]
+        n_probe = min(p.probe, len(test_x))
+        idx = torch.randperm(len(test_x), generator=gen)[:n_probe]
+        probe = test_x[idx.to(test_x.device)]
         feats_real = network_features(real_net, probe, logits=True)
         feats_syn = network_features(syn_net, probe, logits=True)
         method = choose_method(p.method, n_probe, [f.shape[1] for f in feats_real + feats_syn])

@@ -90,7 +90,7 @@ class MIEstimate:
                     weight_decay=p.weight_decay, batch_size=p.batch_size,
                     augment=p.build_augmentation(registry, data.info),
                 )
-        acc = accuracy(net, data.test_images, data.test_labels)
+        acc = accuracy(net, *data.eval_split(p.split))
         if progress is not None:
             progress(1, 1, acc)
         net.eval()
@@ -127,7 +127,8 @@ class MIEstimate:
             "critic": {"name": p.critic.name, **p.critic.params},
             "critic_steps": p.critic_steps,
             "tau": p.tau,
-            "test_size": len(data.test_labels),
+            "split": p.split,
+            "test_size": len(data.eval_split(p.split)[1]),
             "backbone": {"name": backbone.name, **backbone.params},
             "seconds": time.perf_counter() - start,
         }
@@ -174,7 +175,7 @@ class MIEstimate:
         """Bound and NCE loss per layer on the whole real test split."""
         critics.eval()
         norm = self.params.normalize
-        test_x, test_y = request.data.test_images, request.data.test_labels
+        test_x, test_y = request.data.eval_split(self.params.split)
         # embed the test split in chunks: wide conv maps of all test images need not fit
         chunks = []
         for i in range(0, len(test_x), batch):

@@ -94,6 +94,11 @@ class ProtocolParams(Params):
         default_factory=lambda: AugmentationRef(name="dsa"),
         description="augmentation during training (protocol: DSA); null for none",
     )
+    split: Literal["test", "validation"] = Field(
+        "test", description="real images the trained networks are scored on: the data "
+        "set's test split, or the training images the recipe's `validation` held out of "
+        "distillation (for choosing settings without looking at the test split)"
+    )
 
     def build_augmentation(self, registry: Any, info: Any) -> Any:
         """The configured augmentation for ``info``'s images, or None."""
@@ -163,7 +168,8 @@ def with_protocol(spec: dict[str, Any], protocol: str) -> dict[str, Any]:
 
 
 class TrainFromScratch:
-    """Train fresh networks on the synthetic set and test them on the real test split."""
+    """Train fresh networks on the synthetic set and test them on real images (the test
+    split, or with ``split: validation`` the held-out training images)."""
 
     class Params(ProtocolParams):
         protocol: ProtocolName = Field(
@@ -213,7 +219,7 @@ class TrainFromScratch:
         lr = p.lr_for(request)
         images = request.images.to(request.device)
         labels = request.labels.to(request.device)
-        test_images, test_labels = request.data.test_images, request.data.test_labels
+        test_images, test_labels = request.data.eval_split(p.split)
 
         def build() -> torch.nn.Module:
             return build_backbone(registry, backbone, request.data, request.device)
@@ -252,7 +258,8 @@ class TrainFromScratch:
             "lr": lr,
             "backbone": {"name": backbone.name, **backbone.params},
             "augmentation": p.augmentation.name if p.augmentation else None,
-            "test_size": len(request.data.test_labels),
+            "split": p.split,
+            "test_size": len(test_labels),
             "seconds": time.perf_counter() - start,
             "batched": batched,
         }

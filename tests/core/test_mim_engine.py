@@ -95,7 +95,7 @@ def test_rho_with_zero_ramp_step_equals_the_base_step(tiny_recipe, tmp_path):
     assert torch.equal(base.images, rho.images)
 
 
-BPTT = {"name": "tiny_bptt", "synthetic": {"iterations": 1},
+BPTT = {"name": "tiny_bptt", "synthetic": {"iterations": 1, "learn_lr": True},
         "dd_loss": {"name": "bptt", "inner_steps": 3}, "output": {"checkpoint_every": 0}}
 
 

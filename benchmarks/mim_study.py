@@ -1,0 +1,601 @@
+"""The MIM4DD study: paired runs of base methods with and without the regularizer.
+
+A *cell* is (data set, IPC, method); each cell runs every variant (``base``: no
+regularizer, ``literal``: the paper's literal objective as the shipped ``*_mim`` recipes
+set it, and candidate settings) for several distillation seeds. Runs with the same seed
+start from the same images and draw the same real batches and networks (the engine builds
+the regularizer on an isolated random stream; ``tests/regularizers/test_pairing.py``), so
+the per-seed difference variant − base isolates the regularizer.
+
+Every run holds out a validation split of the training set (``validation`` in the recipe,
+the same images for every run of a data set) that distillation never sees. Budgets and
+candidate settings are chosen on it; the test split scores only ``base``, ``literal`` and
+the chosen setting (``shipped``).
+
+    python benchmarks/mim_study.py run      # the queue, resumable; writes the JSON
+    python benchmarks/mim_study.py page     # docs/mim_study.md from the JSON and the runs
+    python benchmarks/mim_study.py status   # what is finished
+
+``run`` first draws, per cell, the base method's validation accuracy against iterations
+(seed 0) and picks the budget where it has flattened; then it runs the cell's variants and
+seeds at that budget, each ``mdk run`` (the library call) into its own folder under
+``runs/study/``. Finished runs are reused; an interrupted run resumes from its checkpoint.
+Rows go to ``docs/results/mim_study.json`` after every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "runs" / "study"
+JSON = ROOT / "docs" / "results" / "mim_study.json"
+PAGE = ROOT / "docs" / "mim_study.md"
+FIGS = ROOT / "docs" / "mim_study"
+
+#: the validation split's seed: fixed, independent of every run's seed
+VALIDATION_SEED = 20261130
+DATASETS: dict[str, dict[str, Any]] = {
+    # digits: 1,437 training images (about 144 per class), 360 test images (20 %
+    # stratified, split_seed 0 of the plugin, independent of the run seed)
+    "digits": {"dataset": {"name": "digits"}, "per_class": 30},
+    "fashion_mnist": {"dataset": {"name": "fashion_mnist"}, "per_class": 500},
+}
+#: the CPU budget every run shares (both columns of a comparison): ConvNet width 32,
+#: depth 3, instance norm, for distillation and evaluation; 64 real images per class
+WIDTH, BATCH_REAL = 32, 64
+EVAL = {"name": "train_from_scratch", "models": 5, "epochs": 300}
+#: iterations at which the base method's curve is measured (seed 0, validation split)
+MILESTONES = {"dm": [0, 50, 100, 200, 400, 800], "dsa": [0, 25, 50, 100, 200, 400],
+              "mtt": [0, 25, 50, 100, 200], "bptt": [0, 10, 25, 50, 100]}
+#: the curve has flattened at the first milestone that no later one beats by this much
+FLAT_POINTS = 0.5
+#: method knobs for a CPU: MTT with 3 experts trained 6 epochs (one buffer per data set,
+#: shared by both IPCs), start epochs up to 4 at IPC 10 (the recipe's 20 would need
+#: 22-epoch experts); everything else as the shipped recipes
+METHOD_SETS = {
+    ("dm", 1): [], ("dm", 10): [], ("dsa", 1): [], ("dsa", 10): [],
+    # BPTT: the reference's 150 inner steps, without gradient checkpointing (same values,
+    # less arithmetic; the 8x8 / 28x28 unrolls fit in memory)
+    ("bptt", 1): ["dd_loss.checkpoint=false"], ("bptt", 10): ["dd_loss.checkpoint=false"],
+    ("mtt", 1): ["dd_loss.num_experts=3", "dd_loss.train_epochs=6"],
+    ("mtt", 10): ["dd_loss.num_experts=3", "dd_loss.train_epochs=6",
+                  "dd_loss.max_start_epoch=4"],
+}
+#: the MIM4DD block of the shipped *_mim recipes (the paper's literal Eq. 2.15-2.17)
+LITERAL = {"name": "mim4dd", "lambda": 0.8, "beta": 2.0, "tau": 0.07,
+           "critic": {"name": "linear", "out_dim": 128}}
+SEEDS = [0, 1, 2]
+
+
+# -- recipes ------------------------------------------------------------------------------
+def mim4dd_fields() -> set[str]:
+    from mim4dd_kit.registry import default_registry
+
+    cls = default_registry().load("regularizers", "mim4dd")
+    fields = set()
+    for name, f in cls.Params.model_fields.items():
+        fields.add(f.alias or name)
+    return fields
+
+
+def variant_regularizer(variant: str) -> dict[str, Any] | None:
+    """The recipe's ``regularizer`` for a variant (None: the base method alone)."""
+    if variant == "base":
+        return None
+    fields = mim4dd_fields()
+    if variant == "literal":
+        reg = copy.deepcopy(LITERAL)
+        if "preset" in fields:  # the toolkit names the literal reading explicitly
+            reg["preset"] = "literal"
+        return reg
+    if variant in CANDIDATES:
+        return copy.deepcopy(CANDIDATES[variant])
+    raise SystemExit(f"unknown variant {variant!r}")
+
+
+#: candidate settings, chosen between on the validation split; filled in when the
+#: regularizer offers them (see candidates())
+CANDIDATES: dict[str, dict[str, Any]] = {}
+
+
+def candidates() -> dict[str, dict[str, Any]]:
+    """Settings to choose between on the validation split, where the toolkit has them."""
+    fields = mim4dd_fields()
+    out: dict[str, dict[str, Any]] = {}
+    if "preset" in fields:
+        out["stable"] = {"name": "mim4dd", "preset": "stable"}  # rho 0.1
+        if "rho" in fields:
+            out["stable_rho0.3"] = {"name": "mim4dd", "preset": "stable", "rho": 0.3}
+    return out
+
+
+def recipe_dict(dataset: str, ipc: int, method: str, variant: str, seed: int,
+                iterations: int) -> dict[str, Any]:
+    from mim4dd_kit.recipe import apply_overrides, parse_yaml
+
+    path = ROOT / "recipes" / f"fashion_mnist_ipc{ipc}_{method}.yaml"
+    data = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    data["name"] = f"study_{dataset}_ipc{ipc}_{method}_{variant}_s{seed}"
+    data["seed"] = seed
+    data["device"] = "cpu"
+    data["dataset"] = copy.deepcopy(DATASETS[dataset]["dataset"])
+    data["validation"] = {"per_class": DATASETS[dataset]["per_class"], "seed": VALIDATION_SEED}
+    data["regularizer"] = variant_regularizer(variant)
+    data["evaluators"] = [{**EVAL, "split": "validation"}]
+    data = apply_overrides(data, [
+        f"backbone.width={WIDTH}", f"synthetic.batch_real={BATCH_REAL}",
+        f"synthetic.iterations={iterations}", "output.checkpoint_every=25",
+        *METHOD_SETS[(method, ipc)],
+    ])
+    return data
+
+
+def budget_text(method: str, ipc: int = 1) -> str:
+    extra = ", ".join(s for s in METHOD_SETS.get((method, ipc), []))
+    return (f"ConvNet width {WIDTH} (depth 3, instance norm) for distillation and "
+            f"evaluation, {BATCH_REAL} real images per class"
+            + (f", {extra}" if extra else "")
+            + f"; evaluation {EVAL['models']} networks x {EVAL['epochs']} epochs with DSA")
+
+
+# -- helpers ------------------------------------------------------------------------------
+def atomic_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+
+
+def say(text: str) -> None:
+    stamp = time.strftime("%H:%M:%S", time.gmtime())
+    print(f"[{stamp}] {text}", flush=True)
+
+
+def run_folder(dataset: str, ipc: int, method: str, variant: str, seed: int) -> Path:
+    return OUT / dataset / f"ipc{ipc}" / method / variant / f"seed{seed}"
+
+
+def curve_folder(dataset: str, ipc: int, method: str) -> Path:
+    return OUT / "curves" / f"{dataset}_ipc{ipc}_{method}"
+
+
+# -- the budget curve ---------------------------------------------------------------------
+def choose_budget(points: list[dict[str, Any]]) -> int:
+    """The first milestone that no later milestone beats by FLAT_POINTS or more."""
+    pts = sorted(points, key=lambda p: p["iteration"])
+    for i, p in enumerate(pts):
+        if p["iteration"] == 0:
+            continue
+        later = [q["mean"] for q in pts[i + 1:]]
+        if all(m - p["mean"] < FLAT_POINTS for m in later):
+            return int(p["iteration"])
+    return int(pts[-1]["iteration"])
+
+
+def run_curve(dataset: str, ipc: int, method: str) -> int:
+    """Seed-0 base run up to the largest milestone, its images scored on the validation
+    split at every milestone; returns the chosen budget. Resumable."""
+    import torch
+
+    from mim4dd_kit.contracts import EvaluatorRef
+    from mim4dd_kit.engine import Run
+    from mim4dd_kit.evaluate import run_evaluators
+    from mim4dd_kit.recipe import validate_recipe
+    from mim4dd_kit.registry import default_registry
+    from mim4dd_kit.runtime import rng_state, set_rng_state
+
+    folder = curve_folder(dataset, ipc, method)
+    state_file = folder / "curve.json"
+    state = read_json(state_file, {}) or {}
+    if state.get("chosen") is not None:
+        return int(state["chosen"])
+    miles = MILESTONES[method]
+    recipe = validate_recipe(recipe_dict(dataset, ipc, method, "base", 0, miles[-1]))
+    reg = default_registry()
+    folder.mkdir(parents=True, exist_ok=True)
+    r = Run(recipe, folder, torch.device("cpu"), reg)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    r.setup()
+    start = r.load_checkpoint() if r.checkpoint_path.exists() else 0
+    points = [p for p in state.get("points", []) if p["iteration"] <= start]
+    done = {p["iteration"] for p in points}
+    ev = [EvaluatorRef.model_validate({**EVAL, "split": "validation"})]
+
+    def score(it: int) -> None:
+        if it in done:
+            return
+        saved = rng_state()  # the trajectory goes on as if nothing had been scored
+        res = run_evaluators(ev, r.syn.images.detach(), r.syn.labels,
+                             None if r.syn.lr is None else float(r.syn.lr.detach()), r.data,
+                             device=torch.device("cpu"), seed=recipe.seed,
+                             backbone=recipe.backbone, augmentation=recipe.augmentation,
+                             registry=reg)["train_from_scratch"]
+        set_rng_state(saved)
+        points.append({"iteration": it, "accuracies": res["accuracies"],
+                       "mean": res["accuracy_mean"], "std": res["accuracy_std"]})
+        done.add(it)
+        say(f"curve {dataset} ipc{ipc} {method}: iteration {it}: "
+            f"{res['accuracy_mean']:.2f} (validation)")
+
+    for it in range(start, miles[-1] + 1):
+        if it in miles:
+            score(it)
+            r.save_checkpoint(it)
+            atomic_json(state_file, {**state, "points": points,
+                                     "cpu_seconds": state.get("cpu_seconds", 0.0)
+                                     + time.process_time() - cpu0,
+                                     "wall_seconds": state.get("wall_seconds", 0.0)
+                                     + time.perf_counter() - wall0})
+            state = read_json(state_file)
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+        if it < miles[-1]:
+            logs = r.step(it)
+            r.history.append({"iteration": it + 1, **logs})
+    chosen = choose_budget(points)
+    r.write_logs()
+    r.checkpoint_path.unlink(missing_ok=True)
+    state = read_json(state_file)
+    state.update({"points": sorted(points, key=lambda p: p["iteration"]), "chosen": chosen,
+                  "rule": f"first milestone no later one beats by {FLAT_POINTS} points",
+                  "budget": budget_text(method, ipc), "milestones": miles})
+    atomic_json(state_file, state)
+    say(f"curve {dataset} ipc{ipc} {method}: budget {chosen} iterations")
+    return chosen
+
+
+# -- one run ------------------------------------------------------------------------------
+def run_cell(dataset: str, ipc: int, method: str, variant: str, seed: int,
+             iterations: int) -> dict[str, Any]:
+    """Distill (or reuse) one run; returns its cell.json record."""
+    from mim4dd_kit.engine import run
+    from mim4dd_kit.errors import CheckpointError
+    from mim4dd_kit.recipe import validate_recipe
+
+    folder = run_folder(dataset, ipc, method, variant, seed)
+    record_file = folder / "cell.json"
+    record = read_json(record_file)
+    if record and record.get("iterations") == iterations and record.get("validation"):
+        return record
+    recipe = validate_recipe(recipe_dict(dataset, ipc, method, variant, seed, iterations))
+    folder.mkdir(parents=True, exist_ok=True)
+    has_ckpt = (folder / "checkpoint.pt").exists()
+    log = (folder / "progress.log").open("a", encoding="utf-8")
+
+    def progress(it: int, logs: dict[str, float]) -> None:
+        if it % 25 == 0 or it == iterations:
+            shown = " ".join(f"{k}={v:.4g}" for k, v in logs.items() if k.startswith("loss"))
+            log.write(f"{time.strftime('%H:%M:%S', time.gmtime())} {it}/{iterations} "
+                      f"{shown}\n")
+            log.flush()
+
+    say(f"run {dataset} ipc{ipc} {method} {variant} seed {seed}: {iterations} iterations"
+        + (" (resuming)" if has_ckpt else ""))
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    try:
+        res = run(recipe, out=folder, resume=has_ckpt, overwrite=not has_ckpt,
+                  progress=False, callbacks=[progress])
+    except CheckpointError:  # made by another version of the recipe: start over
+        log.write("checkpoint of another recipe; starting over\n")
+        res = run(recipe, out=folder, overwrite=True, progress=False, callbacks=[progress])
+    log.close()
+    ev = res.evaluations["train_from_scratch"]
+    record = {
+        "dataset": dataset, "ipc": ipc, "method": method, "variant": variant, "seed": seed,
+        "iterations": iterations, "regularizer": recipe.to_dict()["regularizer"],
+        "validation": {"accuracies": ev["accuracies"], "mean": ev["accuracy_mean"],
+                       "std": ev["accuracy_std"], "size": ev["test_size"],
+                       "seconds": ev["seconds"]},
+        "final_losses": res.final_losses,
+        "cpu_seconds": time.process_time() - cpu0,
+        "wall_seconds": time.perf_counter() - wall0,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    atomic_json(record_file, record)
+    say(f"  validation {ev['accuracy_mean']:.2f} ± {ev['accuracy_std']:.2f} "
+        f"({record['wall_seconds']:.0f} s)")
+    return record
+
+
+def score_test(dataset: str, ipc: int, method: str, variant: str, seed: int) -> dict | None:
+    """Score a finished run on the test split once (test.json in its folder)."""
+    from mim4dd_kit.contracts import EvaluatorRef
+    from mim4dd_kit.evaluate import evaluate
+
+    folder = run_folder(dataset, ipc, method, variant, seed)
+    out = folder / "test.json"
+    if out.exists():
+        return read_json(out)
+    if not (folder / "cell.json").exists():
+        return None
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    res = evaluate(folder / "synthetic.safetensors",
+                   evaluators=[EvaluatorRef.model_validate({**EVAL, "split": "test"})],
+                   device="cpu")["evaluations"]["train_from_scratch"]
+    record = {"accuracies": res["accuracies"], "mean": res["accuracy_mean"],
+              "std": res["accuracy_std"], "size": res["test_size"], "split": res["split"],
+              "cpu_seconds": time.process_time() - cpu0,
+              "wall_seconds": time.perf_counter() - wall0}
+    atomic_json(out, record)
+    say(f"  test {dataset} ipc{ipc} {method} {variant} seed {seed}: "
+        f"{record['mean']:.2f} ± {record['std']:.2f}")
+    return record
+
+
+# -- rows ---------------------------------------------------------------------------------
+def collect_rows() -> list[dict[str, Any]]:
+    """Every finished run as JSON rows (one per split scored)."""
+    rows = []
+    choice = read_json(OUT / "choice.json", {}) or {}
+    for cell in sorted(OUT.glob("*/ipc*/*/*/seed*/cell.json")):
+        rec = read_json(cell)
+        if not rec:
+            continue
+        base = {k: rec[k] for k in ("dataset", "ipc", "method", "variant", "seed",
+                                    "iterations")}
+        common = {"budget": budget_text(rec["method"], rec["ipc"]),
+                  "regularizer": rec["regularizer"],
+                  "final_losses": rec.get("final_losses"),
+                  "distill_cpu_seconds": rec.get("cpu_seconds"),
+                  "distill_wall_seconds": rec.get("wall_seconds")}
+        v = rec["validation"]
+        rows.append({**base, "split": "validation", "accuracies": v["accuracies"],
+                     "mean": v["mean"], "std": v["std"], "split_size": v["size"], **common})
+        test = read_json(cell.parent / "test.json")
+        if test:
+            variants = [rec["variant"]]
+            if choice.get("chosen") == rec["variant"]:
+                variants.append("shipped")
+            for name in variants:
+                rows.append({**base, "variant": name, "split": "test",
+                             "accuracies": test["accuracies"], "mean": test["mean"],
+                             "std": test["std"], "split_size": test["size"],
+                             **({"setting": rec["variant"]} if name == "shipped" else {}),
+                             "test_cpu_seconds": test.get("cpu_seconds"), **common})
+    return rows
+
+
+def write_rows() -> list[dict[str, Any]]:
+    rows = collect_rows()
+    atomic_json(JSON, rows)
+    return rows
+
+
+# -- statistics ---------------------------------------------------------------------------
+def paired(rows: list[dict], cell: tuple, variant: str, split: str) -> dict | None:
+    """Per-seed difference variant − base of one cell: mean, std, 95% t interval."""
+    import numpy as np
+    from scipy import stats
+
+    def means(v: str) -> dict[int, float]:
+        return {r["seed"]: r["mean"] for r in rows
+                if (r["dataset"], r["ipc"], r["method"]) == cell and r["variant"] == v
+                and r["split"] == split}
+
+    b, v = means("base"), means(variant)
+    seeds = sorted(set(b) & set(v))
+    if len(seeds) < 2:
+        return None
+    d = np.array([v[s] - b[s] for s in seeds])
+    n = len(d)
+    sd = float(d.std(ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
+    return {"n": n, "mean": float(d.mean()), "sd": sd, "lo": float(d.mean()) - half,
+            "hi": float(d.mean()) + half, "seeds": seeds}
+
+
+def choose_setting(rows: list[dict]) -> dict[str, Any] | None:
+    """The candidate with the largest mean paired validation difference over the cells
+    where every candidate has at least 2 paired seeds; None if there is none yet."""
+    cands = sorted({r["variant"] for r in rows if r["variant"] in CANDIDATES})
+    if not cands:
+        return None
+    cells = sorted({(r["dataset"], r["ipc"], r["method"]) for r in rows})
+    table = {}
+    for c in cands:
+        diffs = {cell: paired(rows, cell, c, "validation") for cell in cells}
+        table[c] = {f"{k[0]} ipc{k[1]} {k[2]}": d for k, d in diffs.items() if d}
+    common = set.intersection(*(set(t) for t in table.values()))
+    if not common:
+        return None
+    score = {c: sum(table[c][k]["mean"] for k in common) / len(common) for c in cands}
+    best = max(score, key=score.get)
+    return {"chosen": best, "score": score, "cells": sorted(common),
+            "rule": "largest mean over cells of the paired validation difference "
+                    "(candidate - base), over cells where every candidate has >= 2 seeds",
+            "per_cell": table}
+
+
+# -- the pairing check --------------------------------------------------------------------
+def trace(dataset: str, ipc: int, method: str, variant: str, seed: int,
+          steps: int) -> dict[str, Any]:
+    """Hashes of what a run of the study reads: initial images, the real batches and the
+    networks of its first ``steps`` iterations."""
+    import hashlib
+
+    import torch
+
+    from mim4dd_kit.engine import Run
+    from mim4dd_kit.recipe import validate_recipe
+    from mim4dd_kit.registry import default_registry
+
+    def digest(t: torch.Tensor) -> str:
+        return hashlib.sha256(t.detach().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+    recipe = validate_recipe(recipe_dict(dataset, ipc, method, variant, seed, steps))
+    r = Run(recipe, OUT / "pairing" / variant, torch.device("cpu"), default_registry())
+    r.setup()
+    out = {"init": digest(r.syn.images), "batches": [], "networks": []}
+    sample, make = r.data.sample_per_class, r.ctx.make_backbone
+
+    def spy_sample(n, generator=None):
+        x, y = sample(n, generator)
+        out["batches"].append(digest(x))
+        return x, y
+
+    def spy_make():
+        net = make()
+        out["networks"].append(digest(torch.cat([p.reshape(-1) for p in net.parameters()])))
+        return net
+
+    r.data.sample_per_class, r.ctx.make_backbone = spy_sample, spy_make
+    out["draws"] = []  # the loss's own random choices (MTT's expert and start epoch)
+    for it in range(steps):
+        logs = r.step(it)
+        out["draws"].append([logs[k] for k in ("mtt_expert", "mtt_start_epoch") if k in logs])
+    out["final"] = digest(r.syn.images)
+    return out
+
+
+def main_verify(args) -> None:
+    """Base and every variant of each cell, seed 0, a few iterations: the same initial
+    images, real batches and networks, different final images (pairing.json)."""
+    import torch
+
+    torch.set_num_threads(1)
+    CANDIDATES.update(candidates())
+    checks = read_json(OUT / "pairing.json", []) or []
+    for dataset, ipc, method in cells_in_order(args):
+        base = trace(dataset, ipc, method, "base", 0, args.steps)
+        for variant in [v for v in args.variants if v != "base"]:
+            other = trace(dataset, ipc, method, variant, 0, args.steps)
+            check = {"dataset": dataset, "ipc": ipc, "method": method, "variant": variant,
+                     "seed": 0, "steps": args.steps,
+                     "same_init": base["init"] == other["init"],
+                     # None: the base method draws no real batch of its own (MTT; the
+                     # variant's feature batches come from an isolated stream)
+                     "same_batches": (base["batches"] == other["batches"]
+                                      if base["batches"] else None),
+                     "same_draws": base["draws"] == other["draws"],
+                     "batches": len(base["batches"]),
+                     "same_networks": base["networks"] == other["networks"],
+                     "networks": len(base["networks"]),
+                     "different_final": base["final"] != other["final"]}
+            checks = [c for c in checks if (c["dataset"], c["ipc"], c["method"],
+                                            c["variant"]) != (dataset, ipc, method, variant)]
+            checks.append(check)
+            atomic_json(OUT / "pairing.json", checks)
+            say(f"pairing {check}")
+
+
+# -- the queue ----------------------------------------------------------------------------
+def cells_in_order(args) -> list[tuple[str, int, str]]:
+    return [(d, i, m) for d in args.datasets for i in args.ipc for m in args.methods]
+
+
+def run_cells(cells: list[tuple[str, int, str]], variants: list[str], seeds: list[int],
+              tested: set[str], fixed: int | None) -> None:
+    """Curve, then every variant and seed of each cell; ``tested`` variants are also scored
+    on the test split. One broken cell does not stop the others."""
+    for dataset, ipc, method in cells:
+        try:
+            iterations = fixed or run_curve(dataset, ipc, method)
+            for seed in seeds:
+                for variant in variants:
+                    run_cell(dataset, ipc, method, variant, seed, iterations)
+                    if variant in tested:
+                        score_test(dataset, ipc, method, variant, seed)
+                    write_rows()
+        except Exception:
+            say(f"cell {dataset} ipc{ipc} {method} failed:\n{traceback.format_exc()}")
+
+
+def main_run(args) -> None:
+    """Stage 1: the selection data sets with every variant and candidate (validation);
+    the choice; stage 2: the other data sets with base, literal and the chosen setting;
+    finally the chosen setting's runs scored on the test split."""
+    import torch
+
+    torch.set_num_threads(1)
+    CANDIDATES.update(candidates())
+    cands = list(CANDIDATES) if args.candidates else []
+    say(f"study: cells {cells_in_order(args)}; variants {args.variants}; candidates "
+        f"{cands} chosen on {args.select_on} x {args.select_methods}; seeds {args.seeds}")
+    select = [c for c in cells_in_order(args)
+              if c[0] in args.select_on and c[2] in args.select_methods]
+    order = {d: i for i, d in enumerate(DATASETS)}
+    # the cheap bases on every data set first, then MTT and BPTT
+    rest = sorted((c for c in cells_in_order(args) if c not in select),
+                  key=lambda c: (c[2] in ("mtt", "bptt"), order[c[0]], c[2] == "bptt", c[1]))
+    run_cells(select, [*args.variants, *cands], args.seeds, {"base", "literal"},
+              args.iterations)
+    rows = write_rows()
+    choice = choose_setting(rows) if cands else None
+    if choice is not None:
+        atomic_json(OUT / "choice.json", choice)
+        say(f"chosen on the validation split: {choice['chosen']} ({choice['score']})")
+    chosen = [choice["chosen"]] if choice else []
+    run_cells(rest, [*args.variants, *chosen], args.seeds, {"base", "literal", *chosen},
+              args.iterations)
+    if chosen:
+        for dataset, ipc, method in select:
+            for seed in args.seeds:
+                score_test(dataset, ipc, method, chosen[0], seed)
+                write_rows()
+    write_rows()
+    say("study: queue done")
+
+
+def main_status(args) -> None:
+    rows = collect_rows()
+    for r in rows:
+        print(f"{r['dataset']:14s} ipc{r['ipc']:<3d} {r['method']:5s} {r['variant']:14s} "
+              f"s{r['seed']} {r['split']:10s} {r['iterations']:5d} it  {r['mean']:.2f}")
+
+
+def main() -> None:
+    global OUT, JSON, PAGE, FIGS
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("mode", choices=["run", "page", "status", "verify"])
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    ap.add_argument("--ipc", nargs="+", type=int, default=[1, 10])
+    ap.add_argument("--methods", nargs="+", default=["dm", "dsa"], choices=list(MILESTONES))
+    ap.add_argument("--variants", nargs="+", default=["base", "literal"])
+    ap.add_argument("--candidates", action="store_true",
+                    help="also run the candidate settings the regularizer offers (on the "
+                    "--select-on data sets) and choose one on the validation split")
+    ap.add_argument("--select-on", nargs="+", default=["digits"],
+                    help="data sets whose validation split chooses the setting")
+    ap.add_argument("--select-methods", nargs="+", default=["dm", "dsa"],
+                    help="base methods whose cells choose the setting")
+    ap.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
+    ap.add_argument("--iterations", type=int, help="skip the curve; use this budget")
+    ap.add_argument("--steps", type=int, default=3, help="verify: iterations traced")
+    ap.add_argument("--out", type=Path, default=OUT, help="runs folder")
+    ap.add_argument("--json", type=Path, default=JSON, help="rows file")
+    ap.add_argument("--page", type=Path, default=PAGE, help="page to write")
+    args = ap.parse_args()
+    OUT, JSON, PAGE = args.out, args.json, args.page
+    FIGS = PAGE.parent / PAGE.stem
+    if args.mode == "run":
+        main_run(args)
+    elif args.mode == "status":
+        main_status(args)
+    elif args.mode == "verify":
+        main_verify(args)
+    else:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from mim_study_page import render
+
+        CANDIDATES.update(candidates())
+        say(f"page written: {render(collect_rows(), sys.modules[__name__])}")
+
+
+if __name__ == "__main__":
+    main()

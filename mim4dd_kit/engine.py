@@ -14,7 +14,6 @@ alone writes checkpoints, logs and the set.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import platform
 import time
@@ -24,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import __version__, formation, performance, plots
+from . import __version__, formation, performance, plots, runlog
 from . import distributed as ddp
 from .contracts import RealData, RunContext, Shard, SyntheticState
 from .errors import CheckpointError, DataError, PluginError, RecipeError, RunError
@@ -389,17 +387,32 @@ class Run:
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeRemainingColumn(), TextColumn("{task.fields[losses]}")]
         shown_bar = progress and ddp.is_main()
-        with Progress(*columns, console=Console(stderr=True), disable=not shown_bar) as bar:
-            task = bar.add_task(self.recipe.name, total=total, completed=start, losses="")
-            for it in range(start, total):
-                logs = self.iterate(it)
-                self.history.append({"iteration": it + 1, **logs})
-                shown = " ".join(f"{k}={v:.4g}" for k, v in logs.items() if k.startswith("loss"))
-                bar.update(task, advance=1, losses=shown)
-                for cb in callbacks:
-                    cb(it + 1, logs)
-                if every and (it + 1) % every == 0:
-                    self.save_checkpoint(it + 1)
+        out = self.recipe.output
+        # rank 0 streams the loss log; without a bar it also logs plain progress lines
+        stream = (runlog.StreamingLog(self.run_dir, self.recipe.to_dict(), start, self.history)
+                  if ddp.is_main() else None)
+        lines = (runlog.ProgressLines(self.recipe.name, start, total, out.log_every,
+                                      out.log_seconds) if ddp.is_main() and not shown_bar
+                 else None)
+        try:
+            with Progress(*columns, console=Console(stderr=True), disable=not shown_bar) as bar:
+                task = bar.add_task(self.recipe.name, total=total, completed=start, losses="")
+                for it in range(start, total):
+                    logs = self.iterate(it)
+                    self.history.append({"iteration": it + 1, **logs})
+                    shown = runlog.format_losses(logs)
+                    bar.update(task, advance=1, losses=shown)
+                    if stream is not None:
+                        stream.record(it + 1, logs)
+                    if lines is not None:
+                        lines.update(it + 1, shown)
+                    for cb in callbacks:
+                        cb(it + 1, logs)
+                    if every and (it + 1) % every == 0:
+                        self.save_checkpoint(it + 1)
+        finally:
+            if stream is not None:
+                stream.close()
         self.save_checkpoint(total)
 
     # -- outputs --------------------------------------------------------------------------
@@ -436,12 +449,8 @@ class Run:
         }
 
     def write_logs(self) -> None:
-        text = "".join(json.dumps(h) + "\n" for h in self.history)
-        atomic_write(self.run_dir / "losses.jsonl",
-                     lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-        recipe_text = yaml.safe_dump(self.recipe.to_dict(), sort_keys=False)
-        atomic_write(self.run_dir / "recipe.yaml",
-                     lambda tmp: Path(tmp).write_text(recipe_text, encoding="utf-8"))
+        """The loss curves; ``losses.jsonl`` and ``recipe.yaml`` were written while the
+        run ran (mim4dd_kit/runlog.py)."""
         if self.history and plots.have_matplotlib():
             # the paper's Fig. 4: base loss and regularizer per iteration (plot extra)
             plots.save_loss_curves(self.history, self.run_dir / "losses.png",

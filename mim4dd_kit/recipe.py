@@ -69,6 +69,13 @@ class OutputSettings(_Strict):
     file: str = Field("synthetic.safetensors", description="synthetic set file name, "
                       "inside the run folder (no folder part)")
     checkpoint_every: int = Field(100, ge=0, description="iterations between checkpoints")
+    log_every: int = Field(
+        0, ge=0, description="iterations between plain progress lines when no progress bar "
+        "is shown (stderr not a terminal); 0: about 20 lines per run"
+    )
+    log_seconds: float = Field(
+        60.0, gt=0, description="longest wait, in seconds, between two plain progress lines"
+    )
 
     @field_validator("file")
     @classmethod

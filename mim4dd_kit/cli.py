@@ -212,13 +212,26 @@ def validate(
 @_guard
 def schema(
     output: Annotated[Path | None, typer.Option("--out", help="Write to a file.")] = None,
+    link: Annotated[list[Path] | None, typer.Option(
+        "--link", help="Make '# yaml-language-server: $schema=<--out file>' the first line "
+        "of this recipe, for editors (repeatable; needs --out).")] = None,
 ) -> None:
     """Print the recipe JSON Schema (for editor completion)."""
     from .recipe import recipe_json_schema
+    from .schema import link_recipe
+    from .synthetic import atomic_write
 
-    text = json.dumps(recipe_json_schema(), indent=2)
+    if link and output is None:
+        raise RecipeError("--link needs --out: the recipe's first line points at that file")
+    notes: list[str] = []
+    text = json.dumps(recipe_json_schema(warnings=notes), indent=2)
+    for note in notes:
+        err.print(f"[yellow]warning:[/] {safe_markup(note)}", highlight=False)
     if output:
-        output.write_text(text + "\n", encoding="utf-8")
+        atomic_write(output, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+        for recipe in link or []:
+            line = link_recipe(recipe, output)
+            err.print(f"{plain(recipe)}: {plain(line)}", markup=False, highlight=False)
     else:
         sys.stdout.write(text + "\n")
 

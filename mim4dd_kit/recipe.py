@@ -305,12 +305,33 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _format(source: str, root: yaml.Node | None, problems: list[Problem]) -> RecipeError:
+def _override_of(path: tuple[str | int, ...], overrides: list[str]) -> str | None:
+    """The last ``--set`` that wrote ``path`` or a mapping above it, or a key below it."""
+    found = None
+    key = tuple(map(str, path))
+    for text in overrides:
+        try:
+            parts = tuple(parse_override(text)[0])
+        except RecipeError:
+            continue
+        n = min(len(parts), len(key))
+        if n and parts[:n] == key[:n]:
+            found = text
+    return found
+
+
+def _format(source: str, root: yaml.Node | None, problems: list[Problem],
+            overrides: list[str] = ()) -> RecipeError:
     lines = []
     for p in problems:
+        dotted = '.'.join(map(str, p.path)) or '(top level)'
+        override = _override_of(p.path, list(overrides)) if p.path else None
+        if override is not None:  # the value came from the command line, not the file
+            lines.append(f"{source}: --set {override}: {dotted}: {p.message}")
+            continue
         line = _line_of(root, p.path)
         where = f"{source}:{line}" if line else source
-        lines.append(f"{where}: {'.'.join(map(str, p.path)) or '(top level)'}: {p.message}")
+        lines.append(f"{where}: {dotted}: {p.message}")
     head = "invalid recipe: " if len(lines) > 1 else ""
     return RecipeError(head + "; ".join(lines))
 
@@ -321,8 +342,12 @@ def validate_recipe(
     source: str = "<recipe>",
     text: str | None = None,
     registry: Registry | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
 ) -> Recipe:
-    """Validate a recipe mapping and every component's parameters (no data is loaded)."""
+    """Validate a recipe mapping and every component's parameters (no data is loaded).
+
+    ``overrides`` are the ``--set`` texts applied to ``data``: a problem at a key one of
+    them wrote is reported as that override's, not as a line of the file."""
     registry = registry or default_registry()
     root = yaml.compose(text, Loader=_Yaml12Loader) if text else None
     if not isinstance(data, dict):
@@ -331,7 +356,8 @@ def validate_recipe(
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise _format(
-            source, root, [Problem(tuple(e["loc"]), _pretty(e)) for e in exc.errors()]
+            source, root, [Problem(tuple(e["loc"]), _pretty(e)) for e in exc.errors()],
+            overrides,
         ) from None
     problems: list[Problem] = []
     for key, ref in recipe.components():
@@ -343,7 +369,7 @@ def validate_recipe(
         except PluginError as exc:
             problems.append(Problem((*prefix, "name"), str(exc)))
     if problems:
-        raise _format(source, root, problems)
+        raise _format(source, root, problems, overrides)
     return recipe
 
 
@@ -370,35 +396,14 @@ def load_recipe(
         if not isinstance(data, dict):
             raise RecipeError(f"{path}: a recipe must be a YAML mapping of keys to values")
         data = apply_overrides(data, list(overrides))
-    return validate_recipe(data, source=str(path), text=text, registry=registry)
+    return validate_recipe(data, source=str(path), text=text, registry=registry,
+                           overrides=overrides)
 
 
-def recipe_json_schema(registry: Registry | None = None) -> dict[str, Any]:
-    """JSON Schema of recipes, each component field listing the installed plugins."""
-    registry = registry or default_registry()
-    schema = Recipe.model_json_schema(by_alias=True)
-    defs = schema.setdefault("$defs", {})
-    ref_defs: dict[str, Any] = {}
-    for ref_cls in (DatasetRef, BackboneRef, LossRef, RegularizerRef, AugmentationRef,
-                    EvaluatorRef):
-        options = []
-        for info in registry.describe(ref_cls.kind):
-            if info.error:
-                continue
-            params = registry.load(ref_cls.kind, info.name).Params.model_json_schema(
-                by_alias=True
-            )
-            props = {"name": {"const": info.name, "description": info.description}}
-            props.update(params.get("properties", {}))
-            options.append({
-                "type": "object",
-                "properties": props,
-                "required": ["name", *params.get("required", [])],
-                "additionalProperties": False,
-            })
-            for key, value in params.get("$defs", {}).items():
-                defs.setdefault(key, value)
-        if options:
-            ref_defs[ref_cls.__name__] = {"anyOf": [{"type": "string"}, *options]}
-    defs.update(ref_defs)  # last, so that no plugin's own copy of a ref replaces them
-    return schema
+def recipe_json_schema(registry: Registry | None = None,
+                       warnings: list[str] | None = None) -> dict[str, Any]:
+    """JSON Schema of recipes, each component field listing the installed plugins
+    (mim4dd_kit/schema.py); notes such as name clashes are appended to ``warnings``."""
+    from .schema import recipe_schema
+
+    return recipe_schema(registry, warnings)

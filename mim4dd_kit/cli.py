@@ -339,7 +339,8 @@ def evaluate(
     show = None if as_json else (
         lambda i, n, acc: err.print(f"  model {i}/{n}: {acc:.2f}%", highlight=False))
     result = evaluate_set(file, evaluators=refs, dataset=ds, device=device, seed=seed,
-                          save=save, registry=registry, progress=show, overwrite=overwrite)
+                          save=save, registry=registry, progress=show, overwrite=overwrite,
+                          progress_bar=_bar(as_json))
     for w in result["warnings"]:
         err.print(f"[yellow]warning:[/] {safe_markup(w)}", highlight=False)
     if as_json:
@@ -524,7 +525,8 @@ def baseline(
         show_model = None if as_json else (
             lambda i, n, acc: err.print(f"  model {i}/{n}: {acc:.2f}%", highlight=False))
         result = evaluate_set(path, evaluators=refs, device=device, save=True,
-                              registry=registry, progress=show_model)
+                              registry=registry, progress=show_model,
+                              progress_bar=_bar(as_json))
         for w in result["warnings"]:
             err.print(f"[yellow]warning:[/] {safe_markup(w)}", highlight=False)
         evaluations = result["evaluations"]

@@ -588,7 +588,7 @@ def _run_locked(
             recipe.evaluators, r.syn.images.detach(), r.syn.labels, lr, r.data,
             device=dev, seed=recipe.seed, backbone=recipe.backbone,
             augmentation=recipe.augmentation, registry=registry,
-            formation=recipe.synthetic.formation,
+            formation=recipe.synthetic.formation, progress_bar=progress,
         )
         if main:
             update_metadata(final, evaluations=evaluations)

@@ -109,13 +109,14 @@ class StreamingLog:
 
 
 class ProgressLines:
-    """Plain progress lines through :mod:`logging`: every ``every`` iterations and at
-    least every ``seconds`` seconds, plus one at the end."""
+    """Plain progress lines through :mod:`logging`: every ``every`` steps (0: a twentieth
+    of ``total``) and at least every ``seconds`` seconds, plus one at the end. ``total``
+    None counts without a total (lines by time only)."""
 
-    def __init__(self, name: str, start: int, total: int, every: int, seconds: float,
-                 logger: logging.Logger = log, what: str = "iteration"):
-        self.name, self.start, self.total, self.what = name, start, total, what
-        self.every = every or max(1, total // 20)
+    def __init__(self, name: str, start: int, total: int | None, every: int, seconds: float,
+                 logger: logging.Logger = log, what: str = "iteration", unit: str = "it"):
+        self.name, self.start, self.total, self.what, self.unit = name, start, total, what, unit
+        self.every = every or (max(1, total // 20) if total else 0)
         self.seconds = seconds
         self.logger = logger
         self.t0 = self._shown_at = time.perf_counter()
@@ -123,15 +124,22 @@ class ProgressLines:
 
     def update(self, done: int, extra: str = "") -> None:
         now = time.perf_counter()
-        due = (done - self._shown >= self.every or now - self._shown_at >= self.seconds
-               or done >= self.total)
+        total = self.total
+        due = ((self.every and done - self._shown >= self.every)
+               or now - self._shown_at >= self.seconds or (total is not None and done >= total))
         if not due or done == self._shown:
             return
         rate = (done - self.start) / max(now - self.t0, 1e-9)
-        eta = (self.total - done) / rate if rate > 0 else math.inf
-        pct = 100.0 * done / self.total if self.total else 100.0
-        speed = f"{rate:.3g} it/s" if rate >= 1 else f"{1 / rate:.3g} s/it" if rate else "-"
-        self.logger.info("%s: %s %d/%d (%.0f%%)%s | %s | ETA %s", self.name, self.what, done,
-                         self.total, pct, f" {extra}" if extra else "", speed,
-                         format_seconds(eta))
+        unit = self.unit
+        speed = (f"{rate:.3g} {unit}/s" if rate >= 1 else f"{1 / rate:.3g} s/{unit}" if rate
+                 else "-")
+        if total is None:
+            self.logger.info("%s: %s %d%s | %s", self.name, self.what, done,
+                             f" {extra}" if extra else "", speed)
+        else:
+            eta = (total - done) / rate if rate > 0 else math.inf
+            pct = 100.0 * done / total if total else 100.0
+            self.logger.info("%s: %s %d/%d (%.0f%%)%s | %s | ETA %s", self.name, self.what,
+                             done, total, pct, f" {extra}" if extra else "", speed,
+                             format_seconds(eta))
         self._shown, self._shown_at = done, now

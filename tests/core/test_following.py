@@ -4,6 +4,7 @@ import json
 import logging
 
 import pytest
+import torch
 import yaml
 from conftest import TINY
 from typer.testing import CliRunner
@@ -102,12 +103,75 @@ def test_debug_after_the_subcommand(tmp_path):
 
 def test_mdk_run_without_a_terminal_logs_plain_lines(tmp_path):
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({**TINY, "output": {"log_every": 3}}))
-    res = runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "a"), "--no-eval"])
+    evaluator = {"name": "train_from_scratch", "models": 1, "epochs": 2, "augmentation": None}
+    recipe.write_text(yaml.safe_dump({**TINY, "output": {"log_every": 3},
+                                      "evaluators": [evaluator]}))
+    res = runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "a")])
     assert res.exit_code == 0, res.output
     plain = [line for line in res.stderr.splitlines() if "tiny: iteration" in line]
     assert len(plain) == 2 and " INFO tiny: iteration 6/6 (100%)" in plain[-1], res.stderr
+    assert " INFO evaluation train_from_scratch: network-epochs 2/2 (100%)" in res.stderr
     assert "\x1b" not in res.stderr  # no bar, no colour
     res = runner.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "b"), "--no-eval",
                               "-q"])
     assert res.exit_code == 0 and "iteration" not in res.stderr, res.stderr
+
+
+# ------------------------------------------------------------------ evaluation progress
+
+
+@pytest.fixture(scope="module")
+def digits_set():
+    from mim4dd_kit.contracts import DatasetRef
+    from mim4dd_kit.registry import default_registry
+
+    data = default_registry().build("datasets", DatasetRef(name="digits")).load()
+    images, labels = data.sample_per_class(2)
+    return data, images, labels
+
+
+def _evaluate(digits_set, evaluators, **kwargs):
+    from mim4dd_kit.contracts import BackboneRef, EvaluatorRef
+    from mim4dd_kit.evaluate import run_evaluators
+
+    data, images, labels = digits_set
+    return run_evaluators([EvaluatorRef.model_validate(e) for e in evaluators], images, labels,
+                          None, data, device=torch.device("cpu"), seed=0,
+                          backbone=BackboneRef(name="convnet", width=8, depth=2), **kwargs)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_evaluation_progress_counts_network_epochs(digits_set, caplog, batched):
+    spec = {"name": "train_from_scratch", "models": 2, "epochs": 3, "batched": batched,
+            "augmentation": None}
+    with caplog.at_level(logging.INFO, logger="mim4dd_kit.evaluate"):
+        _evaluate(digits_set, [spec, {**spec, "models": 1}])
+    lines = [r.getMessage() for r in caplog.records if r.name == "mim4dd_kit.evaluate"]
+    assert [line.split(": ", 1)[1].split(" |")[0] for line in lines] == [
+        "network-epochs 1/6 (17%)", "network-epochs 2/6 (33%)", "network-epochs 3/6 (50%)",
+        "network-epochs 4/6 (67%)", "network-epochs 5/6 (83%)", "network-epochs 6/6 (100%)",
+        "network-epochs 1/3 (33%)", "network-epochs 2/3 (67%)", "network-epochs 3/3 (100%)",
+    ] if not batched else [
+        "network-epochs 2/6 (33%)", "network-epochs 4/6 (67%)", "network-epochs 6/6 (100%)",
+        "network-epochs 1/3 (33%)", "network-epochs 2/3 (67%)", "network-epochs 3/3 (100%)",
+    ], lines
+    assert lines[0].startswith("evaluation train_from_scratch: ")
+    assert lines[-1].startswith("evaluation train_from_scratch.2: ") and "ETA" in lines[-1]
+
+
+def test_evaluation_bar_has_a_total_per_evaluation(digits_set, monkeypatch):
+    from mim4dd_kit import progress
+
+    seen = []
+    real = progress.EvaluationProgress.__exit__
+
+    def keep(self, *exc):
+        seen.extend((t.description, t.total, t.completed) for t in self._progress.tasks)
+        return real(self, *exc)
+
+    monkeypatch.setattr(progress.EvaluationProgress, "__exit__", keep)
+    _evaluate(digits_set, [
+        {"name": "train_from_scratch", "models": 2, "epochs": 2, "augmentation": None},
+        {"name": "cka", "epochs": 2, "real_epochs": 1, "augmentation": None}],
+        progress_bar=True)
+    assert seen == [("evaluation train_from_scratch", 4, 4), ("evaluation cka", 3, 3)]

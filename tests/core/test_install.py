@@ -9,6 +9,7 @@ this environment's packages, torch included; pip's report must list the toolkit 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -43,8 +44,13 @@ def test_dependencies_are_ranges_and_constraints_pin_the_installed_versions():
 
 @pytest.mark.slow
 def test_wheel_installs_into_an_environment_with_torch_and_leaves_it(tmp_path):
+    src = tmp_path / "src"  # a copy: building in place would leave build/ in the checkout
+    shutil.copytree(ROOT / "mim4dd_kit", src / "mim4dd_kit",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
     built = _pip("wheel", "--no-deps", "--no-index", "--no-build-isolation", "-q",
-                 "-w", str(tmp_path / "dist"), str(ROOT))
+                 "-w", str(tmp_path / "dist"), str(src))
     if built.returncode != 0 and "setuptools" in built.stderr:
         pytest.skip("setuptools is not installed here to build the wheel")
     assert built.returncode == 0, built.stderr

@@ -26,7 +26,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import __version__, formation, performance, plots, runlog
+from . import __version__, formation, performance, plots, runlog, tracking
 from . import distributed as ddp
 from .contracts import RealData, RunContext, Shard, SyntheticState
 from .errors import CheckpointError, DataError, PluginError, RecipeError, RunError
@@ -99,6 +99,7 @@ class Run:
         self.history: list[dict[str, float]] = []
         self.started = _now()
         self.shard: Shard = ddp.current_shard()
+        self.trackers = tracking.Trackers()  # the recipe's loggers, on rank 0 (_run_locked)
 
     # -- set-up ---------------------------------------------------------------------------
     def setup(self) -> None:
@@ -406,6 +407,7 @@ class Run:
                         stream.record(it + 1, logs)
                     if lines is not None:
                         lines.update(it + 1, shown)
+                    self.trackers.iteration(it + 1, logs, self.image_grid)
                     for cb in callbacks:
                         cb(it + 1, logs)
                     if every and (it + 1) % every == 0:
@@ -416,6 +418,12 @@ class Run:
         self.save_checkpoint(total)
 
     # -- outputs --------------------------------------------------------------------------
+    def image_grid(self):
+        """The stored synthetic images as a class-per-row picture, (H, W, C) in [0, 1]."""
+        info = self.data.info
+        return plots.grid_array(self.syn.images.detach(), self.syn.labels, info.mean,
+                                info.std)
+
     def provenance(self, iterations: int) -> dict[str, Any]:
         r, reg = self.recipe, self.registry
         components = []
@@ -531,7 +539,7 @@ def _run_locked(
     evaluate: bool,
     callbacks: Iterable[Callback],
 ) -> RunResult:
-    recipe, run_dir, dev, registry = r.recipe, r.run_dir, r.device, r.registry
+    recipe, run_dir, registry = r.recipe, r.run_dir, r.registry
     has_ckpt = r.checkpoint_path.exists()
     legacy = run_dir / LEGACY_CHECKPOINT
     if not overwrite and legacy.exists():
@@ -569,9 +577,39 @@ def _run_locked(
     if ddp.is_main():
         remove_stale_temporaries(run_dir, [recipe.output.file, CHECKPOINT, *LOG_NAMES])
     ddp.barrier()  # every rank has looked at the folder before rank 0 writes to it
+    # experiment trackers (rank 0), built before any work: a missing package stops the
+    # run at once (mim4dd_kit/tracking.py)
+    if ddp.is_main():
+        r.trackers = tracking.Trackers.build(recipe.loggers, registry)
+    try:
+        result = _distill(r, final, resume and has_ckpt and not overwrite, overwrite,
+                          progress, evaluate, callbacks)
+    except KeyboardInterrupt:
+        r.trackers.finish("interrupted")
+        raise
+    except BaseException:
+        r.trackers.finish("failed")
+        raise
+    r.trackers.finish("finished")
+    return result
+
+
+def _distill(
+    r: Run,
+    final: Path,
+    resuming: bool,
+    overwrite: bool,
+    progress: bool,
+    evaluate: bool,
+    callbacks: Iterable[Callback],
+) -> RunResult:
+    recipe, run_dir, dev, registry = r.recipe, r.run_dir, r.device, r.registry
+    legacy = run_dir / LEGACY_CHECKPOINT
     t0 = time.perf_counter()
     r.setup()
-    start = r.load_checkpoint() if (resume and has_ckpt and not overwrite) else 0
+    start = r.load_checkpoint() if resuming else 0
+    r.trackers.start(tracking.TrackedRun(run_dir, recipe.name, recipe.to_dict(), start,
+                                         recipe.synthetic.iterations))
     r.loop(start, progress, list(callbacks))
     iterations = recipe.synthetic.iterations
     lr = None if r.syn.lr is None else float(r.syn.lr.detach())
@@ -592,6 +630,7 @@ def _run_locked(
         )
         if main:
             update_metadata(final, evaluations=evaluations)
+    r.trackers.evaluations(iterations, evaluations)
     if main:
         r.checkpoint_path.unlink(missing_ok=True)
         if overwrite:  # the run was started over past an old pickle checkpoint

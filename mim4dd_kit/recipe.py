@@ -27,6 +27,7 @@ from .contracts import (
     ComponentRef,
     DatasetRef,
     EvaluatorRef,
+    LoggerRef,
     LossRef,
     NumbersModel,
     RegularizerRef,
@@ -106,6 +107,10 @@ class Recipe(_Strict):
         default_factory=lambda: [EvaluatorRef(name="train_from_scratch")]
     )
     output: OutputSettings = Field(default_factory=OutputSettings)
+    loggers: list[LoggerRef] = Field(
+        default_factory=list, description="experiment trackers that follow the run, e.g. "
+        "[{name: tensorboard}] (docs/following-runs.md)"
+    )
     performance: PerformanceSettings = Field(
         default_factory=PerformanceSettings,
         description="how the arithmetic runs (precision, layout, compilation, chunking)",
@@ -130,6 +135,7 @@ class Recipe(_Strict):
         if self.augmentation is not None:
             out.append(("augmentation", self.augmentation))
         out += [(f"evaluators.{i}", ev) for i, ev in enumerate(self.evaluators)]
+        out += [(f"loggers.{i}", lg) for i, lg in enumerate(self.loggers)]
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,7 +145,7 @@ class Recipe(_Strict):
         """Hash of what defines the result: not the output folder, the device or the
         speed options, so a run may resume on another device or with other settings."""
         d = self.to_dict()
-        for key in ("output", "device", "performance"):
+        for key in ("output", "device", "performance", "loggers"):
             d.pop(key, None)
         if d.get("synthetic", {}).get("formation") == 1:
             del d["synthetic"]["formation"]  # the default: fingerprints as before the field

@@ -27,6 +27,7 @@ from .contracts import (
     CriticRef,
     DatasetRef,
     EvaluatorRef,
+    LoggerRef,
     LossRef,
     RegularizerRef,
 )
@@ -34,7 +35,7 @@ from .registry import Registry, default_registry
 
 #: the reference classes whose schema lists the installed plugins
 REF_CLASSES = [DatasetRef, BackboneRef, CriticRef, LossRef, RegularizerRef, AugmentationRef,
-               EvaluatorRef]
+               EvaluatorRef, LoggerRef]
 #: the first line that points an editor's YAML language server at a schema
 MODELINE = "# yaml-language-server: $schema="
 

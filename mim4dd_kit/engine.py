@@ -569,6 +569,8 @@ def _run_locked(
             # a checkpoint shows that the folder's run outputs are this toolkit's; without
             # one, a file of the same name is someone else's and stays unless --overwrite
             taken = [n for n in LOG_NAMES if (run_dir / n).exists()]
+            if taken and runlog.left_by_same_recipe(run_dir, recipe):
+                taken = []  # this recipe's run stopped before its first checkpoint
             if taken:
                 raise RunError(
                     f"{run_dir} already holds {', '.join(taken)}, which this run would "

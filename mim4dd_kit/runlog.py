@@ -54,6 +54,18 @@ def write_recipe(run_dir: Path, recipe_dict: dict[str, Any]) -> None:
     atomic_write(run_dir / RECIPE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def left_by_same_recipe(run_dir: Path, recipe: Any) -> bool:
+    """Whether the folder's ``recipe.yaml`` is the one a run of ``recipe`` writes (same
+    fingerprint): its logs are then what a run of this recipe left when it stopped
+    before its first checkpoint, and a new run may replace them."""
+    try:
+        data = yaml.safe_load((run_dir / RECIPE).read_text(encoding="utf-8"))
+        return isinstance(data, dict) and (
+            type(recipe).model_validate(data).fingerprint() == recipe.fingerprint())
+    except Exception:  # anything else is someone else's file
+        return False
+
+
 def _kept_rows(path: Path, start: int, history: list[dict[str, float]]) -> list[str]:
     """The lines of ``path`` for iterations 1..start, when they are all there and in order
     (they carry the times); else the checkpoint's history, which has no times."""

@@ -175,3 +175,21 @@ def test_evaluation_bar_has_a_total_per_evaluation(digits_set, monkeypatch):
         {"name": "cka", "epochs": 2, "real_epochs": 1, "augmentation": None}],
         progress_bar=True)
     assert seen == [("evaluation train_from_scratch", 4, 4), ("evaluation cka", 3, 3)]
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_again(tiny_recipe, tmp_path):
+    from mim4dd_kit.errors import RunError
+
+    out = tmp_path / "run"
+
+    def stop(iteration, logs):
+        if iteration == 1:  # before the checkpoint at iteration 2
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_recipe(), out=out, progress=False, evaluate=False, callbacks=[stop])
+    assert len(_rows(out / "losses.jsonl")) == 1
+    with pytest.raises(RunError, match="already holds losses.jsonl, recipe.yaml"):
+        run(tiny_recipe(seed=1), out=out, progress=False, evaluate=False)  # another recipe
+    run(tiny_recipe(), out=out, progress=False, evaluate=False)  # the same one: starts over
+    assert [r["iteration"] for r in _rows(out / "losses.jsonl")] == list(range(1, 7))

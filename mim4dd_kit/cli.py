@@ -21,9 +21,12 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
+from . import cli_logging as _logging
+from .cli_logging import GlobalOptionsGroup
 from .errors import MdkError, RecipeError
 
 app = typer.Typer(
+    cls=GlobalOptionsGroup,
     add_completion=False,
     no_args_is_help=True,
     help="mim4dd_kit: dataset distillation with the MIM4DD regularizer.",
@@ -31,7 +34,7 @@ app = typer.Typer(
 )
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
-_state = {"debug": False}
+_state = {"debug": False, "quiet": False}
 
 # control characters (ANSI escape sequences start with ESC; C1 controls; bidirectional
 # overrides) never reach the terminal from a file's metadata, a plugin or an error
@@ -106,12 +109,32 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="Show tracebacks (also accepted after the subcommand).")] = False,
+    verbose: Annotated[int, typer.Option(
+        "--verbose", "-v", count=True, help="More log lines (debug level).")] = 0,
+    quiet: Annotated[int, typer.Option(
+        "--quiet", "-q", count=True,
+        help="No progress bars or progress lines; -qq: errors only.")] = 0,
+    log_level: Annotated[str | None, typer.Option(
+        "--log-level", help="Level of the log lines on stderr: debug, info (default), "
+        "warning or error.")] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print version.")
     ] = False,
 ) -> None:
     _state["debug"] = debug
+    if log_level is not None and log_level.lower() not in _logging.LEVELS:
+        raise typer.BadParameter(f"{plain(log_level)!r} is not one of "
+                                 f"{', '.join(_logging.LEVELS)}", param_hint="'--log-level'")
+    level = _logging.level_of(verbose, quiet, log_level)
+    _state["quiet"] = level > _logging.logging.INFO
+    _logging.configure(level, plain)
+
+
+def _bar(as_json: bool = False) -> bool:
+    """Whether to draw Rich progress bars: stderr is a terminal, no --json, no -q."""
+    return not as_json and not _state["quiet"] and sys.stderr.isatty()
 
 
 def _print_json(data: Any) -> None:
@@ -146,7 +169,7 @@ def run(
     from .engine import run as run_recipe
 
     kwargs = dict(device=device, out=out_dir, resume=resume, overwrite=overwrite,
-                  evaluate=not no_eval, progress=not as_json and sys.stderr.isatty())
+                  evaluate=not no_eval, progress=_bar(as_json))
     if nproc > 1:
         from .distributed import launch_run
 
@@ -189,13 +212,26 @@ def validate(
 @_guard
 def schema(
     output: Annotated[Path | None, typer.Option("--out", help="Write to a file.")] = None,
+    link: Annotated[list[Path] | None, typer.Option(
+        "--link", help="Make '# yaml-language-server: $schema=<--out file>' the first line "
+        "of this recipe, for editors (repeatable; needs --out).")] = None,
 ) -> None:
     """Print the recipe JSON Schema (for editor completion)."""
     from .recipe import recipe_json_schema
+    from .schema import link_recipe
+    from .synthetic import atomic_write
 
-    text = json.dumps(recipe_json_schema(), indent=2)
+    if link and output is None:
+        raise RecipeError("--link needs --out: the recipe's first line points at that file")
+    notes: list[str] = []
+    text = json.dumps(recipe_json_schema(warnings=notes), indent=2)
+    for note in notes:
+        err.print(f"[yellow]warning:[/] {safe_markup(note)}", highlight=False)
     if output:
-        output.write_text(text + "\n", encoding="utf-8")
+        atomic_write(output, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+        for recipe in link or []:
+            line = link_recipe(recipe, output)
+            err.print(f"{plain(recipe)}: {plain(line)}", markup=False, highlight=False)
     else:
         sys.stdout.write(text + "\n")
 
@@ -318,7 +354,8 @@ def evaluate(
     show = None if as_json else (
         lambda i, n, acc: err.print(f"  model {i}/{n}: {acc:.2f}%", highlight=False))
     result = evaluate_set(file, evaluators=refs, dataset=ds, device=device, seed=seed,
-                          save=save, registry=registry, progress=show, overwrite=overwrite)
+                          save=save, registry=registry, progress=show, overwrite=overwrite,
+                          progress_bar=_bar(as_json))
     for w in result["warnings"]:
         err.print(f"[yellow]warning:[/] {safe_markup(w)}", highlight=False)
     if as_json:
@@ -382,7 +419,7 @@ def sweep(
     from .sweep import format_table, load_sweep, run_sweep
 
     spec = load_sweep(file)
-    quiet = as_json or not sys.stderr.isatty()
+    quiet = not _bar(as_json)
 
     def announce(i: int, n: int, v) -> None:
         if not as_json:
@@ -407,7 +444,7 @@ def buffer(
     from .buffers import buffer_for_recipe
 
     info = buffer_for_recipe(recipe, overrides=set_ or [], device=device,
-                             progress=not as_json and sys.stderr.isatty())
+                             progress=_bar(as_json))
     if as_json:
         _print_json(info)
     else:
@@ -503,7 +540,8 @@ def baseline(
         show_model = None if as_json else (
             lambda i, n, acc: err.print(f"  model {i}/{n}: {acc:.2f}%", highlight=False))
         result = evaluate_set(path, evaluators=refs, device=device, save=True,
-                              registry=registry, progress=show_model)
+                              registry=registry, progress=show_model,
+                              progress_bar=_bar(as_json))
         for w in result["warnings"]:
             err.print(f"[yellow]warning:[/] {safe_markup(w)}", highlight=False)
         evaluations = result["evaluations"]

@@ -574,3 +574,9 @@ class RegularizerRef(ComponentRef):
 
 class EvaluatorRef(ComponentRef):
     kind: ClassVar[str] = "evaluators"
+
+
+class LoggerRef(ComponentRef):
+    """An experiment tracker (mim4dd_kit/tracking.py)."""
+
+    kind: ClassVar[str] = "loggers"

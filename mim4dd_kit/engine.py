@@ -14,7 +14,6 @@ alone writes checkpoints, logs and the set.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import platform
 import time
@@ -24,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import __version__, formation, performance, plots
+from . import __version__, formation, performance, plots, runlog, tracking
 from . import distributed as ddp
 from .contracts import RealData, RunContext, Shard, SyntheticState, tapped_features
 from .errors import CheckpointError, DataError, PluginError, RecipeError, RunError
@@ -102,6 +100,7 @@ class Run(RegularizerSteps):
         self.history: list[dict[str, float]] = []
         self.started = _now()
         self.shard: Shard = ddp.current_shard()
+        self.trackers = tracking.Trackers()  # the recipe's loggers, on rank 0 (_run_locked)
 
     # -- set-up ---------------------------------------------------------------------------
     def setup(self) -> None:
@@ -410,20 +409,42 @@ class Run(RegularizerSteps):
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeRemainingColumn(), TextColumn("{task.fields[losses]}")]
         shown_bar = progress and ddp.is_main()
-        with Progress(*columns, console=Console(stderr=True), disable=not shown_bar) as bar:
-            task = bar.add_task(self.recipe.name, total=total, completed=start, losses="")
-            for it in range(start, total):
-                logs = self.iterate(it)
-                self.history.append({"iteration": it + 1, **logs})
-                shown = " ".join(f"{k}={v:.4g}" for k, v in logs.items() if k.startswith("loss"))
-                bar.update(task, advance=1, losses=shown)
-                for cb in callbacks:
-                    cb(it + 1, logs)
-                if every and (it + 1) % every == 0:
-                    self.save_checkpoint(it + 1)
+        out = self.recipe.output
+        # rank 0 streams the loss log; without a bar it also logs plain progress lines
+        stream = (runlog.StreamingLog(self.run_dir, self.recipe.to_dict(), start, self.history)
+                  if ddp.is_main() else None)
+        lines = (runlog.ProgressLines(self.recipe.name, start, total, out.log_every,
+                                      out.log_seconds) if ddp.is_main() and not shown_bar
+                 else None)
+        try:
+            with Progress(*columns, console=Console(stderr=True), disable=not shown_bar) as bar:
+                task = bar.add_task(self.recipe.name, total=total, completed=start, losses="")
+                for it in range(start, total):
+                    logs = self.iterate(it)
+                    self.history.append({"iteration": it + 1, **logs})
+                    shown = runlog.format_losses(logs)
+                    bar.update(task, advance=1, losses=shown)
+                    if stream is not None:
+                        stream.record(it + 1, logs)
+                    if lines is not None:
+                        lines.update(it + 1, shown)
+                    self.trackers.iteration(it + 1, logs, self.image_grid)
+                    for cb in callbacks:
+                        cb(it + 1, logs)
+                    if every and (it + 1) % every == 0:
+                        self.save_checkpoint(it + 1)
+        finally:
+            if stream is not None:
+                stream.close()
         self.save_checkpoint(total)
 
     # -- outputs --------------------------------------------------------------------------
+    def image_grid(self):
+        """The stored synthetic images as a class-per-row picture, (H, W, C) in [0, 1]."""
+        info = self.data.info
+        return plots.grid_array(self.syn.images.detach(), self.syn.labels, info.mean,
+                                info.std)
+
     def provenance(self, iterations: int) -> dict[str, Any]:
         r, reg = self.recipe, self.registry
         components = []
@@ -457,12 +478,8 @@ class Run(RegularizerSteps):
         }
 
     def write_logs(self) -> None:
-        text = "".join(json.dumps(h) + "\n" for h in self.history)
-        atomic_write(self.run_dir / "losses.jsonl",
-                     lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-        recipe_text = yaml.safe_dump(self.recipe.to_dict(), sort_keys=False)
-        atomic_write(self.run_dir / "recipe.yaml",
-                     lambda tmp: Path(tmp).write_text(recipe_text, encoding="utf-8"))
+        """The loss curves; ``losses.jsonl`` and ``recipe.yaml`` were written while the
+        run ran (mim4dd_kit/runlog.py)."""
         if self.history and plots.have_matplotlib():
             # the paper's Fig. 4: base loss and regularizer per iteration (plot extra)
             plots.save_loss_curves(self.history, self.run_dir / "losses.png",
@@ -543,7 +560,7 @@ def _run_locked(
     evaluate: bool,
     callbacks: Iterable[Callback],
 ) -> RunResult:
-    recipe, run_dir, dev, registry = r.recipe, r.run_dir, r.device, r.registry
+    recipe, run_dir, registry = r.recipe, r.run_dir, r.registry
     has_ckpt = r.checkpoint_path.exists()
     legacy = run_dir / LEGACY_CHECKPOINT
     if not overwrite and legacy.exists():
@@ -573,6 +590,8 @@ def _run_locked(
             # a checkpoint shows that the folder's run outputs are this toolkit's; without
             # one, a file of the same name is someone else's and stays unless --overwrite
             taken = [n for n in LOG_NAMES if (run_dir / n).exists()]
+            if taken and runlog.left_by_same_recipe(run_dir, recipe):
+                taken = []  # this recipe's run stopped before its first checkpoint
             if taken:
                 raise RunError(
                     f"{run_dir} already holds {', '.join(taken)}, which this run would "
@@ -581,9 +600,39 @@ def _run_locked(
     if ddp.is_main():
         remove_stale_temporaries(run_dir, [recipe.output.file, CHECKPOINT, *LOG_NAMES])
     ddp.barrier()  # every rank has looked at the folder before rank 0 writes to it
+    # experiment trackers (rank 0), built before any work: a missing package stops the
+    # run at once (mim4dd_kit/tracking.py)
+    if ddp.is_main():
+        r.trackers = tracking.Trackers.build(recipe.loggers, registry)
+    try:
+        result = _distill(r, final, resume and has_ckpt and not overwrite, overwrite,
+                          progress, evaluate, callbacks)
+    except KeyboardInterrupt:
+        r.trackers.finish("interrupted")
+        raise
+    except BaseException:
+        r.trackers.finish("failed")
+        raise
+    r.trackers.finish("finished")
+    return result
+
+
+def _distill(
+    r: Run,
+    final: Path,
+    resuming: bool,
+    overwrite: bool,
+    progress: bool,
+    evaluate: bool,
+    callbacks: Iterable[Callback],
+) -> RunResult:
+    recipe, run_dir, dev, registry = r.recipe, r.run_dir, r.device, r.registry
+    legacy = run_dir / LEGACY_CHECKPOINT
     t0 = time.perf_counter()
     r.setup()
-    start = r.load_checkpoint() if (resume and has_ckpt and not overwrite) else 0
+    start = r.load_checkpoint() if resuming else 0
+    r.trackers.start(tracking.TrackedRun(run_dir, recipe.name, recipe.to_dict(), start,
+                                         recipe.synthetic.iterations))
     r.loop(start, progress, list(callbacks))
     iterations = recipe.synthetic.iterations
     lr = None if r.syn.lr is None else float(r.syn.lr.detach())
@@ -600,10 +649,11 @@ def _run_locked(
             recipe.evaluators, r.syn.images.detach(), r.syn.labels, lr, r.data,
             device=dev, seed=recipe.seed, backbone=recipe.backbone,
             augmentation=recipe.augmentation, registry=registry,
-            formation=recipe.synthetic.formation,
+            formation=recipe.synthetic.formation, progress_bar=progress,
         )
         if main:
             update_metadata(final, evaluations=evaluations)
+    r.trackers.evaluations(iterations, evaluations)
     if main:
         r.checkpoint_path.unlink(missing_ok=True)
         if overwrite:  # the run was started over past an old pickle checkpoint

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import ValidationError
 
+from . import distributed as _ddp
 from . import formation as _formation
 from .contracts import (
     AugmentationRef,
@@ -18,6 +20,7 @@ from .contracts import (
     RealData,
 )
 from .errors import RecipeError, SyntheticSetError
+from .progress import EvaluationProgress, planned_epochs
 from .recipe import ValidationSettings
 from .registry import Registry, default_registry
 from .runtime import resolve_device
@@ -38,8 +41,13 @@ def run_evaluators(
     registry: Registry | None = None,
     progress=None,
     formation: int = 1,
+    progress_bar: bool = False,
 ) -> dict[str, Any]:
     """Run each evaluator on one set; results keyed by evaluator name (``name.2``...).
+
+    ``progress`` is called with (network, networks, accuracy) as networks finish. The
+    network-epochs trained are shown per evaluation as a bar on stderr with
+    ``progress_bar``, else logged as plain lines (mim4dd_kit/progress.py).
 
     ``images``/``labels`` are the stored set; with ``formation`` > 1 they are decoded
     (``mim4dd_kit/formation.py``) first, so every evaluator trains on the decoded images.
@@ -50,9 +58,15 @@ def run_evaluators(
         images, labels = _formation.decode(images, labels, formation, pad=pad)
     request = EvalRequest(images, labels, lr, data, device, seed, backbone, augmentation)
     results: dict[str, Any] = {}
-    for key, ref in zip(result_keys(evaluators), evaluators, strict=True):
-        evaluator = registry.build("evaluators", ref)
-        results[key] = {"params": ref.params, **evaluator.evaluate(request, registry, progress)}
+    main = _ddp.is_main()  # the other ranks of a distributed run show nothing
+    with EvaluationProgress(progress_bar and main) as shown:
+        for key, ref in zip(result_keys(evaluators), evaluators, strict=True):
+            evaluator = registry.build("evaluators", ref)
+            watch = (shown.evaluation(key, planned_epochs(evaluator, request)) if main
+                     else contextlib.nullcontext())
+            with watch:
+                result = evaluator.evaluate(request, registry, progress)
+            results[key] = {"params": ref.params, **result}
     return results
 
 
@@ -140,6 +154,7 @@ def evaluate(
     registry: Registry | None = None,
     progress=None,
     overwrite: bool = False,
+    progress_bar: bool = False,
 ) -> dict[str, Any]:
     """Score the set at ``path``; with ``save`` the results go into its metadata.
 
@@ -187,7 +202,7 @@ def evaluate(
     results = run_evaluators(
         evaluators, s.images, s.labels, s.lr, data.to(dev), device=dev, seed=seed,
         backbone=backbone, augmentation=aug, registry=registry, progress=progress,
-        formation=s.formation,
+        formation=s.formation, progress_bar=progress_bar,
     )
     if save:
         update_metadata(path, evaluations={**stored, **results})

@@ -285,14 +285,16 @@ def grid_array(
         pixels = images * s + m
     pixels = pixels.clamp(0.0, 1.0)
     row, col, _, _, cols = grid_layout(labels, ncols)
+    from torchvision.utils import make_grid  # here: torchvision is slow to import
+
     rows = int(row.max()) + 1
-    canvas = torch.ones(rows, cols, c, h + pad, w + pad)
-    canvas[row, col, :, :h, :w] = pixels
-    # (rows, cols, C, h+p, w+p) -> (rows, h+p, cols, w+p, C) -> one picture
-    grid = canvas.permute(0, 3, 1, 4, 2).reshape(rows * (h + pad), cols * (w + pad), c)
-    if pad:
-        grid = grid[:-pad, :-pad]
-    return grid.numpy()
+    cells = torch.ones(rows * cols, c, h, w)  # empty cells stay white
+    cells[row * cols + col] = pixels
+    grid = make_grid(cells, nrow=cols, padding=pad, pad_value=1.0)
+    if pad:  # make_grid also pads the outer border; the picture has padding between only
+        grid = grid[:, pad:-pad, pad:-pad]
+    # make_grid repeats a single channel three times; keep the images' channels
+    return grid[:c].permute(1, 2, 0).contiguous().numpy()
 
 
 def save_image_grid(

@@ -27,6 +27,7 @@ from .contracts import (
     ComponentRef,
     DatasetRef,
     EvaluatorRef,
+    LoggerRef,
     LossRef,
     NumbersModel,
     RegularizerRef,
@@ -74,6 +75,13 @@ class OutputSettings(_Strict):
     file: str = Field("synthetic.safetensors", description="synthetic set file name, "
                       "inside the run folder (no folder part)")
     checkpoint_every: int = Field(100, ge=0, description="iterations between checkpoints")
+    log_every: int = Field(
+        0, ge=0, description="iterations between plain progress lines when no progress bar "
+        "is shown (stderr not a terminal); 0: about 20 lines per run"
+    )
+    log_seconds: float = Field(
+        60.0, gt=0, description="longest wait, in seconds, between two plain progress lines"
+    )
 
     @field_validator("file")
     @classmethod
@@ -119,6 +127,10 @@ class Recipe(_Strict):
         default_factory=lambda: [EvaluatorRef(name="train_from_scratch")]
     )
     output: OutputSettings = Field(default_factory=OutputSettings)
+    loggers: list[LoggerRef] = Field(
+        default_factory=list, description="experiment trackers that follow the run, e.g. "
+        "[{name: tensorboard}] (docs/following-runs.md)"
+    )
     performance: PerformanceSettings = Field(
         default_factory=PerformanceSettings,
         description="how the arithmetic runs (precision, layout, compilation, chunking)",
@@ -143,6 +155,7 @@ class Recipe(_Strict):
         if self.augmentation is not None:
             out.append(("augmentation", self.augmentation))
         out += [(f"evaluators.{i}", ev) for i, ev in enumerate(self.evaluators)]
+        out += [(f"loggers.{i}", lg) for i, lg in enumerate(self.loggers)]
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -152,7 +165,7 @@ class Recipe(_Strict):
         """Hash of what defines the result: not the output folder, the device or the
         speed options, so a run may resume on another device or with other settings."""
         d = self.to_dict()
-        for key in ("output", "device", "performance"):
+        for key in ("output", "device", "performance", "loggers"):
             d.pop(key, None)
         if d.get("synthetic", {}).get("formation") == 1:
             del d["synthetic"]["formation"]  # the default: fingerprints as before the field
@@ -320,12 +333,33 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def _format(source: str, root: yaml.Node | None, problems: list[Problem]) -> RecipeError:
+def _override_of(path: tuple[str | int, ...], overrides: list[str]) -> str | None:
+    """The last ``--set`` that wrote ``path`` or a mapping above it, or a key below it."""
+    found = None
+    key = tuple(map(str, path))
+    for text in overrides:
+        try:
+            parts = tuple(parse_override(text)[0])
+        except RecipeError:
+            continue
+        n = min(len(parts), len(key))
+        if n and parts[:n] == key[:n]:
+            found = text
+    return found
+
+
+def _format(source: str, root: yaml.Node | None, problems: list[Problem],
+            overrides: list[str] = ()) -> RecipeError:
     lines = []
     for p in problems:
+        dotted = '.'.join(map(str, p.path)) or '(top level)'
+        override = _override_of(p.path, list(overrides)) if p.path else None
+        if override is not None:  # the value came from the command line, not the file
+            lines.append(f"{source}: --set {override}: {dotted}: {p.message}")
+            continue
         line = _line_of(root, p.path)
         where = f"{source}:{line}" if line else source
-        lines.append(f"{where}: {'.'.join(map(str, p.path)) or '(top level)'}: {p.message}")
+        lines.append(f"{where}: {dotted}: {p.message}")
     head = "invalid recipe: " if len(lines) > 1 else ""
     return RecipeError(head + "; ".join(lines))
 
@@ -336,8 +370,12 @@ def validate_recipe(
     source: str = "<recipe>",
     text: str | None = None,
     registry: Registry | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
 ) -> Recipe:
-    """Validate a recipe mapping and every component's parameters (no data is loaded)."""
+    """Validate a recipe mapping and every component's parameters (no data is loaded).
+
+    ``overrides`` are the ``--set`` texts applied to ``data``: a problem at a key one of
+    them wrote is reported as that override's, not as a line of the file."""
     registry = registry or default_registry()
     root = yaml.compose(text, Loader=_Yaml12Loader) if text else None
     if not isinstance(data, dict):
@@ -346,7 +384,8 @@ def validate_recipe(
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise _format(
-            source, root, [Problem(tuple(e["loc"]), _pretty(e)) for e in exc.errors()]
+            source, root, [Problem(tuple(e["loc"]), _pretty(e)) for e in exc.errors()],
+            overrides,
         ) from None
     problems: list[Problem] = []
     for key, ref in recipe.components():
@@ -358,7 +397,7 @@ def validate_recipe(
         except PluginError as exc:
             problems.append(Problem((*prefix, "name"), str(exc)))
     if problems:
-        raise _format(source, root, problems)
+        raise _format(source, root, problems, overrides)
     return recipe
 
 
@@ -385,35 +424,14 @@ def load_recipe(
         if not isinstance(data, dict):
             raise RecipeError(f"{path}: a recipe must be a YAML mapping of keys to values")
         data = apply_overrides(data, list(overrides))
-    return validate_recipe(data, source=str(path), text=text, registry=registry)
+    return validate_recipe(data, source=str(path), text=text, registry=registry,
+                           overrides=overrides)
 
 
-def recipe_json_schema(registry: Registry | None = None) -> dict[str, Any]:
-    """JSON Schema of recipes, each component field listing the installed plugins."""
-    registry = registry or default_registry()
-    schema = Recipe.model_json_schema(by_alias=True)
-    defs = schema.setdefault("$defs", {})
-    ref_defs: dict[str, Any] = {}
-    for ref_cls in (DatasetRef, BackboneRef, LossRef, RegularizerRef, AugmentationRef,
-                    EvaluatorRef):
-        options = []
-        for info in registry.describe(ref_cls.kind):
-            if info.error:
-                continue
-            params = registry.load(ref_cls.kind, info.name).Params.model_json_schema(
-                by_alias=True
-            )
-            props = {"name": {"const": info.name, "description": info.description}}
-            props.update(params.get("properties", {}))
-            options.append({
-                "type": "object",
-                "properties": props,
-                "required": ["name", *params.get("required", [])],
-                "additionalProperties": False,
-            })
-            for key, value in params.get("$defs", {}).items():
-                defs.setdefault(key, value)
-        if options:
-            ref_defs[ref_cls.__name__] = {"anyOf": [{"type": "string"}, *options]}
-    defs.update(ref_defs)  # last, so that no plugin's own copy of a ref replaces them
-    return schema
+def recipe_json_schema(registry: Registry | None = None,
+                       warnings: list[str] | None = None) -> dict[str, Any]:
+    """JSON Schema of recipes, each component field listing the installed plugins
+    (mim4dd_kit/schema.py); notes such as name clashes are appended to ``warnings``."""
+    from .schema import recipe_schema
+
+    return recipe_schema(registry, warnings)

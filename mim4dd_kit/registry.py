@@ -35,6 +35,7 @@ KINDS: dict[str, str] = {
     "evaluators": "mdk.evaluators",
     "augmentations": "mdk.augmentations",
     "coresets": "mdk.coresets",
+    "loggers": "mdk.loggers",
 }
 
 

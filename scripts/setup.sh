@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Idempotent set-up of a fresh machine: virtual environment, pinned torch, the toolkit
-# and the example plugin, and Debian's Fashion-MNIST where apt is available.
+# Idempotent set-up of a fresh machine: virtual environment, the tested torch
+# (constraints.txt), the toolkit with its test extras and the example plugin, and Debian's
+# Fashion-MNIST where apt is available.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,11 +11,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 VPY=.venv/bin/python
 "$VPY" -m pip install -q --upgrade pip
-# torch first, pinned: these releases are what the project's machines provide
-"$VPY" -m pip install -q torch==2.14.1 torchvision==0.29.1
-"$VPY" -m pip install -q -e ".[dev,plot]"
+# torch first, at the tested versions of constraints.txt (the package itself accepts a
+# range, so installing it into an environment that has torch leaves that torch alone)
+"$VPY" -m pip install -q -c constraints.txt torch torchvision
+# the trackers the tests run for real (TensorBoard, MLflow) come with the toolkit
+"$VPY" -m pip install -q -c constraints.txt -e ".[dev,plot,tensorboard,mlflow]"
 for p in plugins/*/; do
-    "$VPY" -m pip install -q -e "$p"
+    "$VPY" -m pip install -q -c constraints.txt -e "$p"
 done
 
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \

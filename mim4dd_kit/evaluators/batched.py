@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from .. import progress
 from ..runtime import isolated_rng
 
 #: test images per forward pass, summed over the networks evaluated together
@@ -215,6 +216,7 @@ def train_stacked(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        progress.epochs_done(n_nets)
 
 
 @dataclass

@@ -83,6 +83,10 @@ class CKA:
     def __init__(self, params: CKA.Params):
         self.params = params
 
+    def planned_epochs(self, request: EvalRequest) -> int:
+        """Epochs of the set-trained and the real-trained network (mim4dd_kit/progress.py)."""
+        return self.params.epochs + self.params.real_epochs
+
     def evaluate(self, request: EvalRequest, registry, progress=None) -> dict[str, Any]:
         p = self.params
         data, dev = request.data, request.device

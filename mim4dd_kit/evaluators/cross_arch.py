@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import Field
 
+from .. import distributed
 from ..contracts import BackboneRef, EvalRequest
 from ..errors import PluginError
 from ..runtime import isolated_rng
@@ -61,6 +62,12 @@ class CrossArch:
 
     def __init__(self, params: CrossArch.Params):
         self.params = params
+
+    def planned_epochs(self, request: EvalRequest) -> int:
+        """Network-epochs this process trains, every listed backbone counted
+        (mim4dd_kit/progress.py)."""
+        p = self.params
+        return len(p.backbones) * len(distributed.local_indices(p.models)) * p.epochs
 
     def evaluate(self, request: EvalRequest, registry, progress=None) -> dict[str, Any]:
         p = self.params

@@ -71,6 +71,10 @@ class MIEstimate:
     def __init__(self, params: MIEstimate.Params):
         self.params = params
 
+    def planned_epochs(self, request: EvalRequest) -> int:
+        """Epochs of the one trained network (mim4dd_kit/progress.py); 0 untrained."""
+        return self.params.epochs if self.params.network == "trained" else 0
+
     def evaluate(self, request: EvalRequest, registry, progress=None) -> dict[str, Any]:
         p = self.params
         data, dev = request.data, request.device

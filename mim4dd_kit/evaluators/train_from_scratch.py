@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from .. import chunked, distributed
+from .. import chunked, distributed, progress
 from ..contracts import AugmentationRef, BackboneRef, EvalRequest, Params
 from .batched import train_networks
 
@@ -76,6 +76,7 @@ def train_network(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        progress.epochs_done(1)
     return net
 
 
@@ -211,6 +212,10 @@ class TrainFromScratch:
 
     def __init__(self, params: TrainFromScratch.Params):
         self.params = params
+
+    def planned_epochs(self, request: EvalRequest) -> int:
+        """Network-epochs this process trains (mim4dd_kit/progress.py)."""
+        return len(distributed.local_indices(self.params.models)) * self.params.epochs
 
     def evaluate(self, request: EvalRequest, registry, progress=None) -> dict[str, Any]:
         p = self.params

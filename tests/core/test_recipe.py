@@ -121,6 +121,7 @@ def test_fingerprint_ignores_output_and_device(tmp_path):
 
 def test_schema_lists_installed_plugins():
     schema = recipe_json_schema()
-    names = [o["properties"]["name"].get("const")
-             for o in schema["$defs"]["BackboneRef"]["anyOf"][1:]]
+    names = [b["if"]["properties"]["name"]["const"]
+             for b in schema["$defs"]["BackboneRef"]["else"]["allOf"]]
     assert "convnet" in names and "mlp" in names
+    assert names == schema["$defs"]["BackboneRef"]["then"]["enum"]

@@ -91,3 +91,13 @@ def test_build_validates_params():
     with pytest.raises(PluginError, match="could not be built"):
         reg.build("backbones", {"name": "convnet", "depth": 9}, channels=1, num_classes=2,
                   image_size=(8, 8))
+
+
+def test_schema_is_made_despite_a_name_clash_with_a_warning(fake_env):
+    from mim4dd_kit.recipe import recipe_json_schema
+
+    notes: list[str] = []
+    schema = recipe_json_schema(fake_env, warnings=notes)
+    critics = schema["$defs"]["CriticRef"]["then"]["enum"]
+    assert {"clash_a:dup", "clash_b:dup", "linear"} <= set(critics) and "dup" not in critics
+    assert len(notes) == 1 and "'dup'" in notes[0] and "clash_a and clash_b" in notes[0]

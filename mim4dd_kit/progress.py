@@ -1,0 +1,103 @@
+"""Progress of evaluations: network-epochs trained, as a bar or as plain log lines.
+
+An evaluation trains networks on the synthetic set; its work is networks × epochs. The
+training loops (:func:`~mim4dd_kit.evaluators.train_from_scratch.train_network`,
+:func:`~mim4dd_kit.evaluators.batched.train_stacked`) call :func:`epochs_done` after every
+epoch; inside :meth:`EvaluationProgress.evaluation` that advances the evaluation's bar
+(with ETA) on a terminal, else logs plain lines through :mod:`logging` (logger
+``mim4dd_kit.evaluate``) every twentieth of the work and at least every minute. Outside
+an evaluation :func:`epochs_done` does nothing.
+
+An evaluator tells the size of its work by an optional method
+``planned_epochs(request) -> int`` (network-epochs this process will train); without it
+the bar counts without a total.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from typing import Any
+
+from .runlog import ProgressLines
+
+log = logging.getLogger("mim4dd_kit.evaluate")
+
+_current: ContextVar[Callable[[int], None] | None] = ContextVar("mdk_epochs", default=None)
+
+
+def epochs_done(networks: int = 1) -> None:
+    """Report one finished epoch of ``networks`` networks to the running evaluation."""
+    advance = _current.get()
+    if advance is not None:
+        advance(networks)
+
+
+def planned_epochs(evaluator: Any, request: Any) -> int | None:
+    """The evaluator's ``planned_epochs(request)``, or None when it does not say."""
+    plan = getattr(evaluator, "planned_epochs", None)
+    if plan is None:
+        return None
+    try:
+        total = plan(request)
+    except Exception:  # a plugin's estimate must not stop its evaluation
+        return None
+    return int(total) if isinstance(total, int) and total > 0 else None
+
+
+class EvaluationProgress:
+    """One progress display for a sequence of evaluations (a Rich bar per evaluation on
+    stderr when ``bar``, else plain log lines); use as a context manager."""
+
+    def __init__(self, bar: bool, title: str = "evaluation"):
+        self.bar, self.title = bar, title
+        self._progress = None
+
+    def __enter__(self) -> EvaluationProgress:
+        if self.bar:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("network-epochs"), TimeElapsedColumn(), TimeRemainingColumn(),
+                console=Console(stderr=True))
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+            self._progress = None
+
+    @contextlib.contextmanager
+    def evaluation(self, name: str, total: int | None) -> Iterator[None]:
+        """Count the epochs trained inside the block towards evaluation ``name``."""
+        label = f"{self.title} {name}"
+        if self._progress is not None:
+            bar, task = self._progress, self._progress.add_task(label, total=total)
+
+            def advance(n: int) -> None:
+                bar.update(task, advance=n)
+        else:
+            lines = ProgressLines(label, 0, total, every=0, seconds=60.0, logger=log,
+                                  what="network-epochs", unit="epoch")
+            done = [0]
+
+            def advance(n: int) -> None:
+                done[0] += n
+                lines.update(done[0])
+        token = _current.set(advance)
+        try:
+            yield
+        finally:
+            _current.reset(token)

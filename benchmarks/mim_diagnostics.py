@@ -66,17 +66,29 @@ def variant_sets(method: str, variant: str) -> list[str]:
 
 
 def run_one(method: str, variant: str, dataset: dict, out: Path) -> float:
+    """Run one cell (or reuse it). A run that fails (a non-finite loss) keeps the
+    iterations it logged in ``losses.jsonl`` and the error in ``failed.txt``."""
     from mim4dd_kit.engine import run
+    from mim4dd_kit.errors import RunError
 
     final = out / "synthetic.safetensors"
-    if final.exists() and not (out / "checkpoint.pt").exists():
+    if (final.exists() and not (out / "checkpoint.pt").exists()) or (out / "failed.txt").exists():
         return 0.0
     sets = [*COMMON, *PER_METHOD[method], *variant_sets(method, variant),
             f"dataset={json.dumps(dataset)}"]
     resume = (out / "checkpoint.pt").exists()
     t0 = time.perf_counter()
-    run(recipe_for(method), overrides=sets, out=out, resume=resume, overwrite=not resume,
-        progress=False, evaluate=False)
+    logged: list[dict] = []
+    try:
+        run(recipe_for(method), overrides=sets, out=out, resume=resume, overwrite=not resume,
+            progress=False, evaluate=False,
+            callbacks=[lambda it, logs: logged.append({"iteration": it, **logs})])
+    except RunError as exc:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "losses.jsonl").write_text("".join(json.dumps(h) + "\n" for h in logged),
+                                          encoding="utf-8")
+        (out / "failed.txt").write_text(f"{exc}\n", encoding="utf-8")
+        print(f"{method} {variant} failed: {exc}", flush=True)
     return time.perf_counter() - t0
 
 
@@ -135,7 +147,7 @@ def plot_method(method: str, runs: dict[str, list[dict]], path: Path) -> None:
         ax.tick_params(labelsize=7)
         ax.set_xlabel("iteration", fontsize=8)
         ax.legend(fontsize=6, loc="best")
-    for i in (0, 1, 3):
+    for i in (0, 1, 2, 3):  # log scales: a diverging run spans many decades
         axes[i].set_yscale("log")
     fig.suptitle(f"{method} + MIM4DD, Fashion-MNIST IPC 10, ConvNet-32 (CPU budget)",
                  fontsize=10)

@@ -119,8 +119,10 @@ class Run(RegularizerSteps):
         # regularizer leave the base method's trajectory bit-identical)
         with isolated_rng(r.seed + 1, self.device):
             self.reg = None
+            # a probe network: a backbone that cannot be built for these images fails here,
+            # before the run writes anything
+            shapes = _feature_shapes(make_backbone, info, self.device, tap)
             if r.regularizer is not None:
-                shapes = _feature_shapes(make_backbone, info, self.device, tap)
                 extra = ({"feature_shapes": shapes} if getattr(
                     reg.load("regularizers", r.regularizer.name), "takes_feature_shapes",
                     False) else {})

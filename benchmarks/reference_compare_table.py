@@ -11,6 +11,8 @@ begins and every 10th outer iteration; the rate is the time from "training begin
 last print over the outer iterations between them, times the image updates per outer
 iteration. The toolkit's is the run's ``run_seconds`` (set-up, loop and final save; the
 set-up loads the data set) over its image updates, so it is, if anything, an overestimate.
+CPU seconds are user + system time of the whole distillation process(es) of all seeds
+(one reference process runs every seed; one ``mdk run`` per seed), data loading included.
 """
 
 from __future__ import annotations
@@ -61,6 +63,17 @@ def max_rss_mib(time_file: Path) -> float | None:
     return int(m.group(1)) / 1024 if m else None
 
 
+def cpu_seconds(time_file: Path) -> float | None:
+    """User + system CPU seconds of a process (``/usr/bin/time -v``); less sensitive to
+    other load on the machine than wall time."""
+    if not time_file.is_file():
+        return None
+    text = time_file.read_text()
+    user = re.search(r"User time \(seconds\): ([\d.]+)", text)
+    system = re.search(r"System time \(seconds\): ([\d.]+)", text)
+    return float(user.group(1)) + float(system.group(1)) if user and system else None
+
+
 def _acc(path: Path) -> tuple[float, float, list[float]] | None:
     if not path.is_file() or not path.stat().st_size:
         return None
@@ -103,22 +116,25 @@ def summarise(d: Path) -> dict:
         mdk_iters = meta["iterations"]
         mdk_rates.append(meta["run_seconds"] / meta["iterations"])
     mdk_rss = [r for r in (max_rss_mib(t) for t in sorted(d.glob("mdk_s*.time"))) if r]
+    mdk_cpu = [c for c in (cpu_seconds(t) for t in sorted(d.glob("mdk_s*.time"))) if c]
     return {
         "method": method, "ipc": int(ipc), "rows": rows, "updates": mdk_iters,
         "ref_rates": reference_rates(d / "ref.log", per_outer) if (d / "ref.log").is_file()
         else [],
         "mdk_rates": mdk_rates, "ref_rss": max_rss_mib(d / "ref.time"),
         "mdk_rss": max(mdk_rss) if mdk_rss else None,
+        "ref_cpu": cpu_seconds(d / "ref.time"), "mdk_cpu": sum(mdk_cpu) if mdk_cpu else None,
     }
 
 
 def markdown(summaries: list[dict]) -> str:
     out = ["| method | IPC | updates | side | sets | `mdk evaluate` per set (%) | "
-           "across seeds | reference evaluator (%) | s / update | peak RSS (MiB) |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "across seeds | reference evaluator (%) | s / update | CPU s, all seeds | "
+           "peak RSS (MiB) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summaries:
-        for side, label, rates, rss in (("ref", "reference", s["ref_rates"], s["ref_rss"]),
-                                        ("mdk", "mim4dd_kit", s["mdk_rates"], s["mdk_rss"])):
+        for side, label in (("ref", "reference"), ("mdk", "mim4dd_kit")):
+            rates, rss, cpu = s[f"{side}_rates"], s[f"{side}_rss"], s[f"{side}_cpu"]
             names = [n for n in s["rows"] if n.startswith(side + "_")]
             mdk = [s["rows"][n]["mdk"] for n in names]
             ref = [(n, s["rows"][n]["ref"]) for n in names if s["rows"][n]["ref"]]
@@ -128,6 +144,7 @@ def markdown(summaries: list[dict]) -> str:
                 + _across([a[0] for a in mdk if a]) + " | "
                 + ("; ".join(f"{n.split('_')[1]}: {_fmt(a)}" for n, a in ref) or "—") + " | "
                 + (", ".join(f"{r:.2f}" for r in rates) or "—") + " | "
+                + ("—" if cpu is None else f"{cpu:.0f}") + " | "
                 + ("—" if rss is None else f"{rss:.0f}") + " |")
     return "\n".join(out)
 

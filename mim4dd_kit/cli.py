@@ -290,7 +290,9 @@ def evaluate(
     file: Annotated[Path, typer.Argument(help="Synthetic set (.safetensors).")],
     models: Annotated[int | None, typer.Option(help="Networks to train.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
-    backbone: Annotated[str | None, typer.Option(help="Network to train.")] = None,
+    backbone: Annotated[str | None, typer.Option(
+        help="Network to train: a name or a YAML component, e.g. "
+        "'{name: convnet, width: 64}'.")] = None,
     evaluator: Annotated[
         list[str] | None, typer.Option(help="Evaluator plugin (repeatable).")
     ] = None,
@@ -319,7 +321,10 @@ def evaluate(
 
     registry = default_registry()
     refs = None
-    overrides = {k: v for k, v in {"models": models, "epochs": epochs, "backbone": backbone,
+    from .recipe import parse_yaml
+
+    component = parse_yaml(backbone, "--backbone") if backbone is not None else None
+    overrides = {k: v for k, v in {"models": models, "epochs": epochs, "backbone": component,
                                    "split": split}.items() if v is not None}
     if evaluator or overrides or protocol:
         recorded = (load_synthetic(file).metadata.get("recipe") or {}).get("evaluators")

@@ -94,6 +94,16 @@ def test_evaluate_foreign_file_needs_dataset(tmp_path):
     assert res.exit_code == 0, res.output
     ev = json.loads(res.stdout)["evaluations"]["train_from_scratch"]
     assert ev["backbone"]["name"] == "mlp"
+    # a YAML component sets the network's parameters too
+    res = runner.invoke(app, ["evaluate", str(f), "--dataset", "digits", "--models", "1",
+                              "--epochs", "1", "--backbone", "{name: convnet, width: 8}",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    ev = json.loads(res.stdout)["evaluations"]["train_from_scratch"]
+    assert ev["backbone"]["name"] == "convnet" and ev["backbone"]["width"] == 8
+    res = runner.invoke(app, ["evaluate", str(f), "--dataset", "digits", "--models", "1",
+                              "--backbone", "{name: convnet, widht: 8}"])
+    assert res.exit_code == 2 and "widht" in res.stderr
 
 
 def test_evaluate_refuses_non_set(tmp_path):

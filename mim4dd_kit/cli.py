@@ -7,6 +7,7 @@ traceback unless ``--debug`` is given.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
@@ -51,6 +52,47 @@ def safe_markup(value: Any) -> str:
 def cell(value: Any) -> Text:
     """A table cell that Rich shows literally (no markup, no controls)."""
     return Text(plain(value))
+
+
+class _StepBar:
+    """A :mod:`mim4dd_kit.meter` sink drawing one Rich progress bar with an ETA."""
+
+    def __init__(self, progress: Any):
+        self.progress = progress
+        self.task = progress.add_task("starting", total=0)
+
+    def plan(self, steps: int, label: str) -> None:
+        total = self.progress.tasks[0].total or 0
+        self.progress.update(self.task, total=total + steps, description=plain(label))
+
+    def advance(self, steps: int) -> None:
+        self.progress.advance(self.task, steps)
+
+
+@contextlib.contextmanager
+def step_bar(enabled: bool = True):
+    """Inside the block, long analyses draw a progress bar with an ETA on stderr (only on
+    a terminal: redirected output and --json stay clean)."""
+    from . import meter
+
+    if not (enabled and err.is_terminal):
+        yield
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("steps"), TimeElapsedColumn(), TextColumn("ETA"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as progress, \
+            meter.reporting(_StepBar(progress)):
+        yield
 
 
 def _guard(fn):
@@ -267,6 +309,9 @@ def evaluate(
     overwrite: Annotated[bool, typer.Option(
         help="With --save: replace stored evaluations of the same name.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", "-s", help="An evaluator's parameter: NAME.KEY=VALUE, e.g. "
+        "cka.real_epochs=2 or mi_estimate.critic_steps=50 (repeatable).")] = None,
 ) -> None:
     """Score a synthetic set by the evaluation protocol."""
     from .contracts import DatasetRef, EvaluatorRef
@@ -278,10 +323,12 @@ def evaluate(
     refs = None
     overrides = {k: v for k, v in {"models": models, "epochs": epochs,
                                    "backbone": backbone}.items() if v is not None}
-    if evaluator or overrides:
+    if evaluator or overrides or set_:
         recorded = (load_synthetic(file).metadata.get("recipe") or {}).get("evaluators")
         specs = ([{"name": e} for e in evaluator] if evaluator
                  else recorded or [{"name": "train_from_scratch"}])
+        specs = _with_evaluator_sets(
+            [s if isinstance(s, dict) else {"name": s} for s in specs], set_ or [])
         refs = []
         for spec in specs:
             spec = dict(spec)
@@ -302,8 +349,10 @@ def evaluate(
         ds = DatasetRef.model_validate(spec)
     show = None if as_json else (
         lambda i, n, acc: err.print(f"  model {i}/{n}: {acc:.2f}%", highlight=False))
-    result = evaluate_set(file, evaluators=refs, dataset=ds, device=device, seed=seed,
-                          save=save, registry=registry, progress=show, overwrite=overwrite)
+    with step_bar(not as_json):
+        result = evaluate_set(file, evaluators=refs, dataset=ds, device=device, seed=seed,
+                              save=save, registry=registry, progress=show,
+                              overwrite=overwrite)
     for w in result["warnings"]:
         err.print(f"[yellow]warning:[/] {safe_markup(w)}", highlight=False)
     if as_json:
@@ -402,6 +451,30 @@ def buffer(
 
 
 
+def _with_evaluator_sets(specs: list[dict], sets: list[str]) -> list[dict]:
+    """``specs`` with ``--set NAME.KEY=VALUE`` applied to every evaluator called NAME."""
+    from .errors import RecipeError
+    from .recipe import apply_overrides
+
+    specs = [dict(s) for s in specs]
+    names = [str(s.get("name")) for s in specs]
+    for text in sets:
+        key = text.split("=", 1)[0].strip()
+        name = key.split(".", 1)[0]
+        if "=" not in text or "." not in key or name not in names:
+            raise RecipeError(
+                f"--set {text!r}: write EVALUATOR.KEY=VALUE for an evaluator of this "
+                f"evaluation ({', '.join(dict.fromkeys(names))}; add others with "
+                "--evaluator), e.g. cka.real_epochs=2"
+            )
+        for spec in (s for s in specs if s.get("name") == name):
+            params = {k: v for k, v in spec.items() if k != "name"}
+            apply_overrides(params, [text.split(".", 1)[1]])
+            spec.clear()
+            spec.update({"name": name, **params})
+    return specs
+
+
 def _evaluator_refs(registry, names: list[str] | None, models: int | None,
                     epochs: int | None) -> list | None:
     """Evaluator references for the new commands: named ones (default train_from_scratch
@@ -481,14 +554,16 @@ def baseline(
     ds, meth, feats = _baseline_specs(dataset, method, features, data_root, set_ or [])
     refs = _evaluator_refs(registry, evaluator, models, epochs) if evaluate_it else None
     say = None if as_json else (lambda text: err.print(text, markup=False, highlight=False))
-    path = make_baseline(ds, meth, ipc, seed, out_file, features=feats, device=device,
-                         overwrite=overwrite, registry=registry, progress=say)
+    with step_bar(not as_json):
+        path = make_baseline(ds, meth, ipc, seed, out_file, features=feats, device=device,
+                             overwrite=overwrite, registry=registry, progress=say)
     evaluations: dict[str, Any] = {}
     if evaluate_it:
         show_model = None if as_json else (
             lambda i, n, acc: err.print(f"  model {i}/{n}: {acc:.2f}%", highlight=False))
-        result = evaluate_set(path, evaluators=refs, device=device, save=True,
-                              registry=registry, progress=show_model)
+        with step_bar(not as_json):
+            result = evaluate_set(path, evaluators=refs, device=device, save=True,
+                                  registry=registry, progress=show_model)
         for w in result["warnings"]:
             err.print(f"[yellow]warning:[/] {safe_markup(w)}", highlight=False)
         evaluations = result["evaluations"]
@@ -558,9 +633,10 @@ def compare(
         registry.validate("datasets", spec)
         ds = DatasetRef.model_validate(spec)
     say = None if as_json else (lambda text: err.print(text, markup=False, highlight=False))
-    rows = compare_sets(files, evaluate_missing=evaluate_missing, evaluators=refs,
-                        dataset=ds, device=device, save=save, registry=registry,
-                        progress=say)
+    with step_bar(not as_json):
+        rows = compare_sets(files, evaluate_missing=evaluate_missing, evaluators=refs,
+                            dataset=ds, device=device, save=save, registry=registry,
+                            progress=say)
     for r in rows:
         for w in r["warnings"]:
             err.print(f"[yellow]warning:[/] {safe_markup(r['file'])}: {safe_markup(w)}",

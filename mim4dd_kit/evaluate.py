@@ -9,6 +9,7 @@ import torch
 from pydantic import ValidationError
 
 from . import formation as _formation
+from . import meter
 from .contracts import (
     AugmentationRef,
     BackboneRef,
@@ -51,7 +52,11 @@ def run_evaluators(
     results: dict[str, Any] = {}
     for key, ref in zip(result_keys(evaluators), evaluators, strict=True):
         evaluator = registry.build("evaluators", ref)
-        results[key] = {"params": ref.params, **evaluator.evaluate(request, registry, progress)}
+        # an evaluator may say how many training steps it takes, for a progress bar's ETA
+        steps = evaluator.steps(request) if hasattr(evaluator, "steps") else 0
+        with meter.planned(steps, key):
+            results[key] = {"params": ref.params,
+                            **evaluator.evaluate(request, registry, progress)}
     return results
 
 

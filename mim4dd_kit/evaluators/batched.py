@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from .. import meter
 from ..runtime import isolated_rng
 
 #: test images per forward pass, summed over the networks evaluated together
@@ -214,6 +215,7 @@ def train_stacked(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            meter.advance(n_nets)
 
 
 @dataclass

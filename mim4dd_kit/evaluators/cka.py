@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from .. import chunked
+from .. import chunked, meter
 from ..cka import choose_method, cka_matrix
 from ..contracts import BackboneRef, EvalRequest
 from ..runtime import isolated_rng
@@ -82,6 +82,12 @@ class CKA:
 
     def __init__(self, params: CKA.Params):
         self.params = params
+
+    def steps(self, request: EvalRequest) -> int:
+        """Steps of S on the set and of R on the real split (:mod:`mim4dd_kit.meter`)."""
+        p = self.params
+        return (p.epochs * meter.batches(len(request.images), p.batch_size)
+                + p.real_epochs * meter.batches(len(request.data.train_labels), p.batch_size))
 
     def evaluate(self, request: EvalRequest, registry, progress=None) -> dict[str, Any]:
         p = self.params

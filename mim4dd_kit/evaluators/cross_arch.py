@@ -62,6 +62,13 @@ class CrossArch:
     def __init__(self, params: CrossArch.Params):
         self.params = params
 
+    def steps(self, request: EvalRequest) -> int:
+        """Training steps over every listed backbone (:mod:`mim4dd_kit.meter`)."""
+        p = self.params
+        per = TrainFromScratch(TrainFromScratch.Params(models=p.models, epochs=p.epochs,
+                                                       batch_size=p.batch_size))
+        return len(p.backbones) * per.steps(request)
+
     def evaluate(self, request: EvalRequest, registry, progress=None) -> dict[str, Any]:
         p = self.params
         info = request.data.info

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from .. import meter
 from ..contracts import BackboneRef, CriticRef, EvalRequest
 from ..regularizers.mim4dd import mi_lower_bound, nce_loss
 from ..runtime import isolated_rng
@@ -70,6 +71,12 @@ class MIEstimate:
 
     def __init__(self, params: MIEstimate.Params):
         self.params = params
+
+    def steps(self, request: EvalRequest) -> int:
+        """Network training steps plus critic steps (:mod:`mim4dd_kit.meter`)."""
+        p = self.params
+        train = p.epochs * meter.batches(len(request.images), p.batch_size)
+        return (train if p.network == "trained" else 0) + p.critic_steps
 
     def evaluate(self, request: EvalRequest, registry, progress=None) -> dict[str, Any]:
         p = self.params
@@ -166,6 +173,7 @@ class MIEstimate:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            meter.advance()
 
     @torch.no_grad()
     def _score(self, critics: nn.ModuleList, net: nn.Module, syn_feats: list[Tensor],

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from .. import chunked, distributed
+from .. import chunked, distributed, meter
 from ..contracts import AugmentationRef, BackboneRef, EvalRequest, Params
 from .batched import train_networks
 
@@ -75,6 +75,7 @@ def train_network(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            meter.advance()
     return net
 
 
@@ -146,6 +147,12 @@ class TrainFromScratch:
 
     def __init__(self, params: TrainFromScratch.Params):
         self.params = params
+
+    def steps(self, request: EvalRequest) -> int:
+        """Optimiser steps of this process's networks (:mod:`mim4dd_kit.meter`)."""
+        p = self.params
+        mine = distributed.local_indices(p.models)
+        return len(mine) * p.epochs * meter.batches(len(request.images), p.batch_size)
 
     def evaluate(self, request: EvalRequest, registry, progress=None) -> dict[str, Any]:
         p = self.params

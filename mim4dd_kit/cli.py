@@ -238,6 +238,8 @@ def schema(
     text = json.dumps(recipe_json_schema(), indent=2)
     if output:
         output.write_text(text + "\n", encoding="utf-8")
+        out.print(f"JSON Schema written to [bold]{safe_markup(output)}[/] (point your "
+                  "editor's YAML support at it)", highlight=False)
     else:
         sys.stdout.write(text + "\n")
 
@@ -271,21 +273,31 @@ def _number(value: Any) -> str:
 
 
 def _print_evaluations(evaluations: Any) -> None:
+    """One row per headline number of every evaluation (``compare.headlines``: accuracy
+    mean ± std, one accuracy per backbone, the numbers a result lists as ``headline``),
+    with the training budget behind it."""
     if not evaluations or not isinstance(evaluations, dict):
         return  # a file's metadata may hold anything: show what has the expected shape
+    from .compare import budget_of, headlines
+
     table = Table(title="evaluation")
-    for col in ("evaluator", "accuracy (%)", "per model", "setting"):
+    for col in ("evaluator", "result", "per model", "budget"):
         table.add_column(col)
     for name, res in evaluations.items():
         res = res if isinstance(res, dict) else {}
-        if "accuracy_mean" in res:
-            acc = f"{_number(res['accuracy_mean'])} ± {_number(res.get('accuracy_std'))}"
-            accs = res.get("accuracies")
-            each = ", ".join(_number(a) for a in (accs if isinstance(accs, list) else []))
-        else:
-            acc, each = "-", ""
-        setting = ", ".join(f"{k}={res[k]}" for k in ("models", "epochs", "lr") if k in res)
-        table.add_row(cell(name), cell(acc), cell(each), cell(setting))
+        budget = budget_of(res)
+        shown = headlines(str(name), res)
+        if not shown:
+            table.add_row(cell(name), cell("-"), cell(""), cell(budget))
+        for label, value in shown.items():
+            if "mean" in value:
+                text = f"{_number(value['mean'])} ± {_number(value['std'])}"
+            else:
+                text = f"{value['value']:.4g}"
+            each = ""
+            if label == f"{name} acc %" and isinstance(res.get("accuracies"), list):
+                each = ", ".join(_number(a) for a in res["accuracies"])
+            table.add_row(cell(label), cell(text), cell(each), cell(budget))
     out.print(table)
 
 

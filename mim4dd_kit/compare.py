@@ -5,7 +5,9 @@ coreset method of a baseline), the data set, the images per class, the iteration
 headline number of every evaluation stored in the file's metadata: accuracy mean ± std (in
 percent, over the evaluator's networks) for ``train_from_scratch``-style results, one
 column per backbone for ``cross_arch``, the mean CKA diagonal for ``cka``, the bound
-averaged over layers for ``mi_estimate``. Missing evaluations can be computed on the way
+averaged over layers for ``mi_estimate``, and a budget column: the networks, epochs and
+protocol behind each score, so a 3-epoch and a 300-epoch score are not mistaken for
+peers. Missing evaluations can be computed on the way
 with :func:`mim4dd_kit.evaluate.evaluate`. Numbers are always those stored for the final
 set: nothing is selected on test data.
 """
@@ -39,12 +41,21 @@ def _mean(values: Any) -> float | None:
 def headlines(name: str, result: Any) -> dict[str, dict[str, float]]:
     """Headline numbers of one stored evaluation, by column name.
 
-    Each value is ``{"mean": m, "std": s}`` (accuracies, percent) or ``{"value": v}``.
-    Unknown result shapes give no columns (they still appear in ``mdk show``).
+    Each value is ``{"mean": m, "std": s}`` (accuracies, percent) or ``{"value": v}``:
+    ``accuracy_mean`` ± ``accuracy_std``, one accuracy per row of a ``table`` (per
+    backbone), and every number a result lists under ``headline`` (its keys). Unknown
+    result shapes give no columns (they still appear in ``mdk show``).
     """
     if not isinstance(result, dict):
         return {}
     out: dict[str, dict[str, float]] = {}
+    declared = result.get("headline")
+    if isinstance(declared, list):
+        # the evaluator names its headline numbers: one column each
+        for key in declared:
+            value = _num(result.get(key)) if isinstance(key, str) else None
+            if value is not None:
+                out[f"{name} {key}"] = {"value": value}
     mean = _num(result.get("accuracy_mean"))
     if mean is not None:
         out[f"{name} acc %"] = {"mean": mean, "std": _num(result.get("accuracy_std")) or 0.0}
@@ -56,6 +67,9 @@ def headlines(name: str, result: Any) -> dict[str, dict[str, float]]:
             label = str(row.get("backbone", "?"))
             out[f"{name}/{label} acc %"] = {"mean": float(row["accuracy_mean"]),
                                             "std": _num(row.get("accuracy_std")) or 0.0}
+    if isinstance(declared, list):
+        return out
+    # results stored before evaluators named their headline numbers
     diag = _mean(result.get("diagonal"))
     if diag is not None:
         out[f"{name} diag mean"] = {"value": diag}
@@ -63,6 +77,27 @@ def headlines(name: str, result: Any) -> dict[str, dict[str, float]]:
     if bound is not None:
         out[f"{name} bound (layer mean)"] = {"value": bound}
     return out
+
+
+#: result keys that describe how much training a score took, and how they are shown
+BUDGET_KEYS = (("protocol", "protocol {}"), ("models", "{} nets"), ("epochs", "{} ep"),
+               ("real_epochs", "real {} ep"), ("critic_steps", "{} critic steps"))
+
+
+def budget_of(result: Any) -> str:
+    """How much training stands behind a stored evaluation: ``5 nets × 300 ep``; a
+    ``cross_arch`` result adds its backbones. Empty for unknown shapes."""
+    if not isinstance(result, dict):
+        return ""
+    parts = []
+    for key, form in BUDGET_KEYS:
+        value = result.get(key)
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            parts.append(form.format(value))
+    table = result.get("table")
+    if isinstance(table, list) and table:
+        parts.append(f"{len(table)} backbones")
+    return " × ".join(parts)
 
 
 def method_of(metadata: dict[str, Any]) -> str:
@@ -106,6 +141,8 @@ def compare_row(path: Path, s: SyntheticSet) -> dict[str, Any]:
         "made_by_mdk": s.made_by_mdk,
         "evaluators": list(evaluations),
         "columns": columns,
+        "budget": {name: budget_of(result) for name, result in evaluations.items()
+                   if budget_of(result)},
         "evaluations": evaluations,
     }
 
@@ -179,7 +216,7 @@ def format_compare(rows: list[dict[str, Any]], fmt: str = "markdown") -> str:
     cols.sort(key=lambda c: (0 if c.startswith("train_from_scratch ") else
                              1 if "mean" in kinds[c] and "/" not in c else
                              2 if "mean" in kinds[c] else 3))
-    head = ["file", "method", "dataset", "IPC", "iterations", *cols]
+    head = ["file", "method", "dataset", "IPC", "iterations", *cols, "budget"]
     lines = ["| " + " | ".join(_cell(h) for h in head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         f = r.get("formation", 1)
@@ -187,5 +224,7 @@ def format_compare(rows: list[dict[str, Any]], fmt: str = "markdown") -> str:
         cells = [r["file"], r["method"], r["dataset"] or "?", ipc,
                  "–" if r["iterations"] is None else r["iterations"]]
         cells += [_fmt(r["columns"].get(c)) for c in cols]
+        budget = r.get("budget") or {}
+        cells.append("; ".join(f"{k}: {v}" for k, v in budget.items()) or "–")
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"

@@ -117,6 +117,8 @@ class MIEstimate:
             "layers": list(range(1, len(syn_feats) + 1)),
             "mi_lower_bound": test_mi,
             "mean_mi_lower_bound": sum(test_mi) / len(test_mi),
+            # the numbers tables show (mdk evaluate, mdk compare)
+            "headline": ["mean_mi_lower_bound", "accuracy"],
             "nce": test_nce,
             "upper_limit": ceiling,
             "upper_limit_note": (

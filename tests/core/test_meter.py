@@ -30,7 +30,8 @@ def test_every_evaluator_plans_exactly_the_steps_it_takes():
          "backbone": SMALL},
         {"name": "cka", "epochs": 2, "real_epochs": 1, "backbone": SMALL},
         {"name": "mi_estimate", "epochs": 2, "critic_steps": 3, "backbone": SMALL},
-        {"name": "cross_arch", "epochs": 1, "models": 1, "backbones": [{"name": "mlp", "width": 8}, SMALL]},
+        {"name": "cross_arch", "epochs": 1, "models": 1,
+         "backbones": [{"name": "mlp", "width": 8}, SMALL]},
     ]]
     sink = Recorder()
     with meter.reporting(sink):

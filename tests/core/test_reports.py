@@ -163,7 +163,8 @@ def test_compare_rows_and_table(tmp_path):
     })
     b = _fabricated(tmp_path, "b.safetensors",
                     {"name": "b", "dataset": {"name": "digits"}, "dd_loss": {"name": "dm"}},
-                    {"train_from_scratch": {"accuracy_mean": 45.5, "accuracy_std": 2.0}})
+                    {"train_from_scratch": {"accuracy_mean": 45.5, "accuracy_std": 2.0,
+                                            "models": 2, "epochs": 3}})
     c = make_baseline("digits", "herding", 2, 0, tmp_path / "c.safetensors",
                       features={"space": "pixels"}, device="cpu")
     rows = compare([a, b, c])
@@ -177,7 +178,11 @@ def test_compare_rows_and_table(tmp_path):
     lines = md.strip().splitlines()
     assert len(lines) == 5 and "train_from_scratch acc %" in lines[0]
     assert "| 50.00 ± 1.00 | 40.00 ± 2.50 |" in lines[2]
-    assert "45.50 ± 2.00" in lines[3] and lines[4].count("–") == 4  # baseline: no numbers
+    assert "45.50 ± 2.00" in lines[3] and lines[4].count("–") == 5  # baseline: no numbers
+    # the budget behind each score stands beside it
+    assert lines[0].endswith("| budget |")
+    assert lines[3].endswith("| train_from_scratch: 2 nets × 3 ep |")
+    assert rows[1]["budget"] == {"train_from_scratch": "2 nets × 3 ep"}
     res = runner.invoke(app, ["compare", str(a), str(b), str(c), "--json"])
     assert res.exit_code == 0, res.output
     assert [r["file"] for r in json.loads(res.stdout)] == [str(a), str(b), str(c)]
@@ -202,6 +207,10 @@ def test_headlines_and_method_of_unknown_shapes():
     assert headlines("mi", {"mi_lower_bound": [1.0, 2.0]}) == {
         "mi bound (layer mean)": {"value": 1.5}}
     assert method_of({}) == "?"
+    # a result that names its headline numbers gets one column each, nothing guessed
+    declared = {"headline": ["mean_diagonal", "missing", "note"], "mean_diagonal": 0.5,
+                "note": "text", "diagonal": [0.1]}
+    assert headlines("cka", declared) == {"cka mean_diagonal": {"value": 0.5}}
 
 
 # -- report ---------------------------------------------------------------------------

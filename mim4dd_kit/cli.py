@@ -423,11 +423,12 @@ def sweep(
         bool, typer.Option("--dry-run", help="Validate and list the variants only.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+    set_: SetOpt = None,
 ) -> None:
     """Run every variant of a sweep file and tabulate their evaluations."""
     from .sweep import format_table, load_sweep, run_sweep
 
-    spec = load_sweep(file)
+    spec = load_sweep(file, overrides=set_ or [])
     quiet = as_json or not sys.stderr.isatty()
 
     def announce(i: int, n: int, v) -> None:

@@ -15,6 +15,7 @@ import gzip
 import shlex
 import shutil
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +123,9 @@ def test_every_readme_command_runs_as_written(tmp_path, monkeypatch):
         extra = list(SHRINK.get(args[0], []))
         if "mi_estimate" in args:  # fewer critic steps (each embeds a real batch)
             extra += ["--set", "mi_estimate.critic_steps=2"]
+        started = time.perf_counter()
         res = runner.invoke(app, args + extra)
+        print(f"{time.perf_counter() - started:6.1f} s  {command}")  # shown with -s
         assert res.exit_code == 0, f"{command}\n{res.output}"
         assert "Traceback" not in res.output, command
     # what the lines promise is there

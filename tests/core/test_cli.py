@@ -191,3 +191,23 @@ def test_schema_out_confirms_and_list_plugins_keeps_brackets(tmp_path, monkeypat
     monkeypatch.setattr(Registry, "describe", lambda self, kind=None: infos)
     res = runner.invoke(app, ["list-plugins", "--kind", "critics"])
     assert res.exit_code == 0 and "[fc-ReLU]" in res.stdout
+
+
+def test_evaluate_set_reaches_one_evaluator_and_refuses_others(tmp_path):
+    from mim4dd_kit.cli import _with_evaluator_sets
+
+    specs = _with_evaluator_sets(
+        [{"name": "cka"}, {"name": "mi_estimate", "epochs": 3}],
+        ["cka.backbone={name: convnet, width: 32}", "cka.real_epochs=1",
+         "mi_estimate.critic_steps=5"])
+    assert specs == [{"name": "cka", "backbone": {"name": "convnet", "width": 32},
+                      "real_epochs": 1},
+                     {"name": "mi_estimate", "epochs": 3, "critic_steps": 5}]
+    path = tmp_path / "s.safetensors"
+    from mim4dd_kit.synthetic import save_synthetic
+
+    save_synthetic(path, torch.randn(2, 1, 8, 8), torch.tensor([0, 1]),
+                   metadata={"recipe": {"dataset": {"name": "digits"}}})
+    res = runner.invoke(app, ["evaluate", str(path), "--set", "cka.real_epochs=1"])
+    assert res.exit_code == 2 and "add others with --evaluator" in " ".join(
+        res.stderr.split())

@@ -7,6 +7,7 @@ traceback unless ``--debug`` is given.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
@@ -54,6 +55,47 @@ def safe_markup(value: Any) -> str:
 def cell(value: Any) -> Text:
     """A table cell that Rich shows literally (no markup, no controls)."""
     return Text(plain(value))
+
+
+class _StepBar:
+    """A :mod:`mim4dd_kit.meter` sink drawing one Rich progress bar with an ETA."""
+
+    def __init__(self, progress: Any):
+        self.progress = progress
+        self.task = progress.add_task("starting", total=0)
+
+    def plan(self, steps: int, label: str) -> None:
+        total = self.progress.tasks[0].total or 0
+        self.progress.update(self.task, total=total + steps, description=plain(label))
+
+    def advance(self, steps: int) -> None:
+        self.progress.advance(self.task, steps)
+
+
+@contextlib.contextmanager
+def step_bar(enabled: bool = True):
+    """Inside the block, long analyses draw a progress bar with an ETA on stderr (only on
+    a terminal: redirected output and --json stay clean)."""
+    from . import meter
+
+    if not (enabled and err.is_terminal):
+        yield
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("steps"), TimeElapsedColumn(), TextColumn("ETA"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as progress, \
+            meter.reporting(_StepBar(progress)):
+        yield
 
 
 def _guard(fn):
@@ -232,6 +274,8 @@ def schema(
         for recipe in link or []:
             line = link_recipe(recipe, output)
             err.print(f"{plain(recipe)}: {plain(line)}", markup=False, highlight=False)
+        out.print(f"JSON Schema written to [bold]{safe_markup(output)}[/] (point your "
+                  "editor's YAML support at it)", highlight=False)
     else:
         sys.stdout.write(text + "\n")
 
@@ -265,22 +309,33 @@ def _number(value: Any) -> str:
 
 
 def _print_evaluations(evaluations: Any) -> None:
+    """One row per headline number of every evaluation (``compare.headlines``: accuracy
+    mean ± std, one accuracy per backbone, the numbers a result lists as ``headline``),
+    with the training budget behind it."""
     if not evaluations or not isinstance(evaluations, dict):
         return  # a file's metadata may hold anything: show what has the expected shape
+    from .compare import budget_of, headlines
+
     table = Table(title="evaluation")
-    for col in ("evaluator", "accuracy (%)", "per model", "setting"):
+    for col in ("evaluator", "result", "per model", "budget"):
         table.add_column(col)
     for name, res in evaluations.items():
         res = res if isinstance(res, dict) else {}
-        if "accuracy_mean" in res:
-            acc = f"{_number(res['accuracy_mean'])} ± {_number(res.get('accuracy_std'))}"
-            accs = res.get("accuracies")
-            each = ", ".join(_number(a) for a in (accs if isinstance(accs, list) else []))
-        else:
-            acc, each = "-", ""
-        setting = ", ".join(f"{k}={res[k]}" for k in ("protocol", "models", "epochs", "lr")
-                            if k in res)
-        table.add_row(cell(name), cell(acc), cell(each), cell(setting))
+        budget = budget_of(res)
+        shown = headlines(str(name), res)
+        if not shown:
+            table.add_row(cell(name), cell("-"), cell(""), cell(budget))
+        for label, value in shown.items():
+            if "text" in value:  # the protocol and budget: the budget column shows it
+                continue
+            if "mean" in value:
+                text = f"{_number(value['mean'])} ± {_number(value['std'])}"
+            else:
+                text = f"{value['value']:.4g}"
+            each = ""
+            if label == f"{name} acc %" and isinstance(res.get("accuracies"), list):
+                each = ", ".join(_number(a) for a in res["accuracies"])
+            table.add_row(cell(label), cell(text), cell(each), cell(budget))
     out.print(table)
 
 
@@ -312,6 +367,9 @@ def evaluate(
     overwrite: Annotated[bool, typer.Option(
         help="With --save: replace stored evaluations of the same name.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", "-s", help="An evaluator's parameter: NAME.KEY=VALUE, e.g. "
+        "cka.real_epochs=2 or mi_estimate.critic_steps=50 (repeatable).")] = None,
 ) -> None:
     """Score a synthetic set by the evaluation protocol."""
     from .contracts import DatasetRef, EvaluatorRef
@@ -326,7 +384,7 @@ def evaluate(
     component = parse_yaml(backbone, "--backbone") if backbone is not None else None
     overrides = {k: v for k, v in {"models": models, "epochs": epochs, "backbone": component,
                                    "split": split}.items() if v is not None}
-    if evaluator or overrides or protocol:
+    if evaluator or overrides or protocol or set_:
         recorded = (load_synthetic(file).metadata.get("recipe") or {}).get("evaluators")
         specs = ([{"name": e} for e in evaluator] if evaluator
                  else recorded or [{"name": "train_from_scratch"}])
@@ -338,6 +396,8 @@ def evaluate(
                                   "which this evaluation does not run")
             specs = [with_protocol(sp, protocol) if sp["name"] == "train_from_scratch"
                      else sp for sp in specs]
+        specs = _with_evaluator_sets(
+            [s if isinstance(s, dict) else {"name": s} for s in specs], set_ or [])
         refs = []
         for spec in specs:
             spec = dict(spec)
@@ -419,11 +479,12 @@ def sweep(
         bool, typer.Option("--dry-run", help="Validate and list the variants only.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+    set_: SetOpt = None,
 ) -> None:
     """Run every variant of a sweep file and tabulate their evaluations."""
     from .sweep import format_table, load_sweep, run_sweep
 
-    spec = load_sweep(file)
+    spec = load_sweep(file, overrides=set_ or [])
     quiet = not _bar(as_json)
 
     def announce(i: int, n: int, v) -> None:
@@ -457,6 +518,30 @@ def buffer(
                   f"({info['experts']} experts, {info['trained']} trained now)",
                   highlight=False)
 
+
+
+def _with_evaluator_sets(specs: list[dict], sets: list[str]) -> list[dict]:
+    """``specs`` with ``--set NAME.KEY=VALUE`` applied to every evaluator called NAME."""
+    from .errors import RecipeError
+    from .recipe import apply_overrides
+
+    specs = [dict(s) for s in specs]
+    names = [str(s.get("name")) for s in specs]
+    for text in sets:
+        key = text.split("=", 1)[0].strip()
+        name = key.split(".", 1)[0]
+        if "=" not in text or "." not in key or name not in names:
+            raise RecipeError(
+                f"--set {text!r}: write EVALUATOR.KEY=VALUE for an evaluator of this "
+                f"evaluation ({', '.join(dict.fromkeys(names))}; add others with "
+                "--evaluator), e.g. cka.real_epochs=2"
+            )
+        for spec in (s for s in specs if s.get("name") == name):
+            params = {k: v for k, v in spec.items() if k != "name"}
+            apply_overrides(params, [text.split(".", 1)[1]])
+            spec.clear()
+            spec.update({"name": name, **params})
+    return specs
 
 
 def _evaluator_refs(registry, names: list[str] | None, models: int | None,
@@ -538,8 +623,9 @@ def baseline(
     ds, meth, feats = _baseline_specs(dataset, method, features, data_root, set_ or [])
     refs = _evaluator_refs(registry, evaluator, models, epochs) if evaluate_it else None
     say = None if as_json else (lambda text: err.print(text, markup=False, highlight=False))
-    path = make_baseline(ds, meth, ipc, seed, out_file, features=feats, device=device,
-                         overwrite=overwrite, registry=registry, progress=say)
+    with step_bar(not as_json):
+        path = make_baseline(ds, meth, ipc, seed, out_file, features=feats, device=device,
+                             overwrite=overwrite, registry=registry, progress=say)
     evaluations: dict[str, Any] = {}
     if evaluate_it:
         show_model = None if as_json else (
@@ -616,9 +702,10 @@ def compare(
         registry.validate("datasets", spec)
         ds = DatasetRef.model_validate(spec)
     say = None if as_json else (lambda text: err.print(text, markup=False, highlight=False))
-    rows = compare_sets(files, evaluate_missing=evaluate_missing, evaluators=refs,
-                        dataset=ds, device=device, save=save, registry=registry,
-                        progress=say)
+    with step_bar(not as_json):
+        rows = compare_sets(files, evaluate_missing=evaluate_missing, evaluators=refs,
+                            dataset=ds, device=device, save=save, registry=registry,
+                            progress=say)
     for r in rows:
         for w in r["warnings"]:
             err.print(f"[yellow]warning:[/] {safe_markup(r['file'])}: {safe_markup(w)}",

@@ -4,9 +4,10 @@ One row per file: the method that made it (the recipe's DD loss and regularizer,
 coreset method of a baseline), the data set, the images per class, the iterations, and the
 headline number of every evaluation stored in the file's metadata: accuracy mean ± std (in
 percent, over the evaluator's networks) for ``train_from_scratch``-style results with
-the protocol and budget that produced it in the next column (``dsa, 20×1000 ep``), one
-column per backbone for ``cross_arch``, the mean CKA diagonal for ``cka``, the bound
-averaged over layers for ``mi_estimate``. Missing evaluations can be computed on the way
+the protocol and budget that produced it in the next column (``protocol dsa × 20 nets ×
+1000 ep``, so a 3-epoch and a 300-epoch score are not mistaken for peers), one column
+per backbone for ``cross_arch``, the mean CKA diagonal for ``cka``, the bound averaged
+over layers for ``mi_estimate``. Missing evaluations can be computed on the way
 with :func:`mim4dd_kit.evaluate.evaluate`. Numbers are always those stored for the final
 set: nothing is selected on test data.
 """
@@ -37,27 +38,25 @@ def _mean(values: Any) -> float | None:
     return sum(nums) / len(nums) if nums else None
 
 
-def budget_of(result: dict[str, Any]) -> str:
-    """How an accuracy was obtained: ``dsa, 20×1000 ep``, or ``5×300 ep`` for results
-    stored before protocols were recorded; empty when nothing is recorded."""
-    models, epochs = result.get("models"), result.get("epochs")
-    size = f"{models}×{epochs} ep" if models is not None and epochs is not None else ""
-    protocol = result.get("protocol")
-    if protocol and size:
-        return f"{protocol}, {size}"
-    return str(protocol or size)
-
-
 def headlines(name: str, result: Any) -> dict[str, dict[str, Any]]:
     """Headline numbers of one stored evaluation, by column name.
 
     Each value is ``{"mean": m, "std": s}`` (accuracies, percent), ``{"value": v}``, or
-    ``{"text": t}`` for the protocol and budget beside an accuracy (``name protocol``).
-    Unknown result shapes give no columns (they still appear in ``mdk show``).
+    ``{"text": t}`` for the protocol and budget beside an accuracy (``name protocol``):
+    ``accuracy_mean`` ± ``accuracy_std``, one accuracy per row of a ``table`` (per
+    backbone), and every number a result lists under ``headline`` (its keys). Unknown
+    result shapes give no columns (they still appear in ``mdk show``).
     """
     if not isinstance(result, dict):
         return {}
     out: dict[str, dict[str, Any]] = {}
+    declared = result.get("headline")
+    if isinstance(declared, list):
+        # the evaluator names its headline numbers: one column each
+        for key in declared:
+            value = _num(result.get(key)) if isinstance(key, str) else None
+            if value is not None:
+                out[f"{name} {key}"] = {"value": value}
     mean = _num(result.get("accuracy_mean"))
     if mean is not None:
         out[f"{name} acc %"] = {"mean": mean, "std": _num(result.get("accuracy_std")) or 0.0}
@@ -72,6 +71,9 @@ def headlines(name: str, result: Any) -> dict[str, dict[str, Any]]:
             label = str(row.get("backbone", "?"))
             out[f"{name}/{label} acc %"] = {"mean": float(row["accuracy_mean"]),
                                             "std": _num(row.get("accuracy_std")) or 0.0}
+    if isinstance(declared, list):
+        return out
+    # results stored before evaluators named their headline numbers
     diag = _mean(result.get("diagonal"))
     if diag is not None:
         out[f"{name} diag mean"] = {"value": diag}
@@ -79,6 +81,27 @@ def headlines(name: str, result: Any) -> dict[str, dict[str, Any]]:
     if bound is not None:
         out[f"{name} bound (layer mean)"] = {"value": bound}
     return out
+
+
+#: result keys that describe how much training a score took, and how they are shown
+BUDGET_KEYS = (("protocol", "protocol {}"), ("models", "{} nets"), ("epochs", "{} ep"),
+               ("real_epochs", "real {} ep"), ("critic_steps", "{} critic steps"))
+
+
+def budget_of(result: Any) -> str:
+    """How much training stands behind a stored evaluation: ``5 nets × 300 ep``; a
+    ``cross_arch`` result adds its backbones. Empty for unknown shapes."""
+    if not isinstance(result, dict):
+        return ""
+    parts = []
+    for key, form in BUDGET_KEYS:
+        value = result.get(key)
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            parts.append(form.format(value))
+    table = result.get("table")
+    if isinstance(table, list) and table:
+        parts.append(f"{len(table)} backbones")
+    return " × ".join(parts)
 
 
 def method_of(metadata: dict[str, Any]) -> str:
@@ -122,6 +145,8 @@ def compare_row(path: Path, s: SyntheticSet) -> dict[str, Any]:
         "made_by_mdk": s.made_by_mdk,
         "evaluators": list(evaluations),
         "columns": columns,
+        "budget": {name: budget_of(result) for name, result in evaluations.items()
+                   if budget_of(result)},
         "evaluations": evaluations,
     }
 

@@ -12,6 +12,8 @@ them itself on one machine (``mdk run --nproc-per-node N``). See ``docs/distribu
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import pickle
 import socket
@@ -246,6 +248,19 @@ def _raise_child_error(records: list[dict[str, Any] | None], failure: str | None
         )
 
 
+@contextlib.contextmanager
+def _quiet_spawn_log():
+    """Hide torch's "Terminating process ... via signal SIGTERM" warnings: stopping the
+    peers of a failed process is expected here, and the error is reported in its place."""
+    log = logging.getLogger("torch.multiprocessing.spawn")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def launch(nproc: int, fn: Callable[..., Any], *args: Any, threads: int | None = None) -> list[Any]:
     """Run ``fn(*args)`` in ``nproc`` new processes forming one process group on this machine.
 
@@ -270,8 +285,9 @@ def launch(nproc: int, fn: Callable[..., Any], *args: Any, threads: int | None =
         )
         failure = None
         try:
-            while not ctx.join():
-                pass
+            with _quiet_spawn_log():
+                while not ctx.join():
+                    pass
         except mp.ProcessExitedException as exc:
             failure = str(exc)
         except mp.ProcessRaisedException:

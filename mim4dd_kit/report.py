@@ -253,7 +253,7 @@ def _evaluation_blocks(name: str, result: Any, pictures: _Pictures) -> list[Bloc
         text = (f"Test accuracy {result['accuracy_mean']:.2f} ± "
                 f"{float(result.get('accuracy_std') or 0):.2f} % (mean ± std over "
                 f"{len(accs) or result.get('models', '?')} networks"
-                + (f"; protocol: {budget}" if budget else "") + ")")
+                + (f"; {budget}" if budget else "") + ")")
         if accs:
             text += "; per network: " + ", ".join(f"{float(a):.2f}" for a in accs)
         blocks.append(Block("p", text + "."))

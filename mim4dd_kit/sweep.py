@@ -142,8 +142,12 @@ def _variant_names(combos: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def load_sweep(path: str | Path, registry: Registry | None = None) -> Sweep:
-    """Read a sweep file and validate it and every variant's recipe (no data is loaded)."""
+def load_sweep(path: str | Path, registry: Registry | None = None,
+               overrides: list[str] | tuple[str, ...] = ()) -> Sweep:
+    """Read a sweep file and validate it and every variant's recipe (no data is loaded).
+
+    ``overrides`` (``mdk sweep --set``) apply to every variant after the file's ``set``
+    and before its grid values."""
     path = Path(path)
     registry = registry or default_registry()
     text = read_yaml_file(path, "sweep file")
@@ -165,12 +169,12 @@ def load_sweep(path: str | Path, registry: Registry | None = None) -> Sweep:
     if not base.is_file():
         raise RecipeError(f"{path}: base recipe {spec.base} ({base}) does not exist")
     name = spec.name or _UNSAFE.sub("_", path.stem)
-    sweep = Sweep(path, name, base, list(spec.overrides), dict(spec.grid))
+    sweep = Sweep(path, name, base, [*spec.overrides, *overrides], dict(spec.grid))
     keys = list(spec.grid)
     combos = [dict(zip(keys, values, strict=True))
               for values in itertools.product(*(spec.grid[k] for k in keys))]
     for vname, combo in zip(_variant_names(combos), combos, strict=True):
-        overrides = [*spec.overrides, *(_override(k, v) for k, v in combo.items())]
+        overrides = [*sweep.overrides, *(_override(k, v) for k, v in combo.items())]
         run_name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{name}.{vname}")
         try:
             recipe = load_recipe(base, [*overrides, f"name={run_name}"], registry)

@@ -7,10 +7,11 @@ with :func:`~mim4dd_kit.synthetic.save_synthetic`, so ``mdk evaluate``, ``mdk co
 
 Feature space (:class:`FeatureSpace`): as we read the DC paper (Zhao et al., ICLR 2021,
 section 4.1), its herding and k-center baselines work on features of a network trained on
-the whole training set; it does not give that network's schedule. The default is the standard
-ConvNet (the embedding before the classifier, ``Backbone.embed``) trained on the real
-training set for 5 epochs with the evaluation protocol's optimiser (SGD lr 0.01, momentum
-0.9, weight decay 5e-4, batch 256, lr x0.1 at half the epochs), without augmentation.
+the whole training set; it does not give that network's schedule. The default is a
+CPU-sized ConvNet of width 32 (the embedding before the classifier, ``Backbone.embed``)
+trained on the real training set for 2 epochs with the evaluation protocol's optimiser
+(SGD lr 0.01, momentum 0.9, weight decay 5e-4, batch 256, lr x0.1 at half the epochs),
+without augmentation.
 ``space: pixels`` selects on the normalised pixels instead, at no training cost.
 """
 
@@ -26,7 +27,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field, ValidationError
 
-from .. import __version__
+from .. import __version__, meter
 from ..contracts import BackboneRef, ComponentRef, DatasetRef, Params, RealData
 from ..errors import DataError, PluginError, RecipeError, RunError
 from ..registry import ParamsError, Registry, _pretty, default_registry
@@ -48,9 +49,11 @@ class FeatureSpace(Params):
         description="'pixels', or a backbone plugin trained on the real training set "
         "whose embedding (the flattened last block) is the feature",
     )
-    width: int | None = Field(None, gt=0, description="backbone width (default: its own)")
+    width: int | None = Field(
+        32, gt=0, description="backbone width, for a backbone that has a width parameter "
+        "(default 32: CPU-sized; null: the backbone's own default)")
     depth: int | None = Field(None, gt=0, description="backbone depth (default: its own)")
-    epochs: int = Field(5, ge=0, description="training epochs; 0 keeps the random init")
+    epochs: int = Field(2, ge=0, description="training epochs; 0 keeps the random init")
     lr: float = Field(0.01, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
@@ -118,9 +121,12 @@ def compute_features(
     spec = _validated(FeatureSpace, space, "features")
     if spec.space == "pixels":
         return data.train_images.flatten(1), {"space": "pixels"}
-    params = {k: v for k, v in (("width", spec.width), ("depth", spec.depth)) if v is not None}
-    ref = BackboneRef.model_validate({"name": spec.space, **params})
     _check_backbone(spec.space, registry)
+    params = {k: v for k, v in (("width", spec.width), ("depth", spec.depth)) if v is not None}
+    if "width" not in spec.model_fields_set and "width" not in registry.load(
+            "backbones", spec.space).Params.model_fields:
+        params.pop("width", None)  # the CPU-sized default applies where there is a width
+    ref = BackboneRef.model_validate({"name": spec.space, **params})
     try:
         registry.validate("backbones", ref)
     except ParamsError as exc:
@@ -137,9 +143,11 @@ def compute_features(
             if progress is not None:
                 progress(f"training the {spec.space} feature network on the real training "
                          f"set ({spec.epochs} epochs)")
-            train_network(net, data.train_images, data.train_labels, epochs=spec.epochs,
-                          lr=spec.lr, momentum=spec.momentum,
-                          weight_decay=spec.weight_decay, batch_size=spec.batch_size)
+            steps = spec.epochs * meter.batches(len(data.train_labels), spec.batch_size)
+            with meter.planned(steps, "feature network"):
+                train_network(net, data.train_images, data.train_labels, epochs=spec.epochs,
+                              lr=spec.lr, momentum=spec.momentum,
+                              weight_decay=spec.weight_decay, batch_size=spec.batch_size)
     acc = accuracy(net, data.test_images, data.test_labels)
     feats = _embed(net, data.train_images)
     described = {"space": spec.space, "backbone": {"name": ref.name, **ref.params},

@@ -25,6 +25,8 @@ class _TorchvisionSet:
     mean: ClassVar[tuple[float, ...]]
     std: ClassVar[tuple[float, ...]]
     flip_ok: ClassVar[bool] = True
+    #: the files torchvision reads under the root, for the missing-data message
+    layout: ClassVar[str]
 
     class Params(ZCAParams):
         root: Path | None = Field(None, description="torchvision root folder")
@@ -57,12 +59,18 @@ class _TorchvisionSet:
                 train, test = self._split(root, True), self._split(root, False)
                 break
             except (RuntimeError, OSError) as exc:
-                errors.append(f"{root}: {exc}")
+                errors.append(exc)
         else:
+            # torchvision's own message names its download=True argument; say it the
+            # recipe's way, and show the files expected
+            searched = ", ".join(str(r) for r in roots)
             raise DataError(
-                f"{self.name}: data not found in {', '.join(str(r) for r in roots)} "
-                f"({errors[-1] if errors else ''}); put torchvision's {self.tv_class} files "
-                "under `root:` or MDK_DATA, or set `download: true` where a network is available"
+                f"{self.name}: data not found (searched {searched}). Expected under the "
+                f"dataset's `root:` (or $MDK_DATA): {self.layout}. Point `root:` at the "
+                "folder that holds them, or let mdk fetch them where a network is available "
+                f"with `download: true` in the recipe's dataset (`dataset: {{name: "
+                f"{self.name}, download: true}}`, or --set dataset.download=true)"
+                + "".join(f" ({e})" for e in errors[-1:] if "download=True" not in str(e))
             )
         tx, ty = self._arrays(train)
         vx, vy = self._arrays(test)
@@ -83,12 +91,16 @@ class MNIST(_TorchvisionSet):
     """MNIST handwritten digits, 28x28 grey, 10 classes (torchvision, local root)."""
 
     name, tv_class, mean, std, flip_ok = "mnist", "MNIST", (0.1307,), (0.3081,), False
+    layout = ("MNIST/raw/ with train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+              "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte")
 
 
 class CIFAR10(_TorchvisionSet):
     """CIFAR-10, 32x32 colour, 10 classes (torchvision, local root)."""
 
     name, tv_class = "cifar10", "CIFAR10"
+    layout = ("cifar-10-batches-py/ with data_batch_1 ... data_batch_5, test_batch and "
+              "batches.meta (the extracted cifar-10-python.tar.gz)")
     mean, std = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 
@@ -96,6 +108,8 @@ class CIFAR100(_TorchvisionSet):
     """CIFAR-100, 32x32 colour, 100 classes (torchvision, local root)."""
 
     name, tv_class = "cifar100", "CIFAR100"
+    layout = ("cifar-100-python/ with train, test and meta (the extracted "
+              "cifar-100-python.tar.gz)")
     mean, std = (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)
 
 
@@ -103,4 +117,5 @@ class SVHN(_TorchvisionSet):
     """SVHN house-number digits, 32x32 colour, 10 classes (torchvision, local root)."""
 
     name, tv_class, flip_ok = "svhn", "SVHN", False
+    layout = "train_32x32.mat and test_32x32.mat"
     mean, std = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)

@@ -129,6 +129,8 @@ class CKA:
             "layers": layers,
             "diagonal": matrix.diagonal().tolist(),
             "mean_diagonal": float(matrix.diagonal().mean()),
+            # the numbers tables show (mdk evaluate, mdk compare)
+            "headline": ["mean_diagonal", "syn_accuracy", "real_accuracy"],
             "real_accuracy": real_acc,
             "syn_accuracy": syn_acc,
             "probe": n_probe,

@@ -158,3 +158,66 @@ def test_buffer_builds_once_and_refuses_other_losses(tmp_path, monkeypatch):
     assert again["trained"] == 0 and again["path"] == info["path"]
     res = runner.invoke(app, ["buffer", str(_recipe_file(tmp_path))])
     assert res.exit_code == 2 and "dd_loss is 'dm'" in res.stderr
+
+
+def test_every_evaluators_headline_shows_in_the_table(tmp_path, monkeypatch):
+    from mim4dd_kit import cli
+    from mim4dd_kit.synthetic import save_synthetic
+
+    monkeypatch.setattr(cli.out, "width", 200)  # no wrapped cells
+
+    evaluations = {
+        "train_from_scratch": {"accuracy_mean": 51.25, "accuracy_std": 0.5,
+                               "accuracies": [50.75, 51.75], "models": 2, "epochs": 300},
+        "cka": {"diagonal": [0.9, 0.7], "mean_diagonal": 0.8, "syn_accuracy": 44.0,
+                "real_accuracy": 88.5, "epochs": 50, "real_epochs": 1,
+                "headline": ["mean_diagonal", "syn_accuracy", "real_accuracy"]},
+        "mi_estimate": {"mi_lower_bound": [1.0, 2.0], "mean_mi_lower_bound": 1.5,
+                        "accuracy": 40.0, "epochs": 50, "critic_steps": 200,
+                        "headline": ["mean_mi_lower_bound", "accuracy"]},
+        "cross_arch": {"table": [{"backbone": "mlp", "accuracy_mean": 33.0,
+                                  "accuracy_std": 1.0}], "models": 1, "epochs": 20},
+    }
+    path = save_synthetic(tmp_path / "s.safetensors", torch.randn(2, 1, 8, 8),
+                          torch.tensor([0, 1]), metadata={"evaluations": evaluations})
+    res = runner.invoke(app, ["show", str(path)])
+    assert res.exit_code == 0, res.output
+    text = res.stdout
+    for shown in ("train_from_scratch acc %", "51.25 ± 0.50", "50.75, 51.75",
+                  "2 nets × 300 ep", "cka mean_diagonal", "0.8", "cka real_accuracy",
+                  "88.5", "real 1 ep", "mi_estimate mean_mi_lower_bound", "1.5",
+                  "200 critic steps", "cross_arch/mlp acc %", "33.00 ± 1.00"):
+        assert shown in text, shown
+
+
+def test_schema_out_confirms_and_list_plugins_keeps_brackets(tmp_path, monkeypatch):
+    out = tmp_path / "recipe.schema.json"
+    res = runner.invoke(app, ["schema", "--out", str(out)])
+    assert res.exit_code == 0 and json.loads(out.read_text())
+    assert "JSON Schema written to" in res.stdout and str(out) in res.stdout
+    from mim4dd_kit.registry import PluginInfo, Registry
+
+    infos = [PluginInfo("critics", "linear", "pkg", "1", "m:o", "one [fc-ReLU] head")]
+    monkeypatch.setattr(Registry, "describe", lambda self, kind=None: infos)
+    res = runner.invoke(app, ["list-plugins", "--kind", "critics"])
+    assert res.exit_code == 0 and "[fc-ReLU]" in res.stdout
+
+
+def test_evaluate_set_reaches_one_evaluator_and_refuses_others(tmp_path):
+    from mim4dd_kit.cli import _with_evaluator_sets
+
+    specs = _with_evaluator_sets(
+        [{"name": "cka"}, {"name": "mi_estimate", "epochs": 3}],
+        ["cka.backbone={name: convnet, width: 32}", "cka.real_epochs=1",
+         "mi_estimate.critic_steps=5"])
+    assert specs == [{"name": "cka", "backbone": {"name": "convnet", "width": 32},
+                      "real_epochs": 1},
+                     {"name": "mi_estimate", "epochs": 3, "critic_steps": 5}]
+    path = tmp_path / "s.safetensors"
+    from mim4dd_kit.synthetic import save_synthetic
+
+    save_synthetic(path, torch.randn(2, 1, 8, 8), torch.tensor([0, 1]),
+                   metadata={"recipe": {"dataset": {"name": "digits"}}})
+    res = runner.invoke(app, ["evaluate", str(path), "--set", "cka.real_epochs=1"])
+    assert res.exit_code == 2 and "add others with --evaluator" in " ".join(
+        res.stderr.split())

@@ -264,3 +264,19 @@ def test_cli_nproc_per_node_matches_one_process(tmp_path):
     assert torch.allclose(a, b, atol=ATOL, rtol=0)
     assert math.isclose(summary["final_losses"]["loss"],
                         json.loads(one.stdout)["final_losses"]["loss"], rel_tol=RTOL)
+
+
+def _fail_on_rank_0() -> None:
+    import time
+
+    if os.environ["RANK"] == "0":
+        raise RunError("rank 0 stops here")
+    time.sleep(60)  # the peer is still busy when rank 0 fails
+
+
+@pytest.mark.slow
+def test_a_failed_process_stops_its_peers_without_torchs_sigterm_warning(caplog):
+    caplog.set_level("WARNING")
+    with pytest.raises(RunError, match="rank 0 stops here"):
+        distributed.launch(2, _fail_on_rank_0, threads=1)
+    assert "SIGTERM" not in caplog.text

@@ -182,7 +182,8 @@ def test_compare_rows_and_table(tmp_path):
     })
     b = _fabricated(tmp_path, "b.safetensors",
                     {"name": "b", "dataset": {"name": "digits"}, "dd_loss": {"name": "dm"}},
-                    {"train_from_scratch": {"accuracy_mean": 45.5, "accuracy_std": 2.0}})
+                    {"train_from_scratch": {"accuracy_mean": 45.5, "accuracy_std": 2.0,
+                                            "models": 2, "epochs": 3}})
     c = make_baseline("digits", "herding", 2, 0, tmp_path / "c.safetensors",
                       features={"space": "pixels"}, device="cpu")
     rows = compare([a, b, c])
@@ -195,8 +196,12 @@ def test_compare_rows_and_table(tmp_path):
     md = format_compare(rows)
     lines = md.strip().splitlines()
     assert len(lines) == 5 and "train_from_scratch acc %" in lines[0]
-    assert "| 50.00 ± 1.00 | 40.00 ± 2.50 |" in lines[2]
-    assert "45.50 ± 2.00" in lines[3] and lines[4].count("–") == 4  # baseline: no numbers
+    assert "| 50.00 ± 1.00 | – | 40.00 ± 2.50 |" in lines[2]
+    assert "45.50 ± 2.00" in lines[3] and lines[4].count("–") == 5  # baseline: no numbers
+    # the budget behind each score stands beside it
+    assert "| train_from_scratch acc % | train_from_scratch protocol |" in lines[0]
+    assert "| 45.50 ± 2.00 | 2 nets × 3 ep |" in lines[3]
+    assert rows[1]["budget"] == {"train_from_scratch": "2 nets × 3 ep"}
     res = runner.invoke(app, ["compare", str(a), str(b), str(c), "--json"])
     assert res.exit_code == 0, res.output
     assert [r["file"] for r in json.loads(res.stdout)] == [str(a), str(b), str(c)]
@@ -221,6 +226,10 @@ def test_headlines_and_method_of_unknown_shapes():
     assert headlines("mi", {"mi_lower_bound": [1.0, 2.0]}) == {
         "mi bound (layer mean)": {"value": 1.5}}
     assert method_of({}) == "?"
+    # a result that names its headline numbers gets one column each, nothing guessed
+    declared = {"headline": ["mean_diagonal", "missing", "note"], "mean_diagonal": 0.5,
+                "note": "text", "diagonal": [0.1]}
+    assert headlines("cka", declared) == {"cka mean_diagonal": {"value": 0.5}}
 
 
 # -- report ---------------------------------------------------------------------------
@@ -255,7 +264,7 @@ def test_html_report_is_one_self_contained_file(run_dir):
     assert "loss_dd" in text and "loss_reg" in text and "nce1" in text
     assert text.count('<img src="data:image/png;base64,') == 3  # losses, images, CKA
     assert "0.840" in text and "block2" in text and "61.25 ± 1.50" in text
-    assert "protocol: dsa, 2×3 ep" in text  # how the number was obtained
+    assert "protocol dsa × 2 nets × 3 ep" in text  # how the number was obtained
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "<script>" not in text
     assert not re.search(r"(src|href)=\"(?!data:)", text)  # nothing external
     assert "dd_loss:" in text and "mim4dd" in text  # the recipe YAML

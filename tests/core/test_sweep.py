@@ -123,7 +123,7 @@ def test_two_variant_run_writes_sets_and_table_then_resume_skips(tmp_path, monke
     for r in rows:
         acc = r["accuracy"]["train_from_scratch"]
         assert f"| {r['variant']} |" in table and f"{acc['mean']:.2f} ± {acc['std']:.2f}" in table
-        assert acc["budget"].startswith("mim4dd, ") and f"({acc['budget']})" in table
+        assert acc["budget"].startswith("protocol mim4dd × ") and f"({acc['budget']})" in table
     assert json.loads((out / "results.json").read_text()) == rows
     assert format_table(rows, "json") == json.dumps(rows, indent=2)
 

@@ -134,5 +134,9 @@ def test_tensor_file_bad_inputs(tmp_path):
 def test_torchvision_sets_do_not_download_by_default(cls, tmp_path, monkeypatch):
     monkeypatch.setenv("MDK_DATA", str(tmp_path))
     (tmp_path / "x").mkdir()
-    with pytest.raises(DataError, match="download: true"):
+    with pytest.raises(DataError, match="download: true") as info:
         cls(cls.Params(root=tmp_path / "x")).load()
+    message = str(info.value)
+    # one spelling of the option (the recipe's), and the files expected under root:
+    assert "download=True" not in message and "--set dataset.download=true" in message
+    assert cls.layout in message and str(tmp_path / "x") in message

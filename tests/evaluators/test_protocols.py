@@ -151,7 +151,7 @@ def test_cli_protocol_is_recorded_and_shown_by_compare(tmp_path):
     table = format_compare(compare([f]))
     head, _, row = table.strip().splitlines()
     assert "| train_from_scratch acc % | train_from_scratch protocol |" in head
-    assert row.endswith("| dc, 1×2 ep |")
+    assert row.endswith("| protocol dc × 1 nets × 2 ep |")
     res = runner.invoke(app, ["evaluate", str(f), "--dataset", "digits", "--protocol",
                               "imagenet"])
     assert res.exit_code != 0 and "protocol" in res.output

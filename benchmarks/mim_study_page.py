@@ -242,6 +242,20 @@ def render(rows: list[dict[str, Any]], study: Any) -> Path:
         f"{wall / 3600:.2f} wall hours of distillation runs, on the shared CPU.")
     add("")
 
+    add("## Settings as they ran")
+    add("")
+    add("Each variant's regularizer with every parameter as the plugin read it (presets "
+        "expanded), and the commits the runs came from:")
+    add("")
+    seen: dict[str, set] = {}
+    for r in rows:
+        key = json.dumps(r.get("regularizer_params"), sort_keys=True)
+        seen.setdefault(r["variant"], set()).add((key, r.get("code") or "unknown"))
+    for v in sorted(seen):
+        for key, code in sorted(seen[v]):
+            add(f"- `{v}` (code {code}): `{key}`")
+    add("")
+
     add("## Budgets: base accuracy vs iterations (validation split, seed 0)")
     add("")
     if curves:

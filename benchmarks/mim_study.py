@@ -260,6 +260,34 @@ def run_curve(dataset: str, ipc: int, method: str) -> int:
     return chosen
 
 
+def regularizer_params(ref: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Every parameter of a ``regularizer`` entry as the installed plugin reads it (a
+    preset expanded), so that a row says what ran even if a preset changes later."""
+    if ref is None:
+        return None
+    from mim4dd_kit.registry import default_registry
+
+    params = default_registry().validate("regularizers", ref)
+    return json.loads(params.model_dump_json(by_alias=True))
+
+
+def code_version() -> str:
+    """The checkout's commit (and ``+dirty`` when tracked files differ from it)."""
+    import subprocess
+
+    try:
+        sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", "HEAD", "--",
+                                "mim4dd_kit"], check=False).returncode != 0
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+CODE = {"version": None}
+
+
 # -- one run ------------------------------------------------------------------------------
 def run_cell(dataset: str, ipc: int, method: str, variant: str, seed: int,
              iterations: int) -> dict[str, Any]:
@@ -299,6 +327,8 @@ def run_cell(dataset: str, ipc: int, method: str, variant: str, seed: int,
     record = {
         "dataset": dataset, "ipc": ipc, "method": method, "variant": variant, "seed": seed,
         "iterations": iterations, "regularizer": recipe.to_dict()["regularizer"],
+        "regularizer_params": regularizer_params(recipe.to_dict()["regularizer"]),
+        "code": CODE["version"],
         "validation": {"accuracies": ev["accuracies"], "mean": ev["accuracy_mean"],
                        "std": ev["accuracy_std"], "size": ev["test_size"],
                        "seconds": ev["seconds"]},
@@ -351,6 +381,8 @@ def collect_rows() -> list[dict[str, Any]]:
                                     "iterations")}
         common = {"budget": budget_text(rec["method"], rec["ipc"]),
                   "regularizer": rec["regularizer"],
+                  "regularizer_params": rec.get("regularizer_params"),
+                  "code": rec.get("code"),
                   "final_losses": rec.get("final_losses"),
                   "distill_cpu_seconds": rec.get("cpu_seconds"),
                   "distill_wall_seconds": rec.get("wall_seconds")}
@@ -523,6 +555,7 @@ def main_run(args) -> None:
     import torch
 
     torch.set_num_threads(1)
+    CODE["version"] = code_version()
     CANDIDATES.update(candidates())
     cands = list(CANDIDATES) if args.candidates else []
     say(f"study: cells {cells_in_order(args)}; variants {args.variants}; candidates "

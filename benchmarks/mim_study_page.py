@@ -55,6 +55,49 @@ def _verdict(d: dict | None) -> str:
     return "no detectable difference" if d["mean"] >= -0.5 else "worse, interval contains 0"
 
 
+def _shape(curve: dict) -> str:
+    """A word on the curve around the chosen budget."""
+    chosen = curve.get("chosen")
+    if chosen is None:
+        return "running"
+    pts = sorted(curve["points"], key=lambda p: p["iteration"])
+    at = next(p["mean"] for p in pts if p["iteration"] == chosen)
+    later = [p["mean"] for p in pts if p["iteration"] > chosen]
+    if not later:
+        before = [p["mean"] for p in pts if 0 < p["iteration"] < chosen]
+        if before and at - before[-1] >= S.FLAT_POINTS:
+            return "still rising at the largest milestone"
+        return "flat at the largest milestone"
+    if min(later) <= at - S.FLAT_POINTS:
+        return f"peaks here; later milestones fall to {min(later):.2f}"
+    return "flat after it"
+
+
+def _diagnostics(cell: tuple, variant: str) -> dict | None:
+    """Median ‖∇R‖/‖∇L_DD‖ on the images, pixel std end/start, and the mean MI bound
+    (Eq. 2.14, nats, over layers) at the first and last logged iteration, over seeds."""
+    import numpy as np
+
+    dataset, ipc, method = cell
+    ratios, growth, mi_first, mi_last = [], [], [], []
+    for f in sorted((S.OUT / dataset / f"ipc{ipc}" / method / variant).glob("seed*/losses.jsonl")):
+        hist = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        logged = [h for h in hist if "grad_ratio" in h]
+        if not logged:
+            continue
+        ratios += [h["grad_ratio"] for h in logged]
+        growth.append(logged[-1]["img_std"] / logged[0]["img_std"])
+        mis = [[v for k, v in h.items() if k.startswith("mi") and k[2:].isdigit()]
+               for h in (logged[0], logged[-1])]
+        mi_first.append(float(np.mean(mis[0])))
+        mi_last.append(float(np.mean(mis[1])))
+    if not ratios:
+        return None
+    return {"ratio": float(np.median(ratios)), "growth": float(np.mean(growth)),
+            "mi_first": float(np.mean(mi_first)), "mi_last": float(np.mean(mi_last)),
+            "seeds": len(growth)}
+
+
 def _curves_figure(out: Path) -> list[dict[str, Any]]:
     curves = []
     for f in sorted((S.OUT / "curves").glob("*/curve.json")):
@@ -199,18 +242,32 @@ def render(rows: list[dict[str, Any]], study: Any) -> Path:
         f"{wall / 3600:.2f} wall hours of distillation runs, on the shared CPU.")
     add("")
 
+    add("## Settings as they ran")
+    add("")
+    add("Each variant's regularizer with every parameter as the plugin read it (presets "
+        "expanded), and the commits the runs came from:")
+    add("")
+    seen: dict[str, set] = {}
+    for r in rows:
+        key = json.dumps(r.get("regularizer_params"), sort_keys=True)
+        seen.setdefault(r["variant"], set()).add((key, r.get("code") or "unknown"))
+    for v in sorted(seen):
+        for key, code in sorted(seen[v]):
+            add(f"- `{v}` (code {code}): `{key}`")
+    add("")
+
     add("## Budgets: base accuracy vs iterations (validation split, seed 0)")
     add("")
     if curves:
         add("![budget curves](mim_study/budget_curves.png)")
         add("")
         add("| cell | iterations: validation accuracy (mean ± std over 5 networks) | "
-            "chosen budget |")
-        add("|---|---|---|")
+            "chosen budget | shape |")
+        add("|---|---|---|---|")
         for c in curves:
             pts = sorted(c["points"], key=lambda p: p["iteration"])
             text = ", ".join(f"{p['iteration']}: {p['mean']:.2f}±{p['std']:.2f}" for p in pts)
-            add(f"| {c['name']} | {text} | {c.get('chosen', 'running')} |")
+            add(f"| {c['name']} | {text} | {c.get('chosen', 'running')} | {_shape(c)} |")
         add("")
         add(f"Rule: the first milestone that no later milestone beats by {S.FLAT_POINTS} "
             "points or more (the largest milestone when the curve is still rising). Budget "
@@ -263,6 +320,26 @@ def render(rows: list[dict[str, Any]], study: Any) -> Path:
     else:
         add("No candidate setting has been chosen yet: the `shipped` column stays empty "
             "until candidate settings have run on the validation split.")
+    add("")
+
+    add("## What the regularizer did (diagnostics logged every 10 iterations)")
+    add("")
+    add("Median over logged iterations and seeds of ‖∇_X R‖ / ‖∇_X L_DD‖ on the synthetic "
+        "images (with ρ: the applied, rescaled gradient), the images' pixel std at the end "
+        "over the start, and the mean over layers of the MI bound log(C−1) + E_P[log h] "
+        "(Eq. 2.14, nats; log 9 = 2.20 for 10 classes) at the first and last logged "
+        "iteration.")
+    add("")
+    add("| data set | IPC | method | variant | seeds | grad ratio | pixel std end/start | "
+        "MI bound first → last |")
+    add("|---|---|---|---|---|---|---|---|")
+    for cell in cells:
+        for v in ["literal", *[c for c in cand if c != "literal"]]:
+            d = _diagnostics(cell, v)
+            if d:
+                add(f"| {cell[0]} | {cell[1]} | {cell[2]} | {v} | {d['seeds']} | "
+                    f"{d['ratio']:.3g} | {d['growth']:.2f} | {d['mi_first']:.2f} → "
+                    f"{d['mi_last']:.2f} |")
     add("")
 
     add("## Pairing check")

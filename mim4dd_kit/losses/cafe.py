@@ -44,7 +44,7 @@ from ..contracts import (
 )
 from .dm import class_means
 from .feature_taps import for_regularizer
-from .gradient_matching import PersistentNetwork, sgd_epochs, sgd_steps
+from .gradient_matching import PersistentNetwork, TrainedNetwork, sgd_epochs, sgd_steps
 
 
 def alignment_loss(
@@ -123,7 +123,7 @@ def cafe_terms(
     return align, disc, real_out, syn_out
 
 
-class WatchedNetwork:
+class WatchedNetwork(TrainedNetwork):
     """The reference's "dynamic bi-level optimisation": accuracy watchers decide when a
     network is replaced and how long it trains between image updates.
 
@@ -141,11 +141,9 @@ class WatchedNetwork:
 
     def __init__(self, ctx: RunContext, *, lr: float, momentum: float, lambda_1: float,
                  lambda_2: float, window: int, per_class: int, max_inner_epochs: int):
-        self.ctx, self.lr, self.momentum = ctx, lr, momentum
+        super().__init__(ctx, lr=lr, momentum=momentum)
         self.lambda_1, self.lambda_2, self.window = lambda_1, lambda_2, window
         self.per_class, self.max_inner_epochs = per_class, max_inner_epochs
-        self.net: Backbone | None = None
-        self.opt: torch.optim.Optimizer | None = None
         self.calls = 0
         self.networks = 0  # networks built so far (the reference's outer iterations)
         self.finished = False  # the outer watcher fired on the current network
@@ -153,10 +151,6 @@ class WatchedNetwork:
         self.outer_carry = 0.0
         self.last_inner_epochs = 0
         self.capped = 0  # inner loops stopped by max_inner_epochs
-
-    def _new_net(self) -> None:
-        self.net = self.ctx.make_backbone().to(self.ctx.device)
-        self.opt = torch.optim.SGD(self.net.parameters(), lr=self.lr, momentum=self.momentum)
 
     @torch.no_grad()
     def reading(self, carry: float) -> float:
@@ -214,22 +208,14 @@ class WatchedNetwork:
         return {
             "calls": self.calls, "networks": self.networks, "finished": self.finished,
             "outer": list(self.outer), "outer_carry": self.outer_carry,
-            "capped": self.capped,
-            "net": None if self.net is None else self.net.state_dict(),
-            "opt": None if self.opt is None else self.opt.state_dict(),
+            "capped": self.capped, **self._net_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.calls, self.networks = int(state["calls"]), int(state["networks"])
         self.finished, self.outer = bool(state["finished"]), list(state["outer"])
         self.outer_carry, self.capped = float(state["outer_carry"]), int(state["capped"])
-        self.net = self.opt = None
-        if state.get("net") is not None:
-            # building consumes RNG, but the engine restores the RNG state afterwards
-            self._new_net()
-            assert self.net is not None and self.opt is not None
-            self.net.load_state_dict(state["net"])
-            self.opt.load_state_dict(state["opt"])
+        self._restore_net(state)
 
 
 _FIXED_ONLY = ("outer_loop", "inner_loop")

@@ -172,7 +172,34 @@ def sgd_epochs(
             opt.step()
 
 
-class PersistentNetwork:
+class TrainedNetwork:
+    """A network and its SGD optimizer that a DD loss trains between image updates; saves
+    and restores both with the loss's state (shared by gradient matching and CAFE)."""
+
+    def __init__(self, ctx: RunContext, *, lr: float, momentum: float):
+        self.ctx, self.lr, self.momentum = ctx, lr, momentum
+        self.net: Backbone | None = None
+        self.opt: torch.optim.Optimizer | None = None
+
+    def _new_net(self) -> None:
+        self.net = self.ctx.make_backbone().to(self.ctx.device)
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=self.lr, momentum=self.momentum)
+
+    def _net_state(self) -> dict[str, Any]:
+        return {"net": None if self.net is None else self.net.state_dict(),
+                "opt": None if self.opt is None else self.opt.state_dict()}
+
+    def _restore_net(self, state: dict[str, Any]) -> None:
+        self.net = self.opt = None
+        if state.get("net") is not None:
+            # building consumes RNG, but the engine restores the RNG state afterwards
+            self._new_net()
+            assert self.net is not None and self.opt is not None
+            self.net.load_state_dict(state["net"])
+            self.opt.load_state_dict(state["opt"])
+
+
+class PersistentNetwork(TrainedNetwork):
     """A network re-initialised every ``outer_loop`` calls and trained in between.
 
     ``advance(train)`` is called once per loss call: call n builds a fresh network (and its
@@ -183,19 +210,14 @@ class PersistentNetwork:
     """
 
     def __init__(self, ctx: RunContext, *, outer_loop: int, lr: float, momentum: float):
-        self.ctx, self.outer_loop, self.lr, self.momentum = ctx, outer_loop, lr, momentum
+        super().__init__(ctx, lr=lr, momentum=momentum)
+        self.outer_loop = outer_loop
         self.calls = 0
-        self.net: Backbone | None = None
-        self.opt: torch.optim.Optimizer | None = None
 
     @property
     def position(self) -> int:
         """Index of the latest call within its network's life (0: the network is new)."""
         return (self.calls - 1) % self.outer_loop
-
-    def _new_net(self) -> None:
-        self.net = self.ctx.make_backbone().to(self.ctx.device)
-        self.opt = torch.optim.SGD(self.net.parameters(), lr=self.lr, momentum=self.momentum)
 
     def advance(self, train: Callable[[Backbone, torch.optim.Optimizer], None]) -> Backbone:
         if self.net is None or self.calls % self.outer_loop == 0:
@@ -212,18 +234,8 @@ class PersistentNetwork:
         return self.net
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "calls": self.calls,
-            "net": None if self.net is None else self.net.state_dict(),
-            "opt": None if self.opt is None else self.opt.state_dict(),
-        }
+        return {"calls": self.calls, **self._net_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.calls = int(state.get("calls", 0))
-        self.net = self.opt = None
-        if state.get("net") is not None:
-            # building consumes RNG, but the engine restores the RNG state afterwards
-            self._new_net()
-            assert self.net is not None and self.opt is not None
-            self.net.load_state_dict(state["net"])
-            self.opt.load_state_dict(state["opt"])
+        self._restore_net(state)

@@ -366,13 +366,12 @@ class BPTT:
         logs = {"bptt_steps": float(steps)}
         if not want_features:
             return LossOutput(loss, logs=logs)
-        # the real side of the regularizer is a fixed target: the network that produced it
-        # was trained on the synthetic set, but the paper's real network is independent of
-        # it, so no gradient may flow from these features back into the unroll
+        # the real side of the regularizer is a fixed target (grad=False detaches it): the
+        # network that produced it was trained on the synthetic set, but the paper's real
+        # network is independent of it, so no gradient may flow back into the unroll
         real_feats = for_regularizer(ctx.feature_tap, lambda x, t: functional_call(
             model, ({**w, **buffers},), (x,), {"tap": t})[0], real.detach(), real_feats,
             grad=False)
-        real_feats = [f.detach() for f in real_feats]
         syn_feats, _ = functional_call(model, ({**w, **buffers},), (syn.images,),
                                        {"tap": ctx.feature_tap})
         return LossOutput(loss, syn_feats, syn.labels, real_feats, real_y, logs)

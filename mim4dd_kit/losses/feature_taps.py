@@ -30,9 +30,11 @@ def for_regularizer(
 ) -> list[Tensor]:
     """The regularizer's features of ``x``: ``outputs`` (the block outputs the loss already
     computed with ``net`` on ``x``) for the ``"output"`` tap, else ``net``'s features at
-    ``tap`` (with autograd only when ``grad``; the real side needs none)."""
+    ``tap``. With ``grad`` false (the real side) the features carry no graph whatever the
+    tap: the real network is independent of the synthetic set, so no gradient may flow
+    back through it (e.g. into BPTT's unroll)."""
     if tap == "output":
-        return outputs
+        return outputs if grad else [o.detach() for o in outputs]
     with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
         if isinstance(net, nn.Module):
             return tapped_features(net, x, tap)

@@ -22,7 +22,7 @@ def mtt_subset(dataset: str, per_class: int, folder: Path) -> dict[str, Any]:
     import torch
     from safetensors.torch import save_file
 
-    from mim4dd_kit.contracts import class_table
+    from mim4dd_kit.api import class_table
     from mim4dd_kit.registry import default_registry
 
     data = default_registry().build("datasets", {"name": dataset}).load()

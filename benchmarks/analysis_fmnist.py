@@ -52,7 +52,7 @@ def dm_set(ipc: int, mim: bool, runs: Path) -> Path:
 
 
 def coreset_set(method: str, ipc: int, root: Path) -> Path:
-    from mim4dd_kit.coresets.baseline import make_baseline
+    from mim4dd_kit.baseline import make_baseline
     from mim4dd_kit.evaluate import evaluate
     from mim4dd_kit.synthetic import load_synthetic
 
@@ -61,7 +61,7 @@ def coreset_set(method: str, ipc: int, root: Path) -> Path:
         make_baseline("fashion_mnist", method, ipc, 0, path,
                       features=None if method == "random" else FEATURES, device="cpu")
     if "train_from_scratch" not in (load_synthetic(path).metadata.get("evaluations") or {}):
-        from mim4dd_kit.contracts import EvaluatorRef
+        from mim4dd_kit.api import EvaluatorRef
 
         evaluate(path, evaluators=[EvaluatorRef.model_validate(PROTOCOL)], device="cpu",
                  save=True)
@@ -88,7 +88,7 @@ def table1(out: Path, runs: Path, coresets: Path) -> None:
 
 
 def _evaluate(path: Path, ref: dict, key: str) -> dict:
-    from mim4dd_kit.contracts import EvaluatorRef
+    from mim4dd_kit.api import EvaluatorRef
     from mim4dd_kit.evaluate import evaluate
 
     res = evaluate(path, evaluators=[EvaluatorRef.model_validate(ref)], device="cpu")
@@ -137,7 +137,7 @@ def mi(out: Path, runs: Path) -> None:
 
 
 def pictures(out: Path, runs: Path) -> None:
-    from mim4dd_kit import plots
+    from mim4dd_kit.core import plots
     from mim4dd_kit.report import export_grid
 
     for mim in (False, True):

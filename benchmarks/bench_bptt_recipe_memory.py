@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 
 from mim4dd_kit.engine import Run
-from mim4dd_kit.losses import bptt
 from mim4dd_kit.recipe import load_recipe
 from mim4dd_kit.registry import default_registry
+from mim4dd_kit.training import unroll
 
 
 def _kib(field: str) -> int:
@@ -50,7 +50,7 @@ def main() -> None:
         run = Run(recipe, Path(out), torch.device("cpu"), default_registry())
         run.setup()
         calls = 0
-        step = bptt._step
+        step = unroll._step
         t0 = time.time()
 
         def counting(*a, **k):
@@ -61,7 +61,7 @@ def main() -> None:
                       f"rss={_kib('VmRSS') / 1024:.0f}MB", file=sys.stderr, flush=True)
             return step(*a, **k)
 
-        bptt._step = counting  # unroll looks the step function up at every call
+        unroll._step = counting  # unroll looks the step function up at every call
         gc.collect()
         ctypes.CDLL("libc.so.6").malloc_trim(0)
         Path("/proc/self/clear_refs").write_text("5")

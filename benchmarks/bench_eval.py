@@ -45,10 +45,10 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print the rows as JSON instead")
     args = ap.parse_args()
 
-    from mim4dd_kit.contracts import AugmentationRef, BackboneRef, EvalRequest
+    from mim4dd_kit.api import AugmentationRef, BackboneRef, EvalRequest
+    from mim4dd_kit.core.runtime import resolve_device
     from mim4dd_kit.evaluators.train_from_scratch import TrainFromScratch
     from mim4dd_kit.registry import default_registry
-    from mim4dd_kit.runtime import resolve_device
 
     if args.threads:
         torch.set_num_threads(args.threads)

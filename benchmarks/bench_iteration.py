@@ -86,7 +86,7 @@ def _dm_baseline(run, args, device) -> dict:
     """Time the naive formulation and check it equals the toolkit's DM on the same draws."""
     import torch
 
-    from mim4dd_kit.runtime import rng_state, set_rng_state
+    from mim4dd_kit.core.runtime import rng_state, set_rng_state
 
     ctx, syn = run.ctx, run.syn
     c = ctx.data.info.num_classes
@@ -160,11 +160,11 @@ def _recipe(case: str, args) -> dict:
 def run_case(case: str, args) -> dict:
     import torch
 
+    from mim4dd_kit.core.runtime import resolve_device
     from mim4dd_kit.engine import Run
-    from mim4dd_kit.evaluators.train_from_scratch import accuracy, train_network
     from mim4dd_kit.recipe import validate_recipe
     from mim4dd_kit.registry import default_registry
-    from mim4dd_kit.runtime import resolve_device
+    from mim4dd_kit.training.loop import accuracy, train_network
 
     torch.set_num_threads(args.threads) if args.threads else None
     recipe = validate_recipe(_recipe(case, args))

@@ -2,7 +2,7 @@
 
 Times ``net.features`` over the real batch of one DM iteration at Fashion-MNIST sizes
 (ConvNet width 128, instance norm, 10 classes x 256 images) in one pass, in cache-sized
-chunks (NCHW), and in chunks through the channels-last twin that ``mim4dd_kit.chunked``
+chunks (NCHW), and in chunks through the channels-last twin that ``mim4dd_kit.training.chunked``
 uses on a CPU; then profiles one full ``dm`` iteration by operator.
 
     python benchmarks/bench_real_forward.py
@@ -30,8 +30,8 @@ def _time(fn, repeat: int) -> float:
 def main() -> None:
     import torch
 
-    from mim4dd_kit import chunked
     from mim4dd_kit.backbones.convnet import ConvNet
+    from mim4dd_kit.training import chunked
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=2560)

@@ -39,7 +39,7 @@ def _sha256(path: Path) -> str:
 
 def dataset_identity(name: str, root: Path | None) -> dict:
     """The toolkit's description of the data set the reference read (hash when found)."""
-    from mim4dd_kit.contracts import DatasetRef
+    from mim4dd_kit.api import DatasetRef
     from mim4dd_kit.registry import default_registry
 
     spec = {"name": name, **({"root": str(root)} if root else {})}

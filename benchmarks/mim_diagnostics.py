@@ -68,8 +68,8 @@ def variant_sets(method: str, variant: str) -> list[str]:
 def run_one(method: str, variant: str, dataset: dict, out: Path) -> float:
     """Run one cell (or reuse it). A run that fails (a non-finite loss) keeps the
     iterations it logged in ``losses.jsonl`` and the error in ``failed.txt``."""
+    from mim4dd_kit.core.errors import RunError
     from mim4dd_kit.engine import run
-    from mim4dd_kit.errors import RunError
 
     final = out / "synthetic.safetensors"
     if (final.exists() and not (out / "checkpoint.pt").exists()) or (out / "failed.txt").exists():
@@ -188,7 +188,7 @@ def main() -> None:
             for variant in args.variants:
                 secs = run_one(method, variant, dataset, args.out / f"{method}_{variant}")
                 print(f"{method} {variant}: {secs:.0f} s", flush=True)
-    from mim4dd_kit.plots import read_history
+    from mim4dd_kit.core.plots import read_history
 
     figures = ROOT / "docs" / "figures"
     figures.mkdir(parents=True, exist_ok=True)

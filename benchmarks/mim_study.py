@@ -194,12 +194,12 @@ def run_curve(dataset: str, ipc: int, method: str) -> int:
     split at every milestone; returns the chosen budget. Resumable."""
     import torch
 
-    from mim4dd_kit.contracts import EvaluatorRef
+    from mim4dd_kit.api import EvaluatorRef
+    from mim4dd_kit.core.runtime import rng_state, set_rng_state
     from mim4dd_kit.engine import Run
     from mim4dd_kit.evaluate import run_evaluators
     from mim4dd_kit.recipe import validate_recipe
     from mim4dd_kit.registry import default_registry
-    from mim4dd_kit.runtime import rng_state, set_rng_state
 
     folder = curve_folder(dataset, ipc, method)
     state_file = folder / "curve.json"
@@ -292,8 +292,8 @@ CODE = {"version": None}
 def run_cell(dataset: str, ipc: int, method: str, variant: str, seed: int,
              iterations: int) -> dict[str, Any]:
     """Distill (or reuse) one run; returns its cell.json record."""
+    from mim4dd_kit.core.errors import CheckpointError
     from mim4dd_kit.engine import run
-    from mim4dd_kit.errors import CheckpointError
     from mim4dd_kit.recipe import validate_recipe
 
     folder = run_folder(dataset, ipc, method, variant, seed)
@@ -345,7 +345,7 @@ def run_cell(dataset: str, ipc: int, method: str, variant: str, seed: int,
 
 def score_test(dataset: str, ipc: int, method: str, variant: str, seed: int) -> dict | None:
     """Score a finished run on the test split once (test.json in its folder)."""
-    from mim4dd_kit.contracts import EvaluatorRef
+    from mim4dd_kit.api import EvaluatorRef
     from mim4dd_kit.evaluate import evaluate
 
     folder = run_folder(dataset, ipc, method, variant, seed)

@@ -24,7 +24,7 @@ from rich.text import Text
 from . import __version__
 from . import cli_logging as _logging
 from .cli_logging import GlobalOptionsGroup
-from .errors import MdkError, RecipeError
+from .core.errors import MdkError, RecipeError
 
 app = typer.Typer(
     cls=GlobalOptionsGroup,
@@ -58,7 +58,7 @@ def cell(value: Any) -> Text:
 
 
 class _StepBar:
-    """A :mod:`mim4dd_kit.meter` sink drawing one Rich progress bar with an ETA."""
+    """A :mod:`mim4dd_kit.core.progress` sink drawing one Rich progress bar with an ETA."""
 
     def __init__(self, progress: Any):
         self.progress = progress
@@ -76,7 +76,7 @@ class _StepBar:
 def step_bar(enabled: bool = True):
     """Inside the block, long analyses draw a progress bar with an ETA on stderr (only on
     a terminal: redirected output and --json stay clean)."""
-    from . import meter
+    from .core import progress as meter
 
     if not (enabled and err.is_terminal):
         yield
@@ -213,7 +213,7 @@ def run(
     kwargs = dict(device=device, out=out_dir, resume=resume, overwrite=overwrite,
                   evaluate=not no_eval, progress=_bar(as_json))
     if nproc > 1:
-        from .distributed import launch_run
+        from .engine import launch_run
 
         result = launch_run(nproc, recipe, set_ or [], **kwargs)
     else:
@@ -259,9 +259,8 @@ def schema(
         "of this recipe, for editors (repeatable; needs --out).")] = None,
 ) -> None:
     """Print the recipe JSON Schema (for editor completion)."""
-    from .recipe import recipe_json_schema
-    from .schema import link_recipe
-    from .synthetic import atomic_write
+    from .core.files import atomic_write
+    from .schema import link_recipe, recipe_json_schema
 
     if link and output is None:
         raise RecipeError("--link needs --out: the recipe's first line points at that file")
@@ -372,7 +371,7 @@ def evaluate(
         "cka.real_epochs=2 or mi_estimate.critic_steps=50 (repeatable).")] = None,
 ) -> None:
     """Score a synthetic set by the evaluation protocol."""
-    from .contracts import DatasetRef, EvaluatorRef
+    from .api import DatasetRef, EvaluatorRef
     from .evaluate import evaluate as evaluate_set
     from .registry import default_registry
     from .synthetic import load_synthetic
@@ -507,7 +506,7 @@ def buffer(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Train (or find) the expert trajectories RECIPE's trajectory matching needs."""
-    from .buffers import buffer_for_recipe
+    from .buffer import buffer_for_recipe
 
     info = buffer_for_recipe(recipe, overrides=set_ or [], device=device,
                              progress=_bar(as_json))
@@ -522,7 +521,7 @@ def buffer(
 
 def _with_evaluator_sets(specs: list[dict], sets: list[str]) -> list[dict]:
     """``specs`` with ``--set NAME.KEY=VALUE`` applied to every evaluator called NAME."""
-    from .errors import RecipeError
+    from .core.errors import RecipeError
     from .recipe import apply_overrides
 
     specs = [dict(s) for s in specs]
@@ -548,7 +547,7 @@ def _evaluator_refs(registry, names: list[str] | None, models: int | None,
                     epochs: int | None) -> list | None:
     """Evaluator references for the new commands: named ones (default train_from_scratch
     when only --models/--epochs are given) with those overrides; None for the defaults."""
-    from .contracts import EvaluatorRef
+    from .api import EvaluatorRef
 
     overrides = {k: v for k, v in {"models": models, "epochs": epochs}.items()
                  if v is not None}
@@ -568,7 +567,7 @@ BASELINE_SET_GROUPS = ("method", "features", "dataset")
 
 def _baseline_specs(dataset: str, method: str, features: str | None, data_root: Path | None,
                     sets: list[str]) -> tuple[dict, dict, dict]:
-    from .errors import RecipeError
+    from .core.errors import RecipeError
     from .recipe import apply_overrides
 
     data: dict[str, Any] = {"method": {"name": method}, "features": {},
@@ -614,7 +613,7 @@ def baseline(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Select a coreset baseline (real images per class) and write it as a synthetic set."""
-    from .coresets import make_baseline
+    from .baseline import make_baseline
     from .evaluate import evaluate as evaluate_set
     from .registry import default_registry
     from .synthetic import load_synthetic
@@ -688,11 +687,11 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
 ) -> None:
     """Tabulate synthetic sets side by side: method, data set, IPC, evaluations."""
+    from .api import DatasetRef
     from .compare import compare as compare_sets
     from .compare import format_compare
-    from .contracts import DatasetRef
+    from .core.files import atomic_write
     from .registry import default_registry
-    from .synthetic import atomic_write
 
     registry = default_registry()
     refs = _evaluator_refs(registry, evaluator, models, epochs) if evaluate_missing else None

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .contracts import DatasetRef, EvaluatorRef
+from .api import DatasetRef, EvaluatorRef
 from .registry import Registry, default_registry
 from .synthetic import SyntheticSet, load_synthetic
 

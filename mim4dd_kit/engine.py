@@ -13,11 +13,9 @@ alone writes checkpoints, logs and the set.
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
-import platform
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,17 +24,14 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import __version__, formation, performance, plots, runlog, tracking
-from . import distributed as ddp
-from .contracts import RealData, RunContext, Shard, SyntheticState, tapped_features
-from .errors import CheckpointError, DataError, PluginError, RecipeError, RunError
-from .evaluate import run_evaluators
-from .recipe import Recipe, load_recipe
-from .registry import Registry, default_registry
-from .regularizer_steps import RegularizerSteps, RunGuard
-from .runlock import LOCK_NAME, RunLock, remove_stale_temporaries
-from .runtime import (
-    cache_dir,
+from . import formation, performance, runlog, tracking
+from .api import RunContext, Shard, SyntheticState, tapped_features, trait
+from .context import build_context
+from .core import distributed as ddp
+from .core import plots, provenance
+from .core.errors import CheckpointError, DataError, PluginError, RecipeError, RunError
+from .core.files import atomic_write
+from .core.runtime import (
     isolated_rng,
     memory_bytes,
     resolve_device,
@@ -44,8 +39,13 @@ from .runtime import (
     seed_everything,
     set_rng_state,
 )
+from .evaluate import run_evaluators
+from .recipe import Recipe, load_recipe
+from .registry import Registry, default_registry
+from .regularizer_steps import RegularizerSteps, RunGuard
+from .runlock import LOCK_NAME, RunLock, remove_stale_temporaries
 from .statefile import load_state, read_header, save_state
-from .synthetic import atomic_write, save_synthetic, update_metadata
+from .synthetic import save_synthetic, update_metadata
 
 CHECKPOINT = "checkpoint.safetensors"
 #: where earlier versions kept a pickled checkpoint: never read (a pickle can run code)
@@ -64,10 +64,6 @@ class RunResult:
     iterations: int
     final_losses: dict[str, float]
     evaluations: dict[str, Any]
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _feature_shapes(make_backbone, info, device, tap: str = "output") -> list[tuple[int, ...]]:
@@ -98,8 +94,8 @@ class Run(RegularizerSteps):
     def __init__(self, recipe: Recipe, run_dir: Path, device: torch.device, registry: Registry):
         self.recipe, self.run_dir, self.device, self.registry = recipe, run_dir, device, registry
         self.history: list[dict[str, float]] = []
-        self.started = _now()
-        self.shard: Shard = ddp.current_shard()
+        self.started = provenance.now()
+        self.shard: Shard = current_shard()
         self.trackers = tracking.Trackers()  # the recipe's loggers, on rank 0 (_run_locked)
 
     # -- set-up ---------------------------------------------------------------------------
@@ -111,7 +107,8 @@ class Run(RegularizerSteps):
         info = self.data.info
         make_backbone = self.ctx.make_backbone
         # where the regularizer's features are taken: the losses hand them over at this tap
-        tap = (getattr(reg.validate("regularizers", r.regularizer), "tap", "output")
+        tap = (trait(reg.load("regularizers", r.regularizer.name), "regularizers",
+                     "feature_tap")(reg.validate("regularizers", r.regularizer))
                if r.regularizer is not None else "output")
         self.ctx.feature_tap = tap
         self.loss = reg.build("dd_losses", r.dd_loss, ctx=self.ctx)
@@ -123,9 +120,9 @@ class Run(RegularizerSteps):
             # before the run writes anything
             shapes = _feature_shapes(make_backbone, info, self.device, tap)
             if r.regularizer is not None:
-                extra = ({"feature_shapes": shapes} if getattr(
-                    reg.load("regularizers", r.regularizer.name), "takes_feature_shapes",
-                    False) else {})
+                extra = ({"feature_shapes": shapes} if trait(
+                    reg.load("regularizers", r.regularizer.name), "regularizers",
+                    "takes_feature_shapes") else {})
                 self.reg = reg.build("regularizers", r.regularizer,
                                      num_classes=info.num_classes,
                                      feature_dims=[math.prod(sh) for sh in shapes],
@@ -140,11 +137,11 @@ class Run(RegularizerSteps):
         shard of the real batch (class attribute ``shardable``)."""
         r, reg = self.recipe, self.registry
         size = self.shard.world_size
-        if not getattr(reg.load("dd_losses", r.dd_loss.name), "shardable", False):
+        if not trait(reg.load("dd_losses", r.dd_loss.name), "dd_losses", "shardable"):
             able = []
             for name in reg.names("dd_losses"):
                 try:
-                    if getattr(reg.load("dd_losses", name), "shardable", False):
+                    if trait(reg.load("dd_losses", name), "dd_losses", "shardable"):
                         able.append(name)
                 except PluginError:
                     continue
@@ -153,40 +150,20 @@ class Run(RegularizerSteps):
                 f"processes; run it in a single process, or use a dd loss that can: "
                 f"{', '.join(able) or 'none installed'} (see docs/distributed.md)"
             )
-        if r.regularizer is not None and not getattr(
-                reg.load("regularizers", r.regularizer.name), "shardable", False):
+        if r.regularizer is not None and not trait(
+                reg.load("regularizers", r.regularizer.name), "regularizers", "shardable"):
             raise RecipeError(
                 f"regularizer {r.regularizer.name!r} cannot take real features split over "
                 f"{size} processes; run it in a single process (see docs/distributed.md)"
             )
 
     def build_context(self) -> RunContext:
-        """Seed, load the data onto the device and build what every DD loss may use."""
-        r, reg = self.recipe, self.registry
-        seed_everything(r.seed)
-        data: RealData = reg.build("datasets", r.dataset).load()
-        if r.validation is not None:  # before anything (init, batches, experts) reads it
-            data = data.hold_out(r.validation.per_class, r.validation.seed)
-        self.data = data.to(self.device)
-        info = self.data.info
-        bb_cls = reg.load("backbones", r.backbone.name)
-        bb_params = reg.validate("backbones", r.backbone)
-
-        def build():
-            return bb_cls(bb_params, channels=info.channels, num_classes=info.num_classes,
-                          image_size=info.image_size)
-
-        perf = r.performance
-        performance.configure_backends(perf, self.device)
-        make_backbone = performance.backbone_factory(build, perf, self.device)
-
-        augment = (reg.build("augmentations", r.augmentation, data_info=info)
-                   if r.augmentation is not None else None)
-        s = r.synthetic
-        self.ctx = RunContext(self.data, s.ipc, s.batch_real, self.device, make_backbone,
-                              augment, r.seed, {"name": r.backbone.name, **r.backbone.params},
-                              cache_dir(), {"name": r.dataset.name, **r.dataset.params},
-                              self.shard, performance.chunk_bytes(perf), s.formation)
+        """Seed, then build what every DD loss may use (mim4dd_kit/context.py) and set
+        the process-wide backend switches the recipe asks for."""
+        seed_everything(self.recipe.seed)
+        self.ctx = build_context(self.recipe, self.device, self.registry, shard=self.shard)
+        self.data = self.ctx.data
+        performance.configure_backends(self.recipe.performance, self.device)
         return self.ctx
 
     def _init_synthetic(self) -> None:
@@ -212,22 +189,20 @@ class Run(RegularizerSteps):
             self.opt_img, milestones=[m * steps for m in s.schedule.milestones],
             gamma=s.schedule.gamma)
         self.opt_lr = None
-        if s.learn_lr or getattr(self.loss, "learns_lr", False):
-            init = s.lr_init if s.lr_init is not None else getattr(self.loss, "initial_lr", 0.01)
+        if s.learn_lr or self.loss.learns_lr:
+            init = s.lr_init if s.lr_init is not None else self.loss.initial_lr
             self.syn.lr = torch.tensor(init, device=self.device, requires_grad=True)
             self.opt_lr = torch.optim.SGD([self.syn.lr], lr=s.lr_lr, momentum=0.5)
         params = list(self.reg.parameters()) if self.reg is not None else []
         self.opt_reg = torch.optim.Adam(params, lr=self.reg.lr) if params else None
-        init_images = getattr(self.loss, "init_images", None)
-        if init_images is not None:  # optional DDLoss hook (docs/plugins.md)
-            with torch.no_grad():
-                init_images(self.syn)
+        with torch.no_grad():  # DDLoss hook (docs/plugins.md)
+            self.loss.init_images(self.syn)
 
-    # -- optional DDLoss hooks (docs/plugins.md) ------------------------------------------
+    # -- DDLoss hooks (docs/plugins.md) ---------------------------------------------------
     @property
     def image_steps(self) -> int:
         """Image-optimiser steps per iteration (DDLoss ``image_steps``, default 1)."""
-        return int(getattr(self.loss, "image_steps", 1))
+        return int(self.loss.image_steps)
 
     def loss_view(self) -> SyntheticState:
         """The synthetic set as the DD loss sees it: decoded by ``synthetic.formation``
@@ -244,15 +219,13 @@ class Run(RegularizerSteps):
         """One iteration: ``image_steps`` calls of :meth:`step`, each followed by the
         loss's ``after_step`` hook if it has one; each log is its mean over the steps that
         reported it."""
-        after = getattr(self.loss, "after_step", None)
         n = self.image_steps
         total: dict[str, float] = {}
         count: dict[str, int] = {}
         for _ in range(n):
             logs = self.step(iteration)
-            if after is not None:
-                with torch.no_grad():
-                    after(self.syn)
+            with torch.no_grad():
+                self.loss.after_step(self.syn)
             if n == 1:
                 return logs
             for k, v in logs.items():  # a key may come from some of the steps only
@@ -367,16 +340,15 @@ class Run(RegularizerSteps):
                     f"dd loss {self.recipe.dd_loss.name!r} returned no features although "
                     f"regularizer {self.recipe.regularizer.name!r} needs them"
                 )
-            if hasattr(self.reg, "iteration"):
-                self.reg.iteration = iteration
+            self.reg.iteration = iteration
             self._critic_only_steps(out, iteration)
             with performance.autocast(self.recipe.performance, self.device):
                 r = self.reg(out.syn_feats, out.syn_labels, out.real_feats, out.real_labels)
             r = r.float()
             total = total + r
             logs["loss_reg"] = float(r.detach())
-            reg_logs = dict(getattr(self.reg, "last_logs", {}))
-            if diagnose and hasattr(self.reg, "diagnostics"):
+            reg_logs = dict(self.reg.last_logs)
+            if diagnose:
                 reg_logs.update(self.reg.diagnostics())
             logs.update(reg_logs)
             partial += ["loss_reg", *reg_logs]
@@ -448,29 +420,18 @@ class Run(RegularizerSteps):
                                 info.std)
 
     def provenance(self, iterations: int) -> dict[str, Any]:
-        r, reg = self.recipe, self.registry
-        components = []
-        for key, ref in r.components():
-            components.append({"key": key, **reg.provenance(ref.kind, ref.name)})
-            for sub in reg.nested(reg.validate(ref.kind, ref)):
-                components.append({"key": f"{key}.{sub.kind}", **reg.provenance(sub.kind,
-                                                                                 sub.name)})
-        info = self.data.info
+        """The set's metadata (mim4dd_kit/core/provenance.py's schema)."""
+        r = self.recipe
         return {
-            "toolkit_version": __version__,
-            "components": components,
+            **provenance.environment(),
+            "components": provenance.components(self.registry, r.components()),
             "recipe": r.to_dict(),
             "recipe_fingerprint": r.fingerprint(),
             "seed": r.seed,
             "device": str(self.device),
-            "torch_version": torch.__version__,
-            "python_version": platform.python_version(),
-            "dataset": {**self.data.identity, "name": info.name,
-                        "num_classes": info.num_classes, "class_names": list(info.class_names),
-                        "channels": info.channels, "image_size": list(info.image_size),
-                        "mean": list(info.mean), "std": list(info.std)},
+            "dataset": provenance.dataset_entry(self.data),
             "started": self.started,
-            "finished": _now(),
+            "finished": provenance.now(),
             "iterations": iterations,
             "final_losses": {k: v for k, v in (self.history[-1] if self.history else {}).items()
                              if k != "iteration"},
@@ -507,7 +468,7 @@ def run(
     the run folder's checkpoint; without it an existing run folder is an error unless
     ``overwrite`` is given.
 
-    Started by torchrun (or :func:`mim4dd_kit.distributed.launch_run`), the process joins
+    Started by torchrun (or :func:`launch_run`), the process joins
     the group the environment describes and runs its share (docs/distributed.md); every
     rank returns the same result, and only rank 0 writes files.
     """
@@ -662,3 +623,35 @@ def _distill(
             legacy.unlink(missing_ok=True)
     ddp.barrier()  # the outputs are complete before any rank returns
     return RunResult(run_dir, final, iterations, meta["final_losses"], evaluations)
+
+
+def current_shard() -> Shard:
+    """This process's :class:`~mim4dd_kit.api.Shard` (``Shard()`` outside a group)."""
+    rank, size = ddp.world()
+    return Shard(rank, size)
+
+
+def _run_recipe(recipe: Any, overrides: list[str], kwargs: dict[str, Any]) -> Any:
+    return run(recipe, overrides=overrides, **kwargs)
+
+
+def launch_run(
+    nproc: int,
+    recipe_path: Any,
+    overrides: Sequence[str] = (),
+    *,
+    threads: int | None = None,
+    **run_kwargs: Any,
+) -> Any:
+    """``engine.run(recipe_path, overrides=..., **run_kwargs)`` in ``nproc`` processes.
+
+    The command line's ``mdk run --nproc-per-node N``. ``recipe_path`` is a recipe file
+    (or a :class:`~mim4dd_kit.recipe.Recipe`); ``threads`` as in :func:`launch`. Returns
+    rank 0's :class:`~mim4dd_kit.engine.RunResult`.
+    """
+    kwargs = {**run_kwargs}
+    if "registry" in kwargs:
+        raise RunError("launch_run starts new processes, which build their own registry; "
+                       "install plugins as packages instead of passing a registry")
+    results = ddp.launch(nproc, _run_recipe, recipe_path, list(overrides), kwargs, threads=threads)
+    return results[0]

@@ -9,21 +9,22 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from . import distributed as _ddp
 from . import formation as _formation
-from .contracts import (
+from .api import (
     AugmentationRef,
     BackboneRef,
     DatasetRef,
     EvalRequest,
+    EvalResult,
     EvaluatorRef,
     RealData,
 )
-from .errors import RecipeError, SyntheticSetError
+from .core import distributed as _ddp
+from .core.errors import RecipeError, SyntheticSetError
+from .core.runtime import resolve_device
 from .progress import EvaluationProgress, planned_epochs
 from .recipe import ValidationSettings
 from .registry import Registry, default_registry
-from .runtime import resolve_device
 from .synthetic import SyntheticSet, load_synthetic, update_metadata
 
 
@@ -65,8 +66,9 @@ def run_evaluators(
             watch = (shown.evaluation(key, planned_epochs(evaluator, request)) if main
                      else contextlib.nullcontext())
             with watch:
-                result = evaluator.evaluate(request, registry, progress)
-            results[key] = {"params": ref.params, **result}
+                result = EvalResult.of(evaluator.evaluate(request, registry, progress))
+            results[key] = EvalResult({"params": ref.params, **result}, tables=result.tables,
+                                      figures=result.figures)
     return results
 
 

@@ -11,14 +11,14 @@ docs/performance.md for what each costs in accuracy and gains in time.
   summation order. On a CPU the networks stay NCHW: oneDNN's channels-last GroupNorm
   backward loses precision (relative error ~1e-3 in the image gradients against ~1e-7 in
   NCHW, measured), so only the gradient-free chunked passes run channels-last there
-  (``mim4dd_kit/chunked.py``), where the forward kernels are accurate.
+  (``mim4dd_kit/training/chunked.py``), where the forward kernels are accurate.
 - ``bf16`` (CUDA, or CPUs with native bf16): autocast of the DD loss and regularizer to
   bfloat16. Off by default: it rounds activations to 8 bits of mantissa, which is more
   than summation-order noise.
 - ``compile``: ``torch.compile`` on every backbone the run builds. Off by default: the
   first iterations pay the compilation, which only long runs earn back.
 - ``chunk_mb`` (CPU): activation budget of the chunked gradient-free passes over real
-  batches (``mim4dd_kit/chunked.py``); 0 sends whole batches.
+  batches (``mim4dd_kit/training/chunked.py``); 0 sends whole batches.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 from pydantic import ConfigDict, Field
 from torch import nn
 
-from .contracts import NumbersModel
+from .api import NumbersModel
 
 
 class PerformanceSettings(NumbersModel):

@@ -1,12 +1,13 @@
 """Progress of evaluations: network-epochs trained, as a bar or as plain log lines.
 
 An evaluation trains networks on the synthetic set; its work is networks × epochs. The
-training loops (:func:`~mim4dd_kit.evaluators.train_from_scratch.train_network`,
-:func:`~mim4dd_kit.evaluators.batched.train_stacked`) call :func:`epochs_done` after every
-epoch; inside :meth:`EvaluationProgress.evaluation` that advances the evaluation's bar
-(with ETA) on a terminal, else logs plain lines through :mod:`logging` (logger
-``mim4dd_kit.evaluate``) every twentieth of the work and at least every minute. Outside
-an evaluation :func:`epochs_done` does nothing.
+training loops (:func:`~mim4dd_kit.training.loop.train_network`,
+:func:`~mim4dd_kit.training.batched.train_stacked`) call
+:func:`~mim4dd_kit.core.progress.epochs_done` after every epoch; inside
+:meth:`EvaluationProgress.evaluation` that advances the evaluation's bar (with ETA) on a
+terminal, else logs plain lines through :mod:`logging` (logger ``mim4dd_kit.evaluate``)
+every twentieth of the work and at least every minute. Outside an evaluation
+``epochs_done`` does nothing.
 
 An evaluator tells the size of its work by an optional method
 ``planned_epochs(request) -> int`` (network-epochs this process will train); without it
@@ -17,31 +18,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
-from contextvars import ContextVar
+from collections.abc import Iterator
 from typing import Any
 
+from .core.progress import counting_epochs
 from .runlog import ProgressLines
 
 log = logging.getLogger("mim4dd_kit.evaluate")
 
-_current: ContextVar[Callable[[int], None] | None] = ContextVar("mdk_epochs", default=None)
-
-
-def epochs_done(networks: int = 1) -> None:
-    """Report one finished epoch of ``networks`` networks to the running evaluation."""
-    advance = _current.get()
-    if advance is not None:
-        advance(networks)
-
 
 def planned_epochs(evaluator: Any, request: Any) -> int | None:
     """The evaluator's ``planned_epochs(request)``, or None when it does not say."""
-    plan = getattr(evaluator, "planned_epochs", None)
-    if plan is None:
-        return None
     try:
-        total = plan(request)
+        total = evaluator.planned_epochs(request)
     except Exception:  # a plugin's estimate must not stop its evaluation
         return None
     return int(total) if isinstance(total, int) and total > 0 else None
@@ -96,8 +85,5 @@ class EvaluationProgress:
             def advance(n: int) -> None:
                 done[0] += n
                 lines.update(done[0])
-        token = _current.set(advance)
-        try:
+        with counting_epochs(advance):
             yield
-        finally:
-            _current.reset(token)

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
-from .contracts import (
+from .api import (
     AugmentationRef,
     BackboneRef,
     ComponentRef,
@@ -32,7 +32,7 @@ from .contracts import (
     NumbersModel,
     RegularizerRef,
 )
-from .errors import PluginError, RecipeError
+from .core.errors import PluginError, RecipeError
 from .performance import PerformanceSettings
 from .registry import ParamsError, Problem, Registry, _pretty, default_registry
 
@@ -426,12 +426,3 @@ def load_recipe(
         data = apply_overrides(data, list(overrides))
     return validate_recipe(data, source=str(path), text=text, registry=registry,
                            overrides=overrides)
-
-
-def recipe_json_schema(registry: Registry | None = None,
-                       warnings: list[str] | None = None) -> dict[str, Any]:
-    """JSON Schema of recipes, each component field listing the installed plugins
-    (mim4dd_kit/schema.py); notes such as name clashes are appended to ``warnings``."""
-    from .schema import recipe_schema
-
-    return recipe_schema(registry, warnings)

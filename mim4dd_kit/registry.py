@@ -23,8 +23,8 @@ from typing import Any
 import entrypoints
 from pydantic import BaseModel, ValidationError
 
-from .contracts import ComponentRef
-from .errors import PluginError, RecipeError
+from .api import ComponentRef, conform
+from .core.errors import PluginError, RecipeError
 
 KINDS: dict[str, str] = {
     "datasets": "mdk.datasets",
@@ -251,7 +251,7 @@ class Registry:
         params = self.validate(kind, ref)
         cls = self.load(kind, ref.name)
         try:
-            return cls(params, **context)
+            return conform(cls(params, **context), kind)
         except (ValueError, TypeError) as exc:
             # a component rejecting its context (e.g. a depth too large for the images)
             raise PluginError(

@@ -15,9 +15,9 @@ import sys
 
 import torch
 
-from . import distributed as ddp
 from . import performance
-from .contracts import Shard
+from .api import Shard
+from .core import distributed as ddp
 
 #: guard rails (docs/components/mim4dd.md, "Guard rails")
 GUARD_STD_FACTOR = 10.0  # pixel std above this multiple of its start: images blow up

@@ -27,9 +27,10 @@ from typing import Any
 
 import yaml
 
-from .compare import budget_of
-from .errors import MdkError, MissingExtraError, RecipeError, ReportError
-from .plots import (
+from .compare import budget_of, headlines
+from .core.errors import MdkError, MissingExtraError, RecipeError, ReportError
+from .core.files import atomic_write
+from .core.plots import (
     PLOT_EXTRA_HINT,
     have_matplotlib,
     read_history,
@@ -38,7 +39,7 @@ from .plots import (
     save_loss_curves,
 )
 from .recipe import parse_yaml
-from .synthetic import SyntheticSet, atomic_write, load_synthetic
+from .synthetic import SyntheticSet, load_synthetic
 
 HISTORY = "losses.jsonl"
 RECIPE = "recipe.yaml"
@@ -247,6 +248,12 @@ def _evaluation_blocks(name: str, result: Any, pictures: _Pictures) -> list[Bloc
     if not isinstance(result, dict):
         return [Block("pre", json.dumps(result, indent=2, default=str))]
     blocks: list[Block] = []
+    named = [(col, cell["value"]) for col, cell in headlines(name, result).items()
+             if "value" in cell]
+    if named:  # the numbers the evaluator names as its headline (compare.headlines)
+        blocks.append(Block("p", "Headline: " + "; ".join(
+            f"{col[len(name) + 1:] if col.startswith(name + ' ') else col} = {value:.4g}"
+            for col, value in named) + "."))
     if isinstance(result.get("accuracy_mean"), (int, float)):
         accs = result.get("accuracies") or []
         budget = budget_of(result)

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
 
-from .contracts import (
+from .api import (
     AugmentationRef,
     BackboneRef,
     CriticRef,
@@ -31,6 +31,8 @@ from .contracts import (
     LossRef,
     RegularizerRef,
 )
+from .core.files import atomic_write
+from .recipe import Recipe, read_yaml_file
 from .registry import Registry, default_registry
 
 #: the reference classes whose schema lists the installed plugins
@@ -109,9 +111,8 @@ def component_schema(registry: Registry, kind: str, defs: dict[str, Any],
 
 def recipe_schema(registry: Registry | None = None,
                   warnings: list[str] | None = None) -> dict[str, Any]:
-    """JSON Schema of recipes with the installed plugins; notes go to ``warnings``."""
-    from .recipe import Recipe
-
+    """JSON Schema of recipes, each component field listing the installed plugins; notes
+    such as name clashes are appended to ``warnings``."""
     registry = registry or default_registry()
     warnings = [] if warnings is None else warnings
     schema = model_schema(Recipe)
@@ -145,9 +146,6 @@ def _nullable_as_condition(node: Any) -> Any:
 def link_recipe(recipe: Path, schema_file: Path) -> str:
     """Make ``MODELINE`` + the schema's path (relative to the recipe) the first line of
     ``recipe`` (an existing one is replaced); returns the line."""
-    from .recipe import read_yaml_file
-    from .synthetic import atomic_write
-
     text = read_yaml_file(recipe, "recipe file")
     target = os.path.relpath(schema_file.resolve(), recipe.resolve().parent)
     line = MODELINE + Path(target).as_posix()
@@ -157,3 +155,7 @@ def link_recipe(recipe: Path, schema_file: Path) -> str:
     new = line + "\n" + "".join(lines)
     atomic_write(recipe, lambda tmp: Path(tmp).write_text(new, encoding="utf-8"))
     return line
+
+
+#: the name the command line and earlier versions use
+recipe_json_schema = recipe_schema

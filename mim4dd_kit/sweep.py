@@ -30,11 +30,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .compare import budget_of
-from .errors import RecipeError, RunError
+from .compare import budget_of, headlines
+from .core.errors import RecipeError, RunError
+from .core.files import atomic_write
 from .recipe import Recipe, _line_of, _Yaml12Loader, load_recipe, parse_yaml, read_yaml_file
 from .registry import Registry, _pretty, default_registry
-from .synthetic import atomic_write, load_synthetic
+from .synthetic import load_synthetic
 
 RESULTS_MD = "results.md"
 RESULTS_JSON = "results.json"
@@ -207,11 +208,15 @@ def _row(variant: Variant, path: Path, status: str, iterations: int | None,
                "budget": budget_of(ev)}
         for name, ev in evaluations.items() if isinstance(ev, dict)
     }
+    # the numbers other evaluators name as their headline (compare.headlines)
+    numbers = {col: cell["value"] for name, ev in evaluations.items()
+               for col, cell in headlines(str(name), ev).items() if "value" in cell}
     return {
         "variant": variant.name,
         "values": dict(variant.values),
         "status": status,
         "accuracy": accuracy,
+        "headlines": numbers,
         "iterations": iterations,
         "final_losses": dict(losses),
         "path": str(path),
@@ -282,8 +287,8 @@ def format_table(rows: list[dict[str, Any]], fmt: str = "markdown") -> str:
     """Rows of :func:`run_sweep` as a table: ``markdown`` or ``json``.
 
     Markdown columns: variant, each grid key, each evaluator's accuracy (%, mean ± std over
-    its networks, with the protocol and budget that produced it), iterations, each final
-    loss.
+    its networks, with the protocol and budget that produced it), the headline numbers
+    other evaluators name (``compare.headlines``), iterations, each final loss.
     """
     if fmt == "json":
         return json.dumps(rows, indent=2, sort_keys=False)
@@ -293,12 +298,16 @@ def format_table(rows: list[dict[str, Any]], fmt: str = "markdown") -> str:
     evals = list(dict.fromkeys(e for r in rows for e in r["accuracy"]))
     losses = list(dict.fromkeys(k for r in rows for k in r["final_losses"]
                                 if k.startswith("loss")))
-    head = ["variant", *keys, *(f"{e} acc %" for e in evals), "iterations", *losses]
+    numbers = list(dict.fromkeys(k for r in rows for k in r.get("headlines", {})))
+    head = ["variant", *keys, *(f"{e} acc %" for e in evals), *numbers, "iterations",
+            *losses]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["variant"]]
         cells += [format_value(r["values"].get(k, "")) for k in keys]
         cells += [_fmt_acc(r["accuracy"].get(e, {})) for e in evals]
+        cells += [f"{r['headlines'][k]:.4g}" if k in r.get("headlines", {}) else "–"
+                  for k in numbers]
         cells.append("–" if r["iterations"] is None else str(r["iterations"]))
         cells += [f"{r['final_losses'][k]:.4g}" if k in r["final_losses"] else "–"
                   for k in losses]

@@ -13,18 +13,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import formation
-from .errors import OutputError, SyntheticSetError
+from .core.errors import SyntheticSetError
+from .core.files import atomic_write
 
 FORMAT = "mim4dd_kit.synthetic/1"
 PREFIX = "mdk."
@@ -94,56 +93,6 @@ class SyntheticSet:
         pad = (formation.pad_value(ds["mean"], ds["std"]) if ds.get("mean") and ds.get("std")
                else 0.0)
         return formation.decode(self.images, self.labels, self.formation, pad=pad)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync(path: str | Path, directory: bool = False) -> None:
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        if directory:  # some platforms cannot open a folder: nothing more to do there
-            return
-        raise
-    try:
-        os.fsync(fd)
-    except OSError:
-        if not directory:
-            raise
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: readers never see half a file,
-    and after a crash or power loss the file is the old or the new one (the data and
-    the folder entry are flushed to disk around the rename). A failed write (a full
-    disk) is an :class:`~mim4dd_kit.errors.OutputError` naming the file."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        write(tmp)
-        # mkstemp makes the file private (0600); give it the mode a plain open() would
-        os.chmod(tmp, 0o666 & ~_umask())
-        _fsync(tmp)
-        os.replace(tmp, path)
-        _fsync(path.parent, directory=True)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError | SafetensorError):
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-            raise OutputError(f"cannot write {path}: {reason}") from None
-        raise
 
 
 def save_synthetic(

@@ -76,8 +76,8 @@ def distilled(recipe, out, **kwargs):
 def assert_resume_is_exact(recipe, tmp_path, stop_after: int = 5) -> None:
     """Interrupt a run after ``stop_after`` iterations, refuse a plain restart, resume it,
     and require the images (and learned lr) of an uninterrupted run."""
+    from mim4dd_kit.core.errors import RunError
     from mim4dd_kit.engine import run
-    from mim4dd_kit.errors import RunError
 
     straight = distilled(recipe, tmp_path / "straight")
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import Tensor
 
-from ..contracts import DataInfo, Params
+from ..api import DataInfo, Params
 
 #: op families of the reference and, for ``color``, its ops in the order applied
 KNOWN_FAMILIES: tuple[str, ...] = ("color", "crop", "cutout", "flip", "scale", "rotate")

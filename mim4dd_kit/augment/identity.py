@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..contracts import DataInfo, Params
+from ..api import DataInfo, Params
 
 
 class NoAugment:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import BuildError
+from ..core.errors import BuildError
 
 
 def check_context(name: str, channels: int, num_classes: int, image_size: tuple[int, int]) -> None:

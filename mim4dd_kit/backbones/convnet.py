@@ -28,8 +28,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..contracts import Backbone, Params
-from ..errors import BuildError
+from ..api import Backbone, Params
+from ..core.errors import BuildError
 from ._checks import check_context
 
 NormKind = Literal["instance", "batch", "layer", "group", "none"]

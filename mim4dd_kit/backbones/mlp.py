@@ -12,8 +12,8 @@ import math
 from pydantic import Field
 from torch import Tensor, nn
 
-from ..contracts import Backbone, Params, Tap
-from ..errors import BuildError
+from ..api import Backbone, Params, Tap
+from ..core.errors import BuildError
 
 
 class MLP(Backbone):

@@ -26,8 +26,8 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..contracts import Backbone, Params, Tap
-from ..errors import BuildError
+from ..api import Backbone, Params, Tap
+from ..core.errors import BuildError
 from ._checks import check_context
 from .convnet import make_norm
 

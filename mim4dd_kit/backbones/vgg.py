@@ -21,8 +21,8 @@ from typing import Literal
 from pydantic import Field
 from torch import nn
 
-from ..contracts import Backbone, Params
-from ..errors import BuildError
+from ..api import Backbone, Params
+from ..core.errors import BuildError
 from ._checks import check_context
 from .convnet import make_norm
 

@@ -15,8 +15,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from ..contracts import class_table
-from ..errors import DataError
+from ..api import class_table
+from ..core.errors import DataError
 
 #: elements of one gathered (classes, W, D) block (2**27 float32 = 512 MiB)
 BLOCK_ELEMENTS = 2**27

@@ -23,7 +23,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from ..contracts import Params
+from ..api import Params
 from ._common import PerClassSelector, masked_mean, random_keys
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..contracts import Params
+from ..api import Params
 from ._common import PerClassSelector, random_keys
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..contracts import Params
+from ..api import Params
 
 
 class IdentityCritic(nn.Module):

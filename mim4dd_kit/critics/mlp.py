@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import Field
 from torch import Tensor, nn
 
-from ..contracts import Params
+from ..api import Params
 
 
 class MLPCritic(nn.Module):

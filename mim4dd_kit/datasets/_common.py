@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..contracts import DataInfo, Params, RealData
-from ..errors import DataError
+from ..api import DataInfo, Params, RealData
+from ..core.errors import DataError
 from .zca import fit_zca
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..contracts import RealData
+from ..api import RealData
 from ._common import ZCAParams, build_real_data, content_sha256
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from ..contracts import RealData
-from ..errors import DataError
+from ..api import RealData
+from ..core.errors import DataError
 from ._common import ZCAParams, build_real_data, content_sha256, data_roots, to_float_nchw
 from .idx import read_idx
 

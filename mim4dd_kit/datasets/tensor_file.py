@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..contracts import Params, RealData
-from ..errors import DataError
+from ..api import Params, RealData
+from ..core.errors import DataError
 from ._common import build_real_data, content_sha256, to_float_nchw
 
 

@@ -2,7 +2,7 @@
 
 Network R is trained on the real training split, network S on the synthetic set by the
 evaluation protocol of ``train_from_scratch``; both then see the same probe images from
-the real test split, and linear CKA (``mim4dd_kit.cka``) compares every block output of R
+the real test split, and linear CKA (``mim4dd_kit.training.cka``) compares every block output of R
 with every block output of S, the logits counting as a last layer. Rows of the matrix are
 R's layers, columns S's. See docs/components/cka.md.
 """
@@ -17,43 +17,25 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from .. import chunked
-from ..cka import choose_method, cka_matrix
-from ..contracts import BackboneRef, EvalRequest
-from ..runtime import isolated_rng
-from ..synthetic import atomic_write
-from .train_from_scratch import (
-    ProtocolParams,
-    accuracy,
-    backbone_for,
-    build_backbone,
-    train_network,
-)
+from ..api import BackboneRef, EvalRequest, EvalResult, Evaluator
+from ..core.errors import MissingExtraError
+from ..core.files import atomic_write
+from ..core.plots import save_heatmap
+from ..core.runtime import isolated_rng
+from ..training.cka import choose_method, cka_matrix
+from ..training.features import network_features
+from ..training.loop import accuracy, train_network
+from ..training.protocol import ProtocolParams, backbone_for, build_backbone
 
 #: offset between the seeds of the synthetic-trained and the real-trained network
 REAL_SEED_OFFSET = 104_729
-
-
-def network_features(net: Any, images: torch.Tensor, *, logits: bool = False) -> list[torch.Tensor]:
-    """Per-block outputs of ``net`` (eval mode), flattened: K tensors (n, p_k) in float32.
-
-    With ``logits`` the classifier output (n, C) is appended as a (K+1)-th layer. The
-    images go through without autograd in cache-sized chunks (:mod:`mim4dd_kit.chunked`).
-    """
-    net.eval()
-    feats = chunked.features(net, images)
-    out = [f.flatten(1).float() for f in feats]
-    if logits:
-        with torch.no_grad():
-            out.append(net.classify(feats[-1]).float())
-    return out
 
 
 def _make_dir(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        from ..errors import ReportError
+        from ..core.errors import ReportError
 
         raise ReportError(
             f"evaluator cka: cannot create its out_dir {str(out)!r} for cka.json and cka.png "
@@ -61,7 +43,7 @@ def _make_dir(out: Path) -> None:
         ) from None
 
 
-class CKA:
+class CKA(Evaluator):
     """Linear CKA between layers of a real-trained and a synthetic-trained network."""
 
     class Params(ProtocolParams):
@@ -87,7 +69,7 @@ class CKA:
         """Epochs of the set-trained and the real-trained network (mim4dd_kit/progress.py)."""
         return self.params.epochs + self.params.real_epochs
 
-    def evaluate(self, request: EvalRequest, registry, progress=None) -> dict[str, Any]:
+    def evaluate(self, request: EvalRequest, registry, progress=None) -> EvalResult:
         p = self.params
         data, dev = request.data, request.device
         test_x, test_y = data.eval_split(p.split)
@@ -145,7 +127,7 @@ class CKA:
         }
         if p.out_dir is not None:
             result["files"] = self._write(Path(p.out_dir), matrix, layers, backbone, result)
-        return result
+        return EvalResult(result)
 
     def _write(self, out: Path, matrix: torch.Tensor, layers: list[str], backbone: BackboneRef,
                result: dict[str, Any]) -> dict[str, str]:
@@ -154,21 +136,15 @@ class CKA:
         if self.params.plot:
             png = out / "cka.png"
             try:
-                from ..errors import MissingExtraError
-                from ..plots import save_heatmap
-            except ImportError as exc:  # a build without the plotting module
+                save_heatmap(
+                    matrix.numpy(), png, xlabels=layers, ylabels=layers, vmin=0.0,
+                    vmax=1.0, title=f"Linear CKA, {backbone.name}: rows real-trained, "
+                    "columns synthetic-trained",
+                )
+                files["plot"] = str(png)
+            except MissingExtraError as exc:
+                # the matrix took long to compute: keep it, say why there is no picture
                 result["warnings"].append(f"cka.png not drawn: {exc}")
-            else:
-                try:
-                    save_heatmap(
-                        matrix.numpy(), png, xlabels=layers, ylabels=layers, vmin=0.0,
-                        vmax=1.0, title=f"Linear CKA, {backbone.name}: rows real-trained, "
-                        "columns synthetic-trained",
-                    )
-                    files["plot"] = str(png)
-                except MissingExtraError as exc:
-                    # the matrix took long to compute: keep it, say why there is no picture
-                    result["warnings"].append(f"cka.png not drawn: {exc}")
         path = out / "cka.json"
         files["json"] = str(path)
         text = json.dumps({**result, "files": files}, indent=2)

@@ -14,11 +14,12 @@ from typing import Any
 
 from pydantic import Field
 
-from .. import distributed
-from ..contracts import BackboneRef, EvalRequest
-from ..errors import PluginError
-from ..runtime import isolated_rng
-from .train_from_scratch import BATCHED_HELP, Batched, ProtocolParams, TrainFromScratch
+from ..api import BackboneRef, EvalRequest, EvalResult, Evaluator
+from ..core import distributed
+from ..core.errors import PluginError
+from ..core.runtime import isolated_rng
+from ..training.protocol import BATCHED_HELP, Batched, ProtocolParams
+from .train_from_scratch import TrainFromScratch
 
 DEFAULT_BACKBONES = ("convnet", "mlp", "lenet", "alexnet", "vgg11", "resnet18")
 
@@ -44,7 +45,7 @@ def markdown_table(rows: list[dict[str, Any]], skipped: list[dict[str, str]]) ->
     return "\n".join(lines)
 
 
-class CrossArch:
+class CrossArch(Evaluator):
     """Train-from-scratch accuracy of the set on several backbones (cross-architecture)."""
 
     class Params(ProtocolParams):
@@ -69,7 +70,7 @@ class CrossArch:
         p = self.params
         return len(p.backbones) * len(distributed.local_indices(p.models)) * p.epochs
 
-    def evaluate(self, request: EvalRequest, registry, progress=None) -> dict[str, Any]:
+    def evaluate(self, request: EvalRequest, registry, progress=None) -> EvalResult:
         p = self.params
         info = request.data.info
         installed = set(registry.names("backbones"))
@@ -101,11 +102,12 @@ class CrossArch:
                 "accuracies": res["accuracies"],
                 "seconds": res["seconds"],
             })
-        return {
+        markdown = markdown_table(rows, skipped)
+        return EvalResult({
             "table": rows,
             "skipped": skipped,
-            "markdown": markdown_table(rows, skipped),
+            "markdown": markdown,
             "models": p.models,
             "epochs": p.epochs,
             "augmentation": p.augmentation.name if p.augmentation else None,
-        }
+        }, tables={"cross-architecture accuracy": markdown})

@@ -23,18 +23,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from .. import meter
-from ..contracts import BackboneRef, CriticRef, EvalRequest
-from ..regularizers.mim4dd import mi_lower_bound, nce_loss
-from ..runtime import isolated_rng
-from .cka import network_features
-from .train_from_scratch import (
-    ProtocolParams,
-    accuracy,
-    backbone_for,
-    build_backbone,
-    train_network,
-)
+from ..api import BackboneRef, CriticRef, EvalRequest, EvalResult, Evaluator
+from ..core import progress as meter
+from ..core.runtime import isolated_rng
+from ..training.features import network_features
+from ..training.loop import accuracy, train_network
+from ..training.mi import mi_lower_bound, nce_loss
+from ..training.protocol import ProtocolParams, backbone_for, build_backbone
 
 #: offset of the critics' random stream (initial weights, real batches) from the seed
 CRITIC_SEED_OFFSET = 1_000_003
@@ -45,7 +40,7 @@ def _embed(critic: nn.Module, feats: Tensor, normalize: bool) -> Tensor:
     return F.normalize(z, dim=1) if normalize else z
 
 
-class MIEstimate:
+class MIEstimate(Evaluator):
     """MIM4DD's MI lower bound (Eq. 2.14) per layer, with critics fitted on held-in data."""
 
     class Params(ProtocolParams):
@@ -76,7 +71,7 @@ class MIEstimate:
         """Epochs of the one trained network (mim4dd_kit/progress.py); 0 untrained."""
         return self.params.epochs if self.params.network == "trained" else 0
 
-    def evaluate(self, request: EvalRequest, registry, progress=None) -> dict[str, Any]:
+    def evaluate(self, request: EvalRequest, registry, progress=None) -> EvalResult:
         p = self.params
         data, dev = request.data, request.device
         num_classes = data.info.num_classes
@@ -139,7 +134,7 @@ class MIEstimate:
             "backbone": {"name": backbone.name, **backbone.params},
             "seconds": time.perf_counter() - start,
         }
-        return result
+        return EvalResult(result)
 
     def _scores(self, critics: nn.ModuleList, syn_feats: list[Tensor],
                 real_feats: list[Tensor]) -> list[Tensor]:

@@ -6,8 +6,8 @@ batch 256, lr x0.1 for the second half of training, DSA augmentation on every ba
 300 epochs, 5 networks; accuracy mean and (population) std over networks, in percent.
 
 By default the networks train together, stacked under ``torch.func.vmap``
-(:mod:`.batched`), with the same per-network random streams as when trained one by one;
-networks spread over the ranks of a ``torch.distributed`` run.
+(:mod:`mim4dd_kit.training.batched`), with the same per-network random streams as when
+trained one by one; networks spread over the ranks of a ``torch.distributed`` run.
 """
 
 from __future__ import annotations
@@ -17,124 +17,12 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from .. import chunked, distributed, progress
-from ..contracts import AugmentationRef, BackboneRef, EvalRequest, Params
-from .batched import train_networks
-
-
-@torch.no_grad()
-def accuracy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-             batch: int | None = None) -> float:
-    """Top-1 accuracy in percent of ``net`` (in eval mode) on a labelled tensor set.
-
-    ``batch`` images per forward pass; by default cache-sized chunks on a CPU and 1,024
-    images elsewhere (:mod:`mim4dd_kit.chunked`).
-    """
-    net.eval()
-    if batch is None and images.device.type == "cpu":
-        predicted = chunked.logits(net, images).argmax(1)
-        return 100.0 * int((predicted == labels).sum()) / max(len(images), 1)
-    batch = batch or 1024
-    correct = 0
-    for i in range(0, len(images), batch):
-        correct += int((net(images[i:i + batch]).argmax(1) == labels[i:i + batch]).sum())
-    return 100.0 * correct / max(len(images), 1)
-
-
-def train_network(
-    net: torch.nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    epochs: int,
-    lr: float,
-    momentum: float,
-    weight_decay: float,
-    batch_size: int,
-    augment=None,
-    lr_decay: bool = True,
-) -> torch.nn.Module:
-    """SGD on a (small) labelled tensor set, lr x0.1 after half the epochs (``lr_decay``)."""
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    decay_at = epochs // 2 if lr_decay else epochs
-    n = len(images)
-    for epoch in range(epochs):
-        if epoch == decay_at and epoch > 0:
-            for group in opt.param_groups:
-                group["lr"] = lr * 0.1
-        net.train()
-        order = torch.randperm(n, device=images.device)
-        for i in range(0, n, batch_size):
-            idx = order[i:i + batch_size]
-            x, y = images[idx], labels[idx]
-            if augment is not None:
-                x = augment(x)
-            loss = F.cross_entropy(net(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        progress.epochs_done(1)
-    return net
-
-
-class ProtocolParams(Params):
-    """The training settings of the evaluation protocol, shared by every evaluator that
-    trains networks on a synthetic set (``train_from_scratch``, ``cross_arch``, ``cka``,
-    ``mi_estimate``)."""
-
-    epochs: int = Field(300, ge=1, description="training epochs (paper: 300)")
-    lr: float = Field(0.01, gt=0, description="SGD lr when the set has no learned lr")
-    use_learned_lr: bool = Field(True, description="use the set's learned lr if any")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    batch_size: int = Field(256, ge=1)
-    augmentation: AugmentationRef | None = Field(
-        default_factory=lambda: AugmentationRef(name="dsa"),
-        description="augmentation during training (protocol: DSA); null for none",
-    )
-    split: Literal["test", "validation"] = Field(
-        "test", description="real images the trained networks are scored on: the data "
-        "set's test split, or the training images the recipe's `validation` held out of "
-        "distillation (for choosing settings without looking at the test split)"
-    )
-
-    def build_augmentation(self, registry: Any, info: Any) -> Any:
-        """The configured augmentation for ``info``'s images, or None."""
-        if self.augmentation is None:
-            return None
-        return registry.build("augmentations", self.augmentation, data_info=info)
-
-    def lr_for(self, request: EvalRequest) -> float:
-        """The training lr: the set's learned lr when it has one and it is wanted."""
-        return request.lr if (self.use_learned_lr and request.lr is not None) else self.lr
-
-
-def backbone_for(choice: BackboneRef | None, request: EvalRequest) -> BackboneRef:
-    """The evaluator's backbone: its own choice, else the set's, else ``convnet``."""
-    return choice or request.backbone or BackboneRef(name="convnet")
-
-
-def build_backbone(registry: Any, ref: BackboneRef, data: Any, device: torch.device):
-    """A fresh ``ref`` network for ``data``'s image shape and classes, on ``device``."""
-    info = data.info
-    return registry.build(
-        "backbones", ref, channels=info.channels, num_classes=info.num_classes,
-        image_size=info.image_size,
-    ).to(device)
-
-
-#: ``batched`` of the evaluators that train several networks
-Batched = bool | Literal["auto"]
-BATCHED_HELP = (
-    "train the networks together, stacked under torch.func.vmap (same results as one by "
-    "one up to float rounding); auto: on CUDA only, since on a CPU one by one is faster "
-    "(docs/performance.md); architectures with running statistics (BatchNorm) or that do "
-    "not run under vmap fall back to one by one"
-)
-
+from ..api import BackboneRef, EvalRequest, EvalResult, Evaluator
+from ..core import distributed
+from ..training.batched import train_networks
+from ..training.protocol import BATCHED_HELP, Batched, ProtocolParams, backbone_for, build_backbone
 
 ProtocolName = Literal["mim4dd", "dc", "dsa", "dm", "mtt", "bptt"]
 
@@ -168,7 +56,7 @@ def with_protocol(spec: dict[str, Any], protocol: str) -> dict[str, Any]:
     return {**kept, "protocol": protocol}
 
 
-class TrainFromScratch:
+class TrainFromScratch(Evaluator):
     """Train fresh networks on the synthetic set and test them on real images (the test
     split, or with ``split: validation`` the held-out training images)."""
 
@@ -217,7 +105,7 @@ class TrainFromScratch:
         """Network-epochs this process trains (mim4dd_kit/progress.py)."""
         return len(distributed.local_indices(self.params.models)) * self.params.epochs
 
-    def evaluate(self, request: EvalRequest, registry, progress=None) -> dict[str, Any]:
+    def evaluate(self, request: EvalRequest, registry, progress=None) -> EvalResult:
         p = self.params
         backbone = backbone_for(p.backbone, request)
         augment = p.build_augmentation(registry, request.data.info)
@@ -270,4 +158,4 @@ class TrainFromScratch:
         }
         if reason is not None:
             result["reason"] = reason
-        return result
+        return EvalResult(result)

@@ -10,13 +10,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from ..tracking import (
-    TrackedRun,
-    TrackerParams,
-    evaluation_scalars,
-    flatten,
-    missing_package,
-)
+from ..api.loggers import TrackedRun, TrackerParams, evaluation_scalars, flatten, missing_package
 
 #: MLflow's limits: values of a parameter, entries of one batch call
 MAX_PARAM_CHARS = 6000

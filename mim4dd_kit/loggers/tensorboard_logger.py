@@ -9,7 +9,7 @@ import numpy as np
 import yaml
 from pydantic import Field
 
-from ..tracking import (
+from ..api.loggers import (
     TrackedRun,
     TrackerParams,
     evaluation_scalars,

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from ..tracking import TrackedRun, TrackerParams, evaluation_scalars, missing_package
+from ..api.loggers import TrackedRun, TrackerParams, evaluation_scalars, missing_package
 
 
 class WandB:

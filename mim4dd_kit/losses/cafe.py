@@ -32,9 +32,9 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from .. import chunked
-from ..contracts import (
+from ..api import (
     Backbone,
+    DDLoss,
     LossOutput,
     Params,
     RunContext,
@@ -42,9 +42,10 @@ from ..contracts import (
     Tap,
     tapped_features,
 )
-from .dm import class_means
+from ..training.loop import sgd_epochs, sgd_steps
+from ..training.networks import PersistentNetwork, TrainedNetwork
+from ..training.stats import class_means
 from .feature_taps import for_regularizer
-from .gradient_matching import PersistentNetwork, TrainedNetwork, sgd_epochs, sgd_steps
 
 
 def alignment_loss(
@@ -157,7 +158,7 @@ class WatchedNetwork(TrainedNetwork):
         """``a + carry / C``, a the network's accuracy (fraction) on fresh real images."""
         assert self.net is not None
         x, y = self.ctx.data.sample_per_class(self.per_class)
-        logits = chunked.logits(self.net, x, budget=self.ctx.chunk_bytes)
+        logits = self.ctx.nograd_logits(self.net, x)
         acc = float((logits.argmax(1) == y).float().mean())
         return acc + carry / self.ctx.data.info.num_classes
 
@@ -222,7 +223,7 @@ _FIXED_ONLY = ("outer_loop", "inner_loop")
 _WATCHER_ONLY = ("lambda_1", "lambda_2", "window", "watch_per_class", "max_inner_epochs")
 
 
-class CAFE:
+class CAFE(DDLoss):
     """Layer-wise feature alignment plus discrimination loss (CAFE)."""
 
     learns_lr: ClassVar[bool] = False

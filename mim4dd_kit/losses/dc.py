@@ -36,18 +36,18 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from ..contracts import Backbone, LossOutput, Params, RunContext, Shard, SyntheticState
-from ..errors import RunError
+from ..api import Backbone, DDLoss, LossOutput, Params, RunContext, Shard, SyntheticState
+from ..core.errors import RunError
+from ..training.loop import sgd_epochs
+from ..training.networks import PersistentNetwork
 from .feature_taps import for_regularizer
 from .gradient_matching import (
     Distance,
-    PersistentNetwork,
     class_gradients,
     freeze_batchnorm,
     get_loops,
     has_batchnorm,
     match_distance,
-    sgd_epochs,
 )
 
 BN_PER_CLASS = 16  # real images per class that set BatchNorm statistics (reference BNSizePC)
@@ -76,7 +76,7 @@ def full_batch_gradients(
                                                   strict=True)]
 
 
-class DatasetCondensation:
+class DatasetCondensation(DDLoss):
     """Gradient matching with a network trained on the synthetic set in between (DC)."""
 
     learns_lr: ClassVar[bool] = False

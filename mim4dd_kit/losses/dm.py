@@ -7,7 +7,7 @@ the mean embedding of a real batch and of the class's synthetic images:
 augmentation A shared by the two sides of a class. All classes go through the network
 together (the reference code's own formulation for BatchNorm networks); the real side,
 which needs no gradient, runs without autograd in cache-sized chunks
-(``mim4dd_kit/chunked.py``). With per-sample normalisation this equals the reference's
+(``mim4dd_kit/training/chunked.py``). With per-sample normalisation this equals the reference's
 per-class loop up to float rounding (``benchmarks/bench_iteration.py`` checks it).
 
 In a multi-process run (``ctx.shard``, docs/distributed.md) every rank forwards only its
@@ -22,43 +22,15 @@ from typing import Any, ClassVar
 
 import torch
 from pydantic import Field
-from torch import Tensor
 
-from .. import chunked
-from ..contracts import LossOutput, Params, RunContext, Shard, SyntheticState
-from ..runtime import isolated_rng
+from ..api import DDLoss, LossOutput, Params, RunContext, SyntheticState
+from ..core.runtime import isolated_rng
+from ..training.networks import couples_samples
+from ..training.stats import class_means, class_sums, means_over_ranks
 from .feature_taps import for_regularizer
 
 
-def class_sums(x: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
-    """Per-class sums (C, D) and row counts (C,) of the rows of ``x`` (N, D)."""
-    sums = x.new_zeros(num_classes, x.shape[1]).index_add_(0, labels, x)
-    return sums, torch.bincount(labels, minlength=num_classes)
-
-
-def class_means(x: Tensor, labels: Tensor, num_classes: int) -> Tensor:
-    """Per-class means of the rows of ``x`` (N, D) -> (C, D), in one scatter-add."""
-    sums, counts = class_sums(x, labels, num_classes)
-    return sums / counts.clamp(min=1)[:, None].to(x.dtype)
-
-
-def sharded_class_means(x: Tensor, labels: Tensor, num_classes: int, shard: Shard) -> Tensor:
-    """Class means over the rows of ``x`` on *every* rank: sums and counts summed over
-    ranks in one collective (no gradient flows through it; use it on the real side)."""
-    if not shard.active:
-        return class_means(x, labels, num_classes)
-    return means_over_ranks(*class_sums(x.detach(), labels, num_classes), shard)
-
-
-def means_over_ranks(sums: Tensor, counts: Tensor, shard: Shard) -> Tensor:
-    """Class means from per-rank class sums (C, D) and counts (C,), summed over ranks."""
-    if shard.active:
-        both = shard.sum(torch.cat([sums, counts[:, None].to(sums.dtype)], dim=1))
-        sums, counts = both[:, :-1], both[:, -1]
-    return sums / counts.clamp(min=1)[:, None].to(sums.dtype)
-
-
-class DistributionMatching:
+class DistributionMatching(DDLoss):
     """Distribution matching: per-class mean embeddings under random networks (DM)."""
 
     learns_lr: ClassVar[bool] = False
@@ -79,7 +51,7 @@ class DistributionMatching:
             # batch statistics over a shard are not those of the full real batch
             with isolated_rng(ctx.seed):
                 probe = ctx.make_backbone()
-            if chunked.couples_samples(probe.train()):
+            if couples_samples(probe.train()):
                 raise ValueError(
                     "dm runs its random networks in train mode, where BatchNorm normalises "
                     "over the whole real batch, so the batch cannot be split over "
@@ -101,13 +73,13 @@ class DistributionMatching:
         if ctx.augment is not None:
             real, syn_x = ctx.augment.siamese(real, real_y, syn_x, syn_y)
         layer = self.params.layer
-        # the real side needs no graph: chunked, cache-sized passes (mim4dd_kit/chunked.py)
+        # the real side needs no graph: cache-sized passes on a CPU (ctx.nograd_*)
         if want_features:
-            real_feats = chunked.features(net, real, budget=ctx.chunk_bytes)
+            real_feats = ctx.nograd_features(net, real)
             sums, counts = class_sums(real_feats[layer].flatten(1), real_y, c)
         else:
             real_feats = None
-            sums = chunked.class_sums(net, real, real_y, c, layer, budget=ctx.chunk_bytes)
+            sums = ctx.nograd_class_sums(net, real, real_y, c, layer)
             counts = torch.bincount(real_y, minlength=c)
         mean_real = means_over_ranks(sums, counts, ctx.shard)
         syn_feats = net.features(syn_x)

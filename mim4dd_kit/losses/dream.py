@@ -49,8 +49,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from ..contracts import Backbone, LossOutput, Params, RunContext, SyntheticState
-from ..errors import DataError
+from ..api import Backbone, DDLoss, LossOutput, Params, RunContext, SyntheticState
+from ..core.errors import DataError
 from .dc import BN_PER_CLASS
 from .gradient_matching import class_gradients, freeze_batchnorm, has_batchnorm
 from .kmeans import class_pool, representatives
@@ -141,7 +141,7 @@ def tile_encode(images: Tensor, factor: int) -> Tensor:
     return out
 
 
-class DREAM:
+class DREAM(DDLoss):
     """Representative matching on IDC's loop: per-class gradient matching of (decoded)
     synthetic images against k-means representatives, network trained on real data."""
 

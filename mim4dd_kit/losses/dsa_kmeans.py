@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import Field
 from torch import Tensor
 
-from ..contracts import Backbone, RunContext, class_table
+from ..api import Backbone, RunContext, class_table
 from .dc import DifferentiableSiameseAugmentation
 from .kmeans import class_pool, kmeans, nearest_points, representatives
 

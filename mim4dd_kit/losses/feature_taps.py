@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ..contracts import tapped_features
+from ..api import tapped_features
 
 #: a network as a function of (inputs, tap) returning its block features
 FeatureFn = Callable[[Tensor, str], list[Tensor]]

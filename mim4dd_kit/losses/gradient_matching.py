@@ -1,5 +1,6 @@
-"""Shared machinery of the gradient-matching losses (``dc``, ``dsa``, ``dream``) and of the
-persistent network that ``dc`` and ``cafe`` train on the synthetic set between image updates.
+"""Shared machinery of the gradient-matching losses (``dc``, ``dsa``, ``dream``); the
+persistent network that ``dc`` and ``cafe`` train on the synthetic set between image updates
+is :mod:`mim4dd_kit.training.networks`.
 
 Gradient matching (Zhao, Mopuri & Bilen, "Dataset Condensation with Gradient Matching",
 ICLR 2021, Eq. 9-10; reference code VICO-UoE/DatasetCondensation ``utils.py``): for every
@@ -20,16 +21,15 @@ Distances (``match_distance``), each summed over parameter tensors (reference
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from ..contracts import Backbone, RunContext
-from .bptt import _FeaturesAndLogits
+from ..api import Backbone
+from ..training.unroll import FeaturesAndLogits
 
 Distance = Literal["ours", "mse", "cos"]
 
@@ -105,7 +105,7 @@ def class_gradients(
     are differentiable w.r.t. it (torch.func composes with regular autograd); otherwise
     they carry no graph. Buffers are read, never updated (BatchNorm must be in eval mode).
     """
-    model = _FeaturesAndLogits(net)
+    model = FeaturesAndLogits(net)
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = dict(model.named_buffers())
 
@@ -133,109 +133,3 @@ def freeze_batchnorm(net: nn.Module, real: Tensor) -> None:
     for m in net.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.eval()
-
-
-# ---------------------------------------------------------- network trained between calls
-
-
-def sgd_steps(
-    net: nn.Module, opt: torch.optim.Optimizer, images: Tensor, labels: Tensor, *,
-    steps: int, batch: int | None, augment: Callable[[Tensor], Tensor] | None = None,
-) -> None:
-    """``steps`` SGD steps, each on a random minibatch of ``batch`` images (None: all)."""
-    for _ in range(steps):
-        x, y = images, labels
-        if batch is not None and batch < len(y):
-            idx = torch.randperm(len(y), device=y.device)[:batch]
-            x, y = x[idx], y[idx]
-        if augment is not None:
-            x = augment(x)
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(net(x), y).backward()
-        opt.step()
-
-
-def sgd_epochs(
-    net: nn.Module, opt: torch.optim.Optimizer, images: Tensor, labels: Tensor, *,
-    epochs: int, batch: int, augment: Callable[[Tensor], Tensor] | None = None,
-) -> None:
-    """``epochs`` passes over a shuffled set in minibatches of ``batch`` (last one partial),
-    as the reference's ``DataLoader(shuffle=True)`` + ``epoch('train', ...)``."""
-    for _ in range(epochs):
-        order = torch.randperm(len(labels), device=labels.device)
-        for idx in order.split(batch):
-            x = images[idx]
-            if augment is not None:
-                x = augment(x)
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(net(x), labels[idx]).backward()
-            opt.step()
-
-
-class TrainedNetwork:
-    """A network and its SGD optimizer that a DD loss trains between image updates; saves
-    and restores both with the loss's state (shared by gradient matching and CAFE)."""
-
-    def __init__(self, ctx: RunContext, *, lr: float, momentum: float):
-        self.ctx, self.lr, self.momentum = ctx, lr, momentum
-        self.net: Backbone | None = None
-        self.opt: torch.optim.Optimizer | None = None
-
-    def _new_net(self) -> None:
-        self.net = self.ctx.make_backbone().to(self.ctx.device)
-        self.opt = torch.optim.SGD(self.net.parameters(), lr=self.lr, momentum=self.momentum)
-
-    def _net_state(self) -> dict[str, Any]:
-        return {"net": None if self.net is None else self.net.state_dict(),
-                "opt": None if self.opt is None else self.opt.state_dict()}
-
-    def _restore_net(self, state: dict[str, Any]) -> None:
-        self.net = self.opt = None
-        if state.get("net") is not None:
-            # building consumes RNG, but the engine restores the RNG state afterwards
-            self._new_net()
-            assert self.net is not None and self.opt is not None
-            self.net.load_state_dict(state["net"])
-            self.opt.load_state_dict(state["opt"])
-
-
-class PersistentNetwork(TrainedNetwork):
-    """A network re-initialised every ``outer_loop`` calls and trained in between.
-
-    ``advance(train)`` is called once per loss call: call n builds a fresh network (and its
-    SGD optimizer) when ``n % outer_loop == 0`` and otherwise first runs ``train(net, opt)``
-    (the method's inner loop on the detached synthetic set). It returns the network with
-    its parameters frozen (``requires_grad`` off), so the engine's backward reaches only the
-    images. ``state_dict`` holds the network, its optimizer and the call counter.
-    """
-
-    def __init__(self, ctx: RunContext, *, outer_loop: int, lr: float, momentum: float):
-        super().__init__(ctx, lr=lr, momentum=momentum)
-        self.outer_loop = outer_loop
-        self.calls = 0
-
-    @property
-    def position(self) -> int:
-        """Index of the latest call within its network's life (0: the network is new)."""
-        return (self.calls - 1) % self.outer_loop
-
-    def advance(self, train: Callable[[Backbone, torch.optim.Optimizer], None]) -> Backbone:
-        if self.net is None or self.calls % self.outer_loop == 0:
-            self._new_net()
-        else:
-            assert self.opt is not None
-            self.net.train()
-            self.net.requires_grad_(True)
-            train(self.net, self.opt)
-        self.calls += 1
-        assert self.net is not None
-        self.net.train()
-        self.net.requires_grad_(False)
-        return self.net
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"calls": self.calls, **self._net_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.calls = int(state.get("calls", 0))
-        self._restore_net(state)

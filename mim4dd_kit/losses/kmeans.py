@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..contracts import Backbone, RealData, class_table
+from ..api import Backbone, RealData, class_table
 
 EMBED_CHUNK = 1024  # images per no-grad forward when embedding a pool
 

@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from torch import Tensor, nn
 
-from ..contracts import CriticRef, Params, Shard
+from ..api import CriticRef, Params, Regularizer, Shard
+from ..training.mi import log_h_pair, nce_loss
 
 #: named settings; a recipe's explicit fields override the preset's
 PRESETS: dict[str, dict[str, Any]] = {
@@ -58,57 +59,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _log_h(scores: Tensor, offset: Tensor | float) -> tuple[Tensor, Tensor]:
-    """``log h`` and ``log(1 - h)`` for ``h = sigmoid(scores - offset)``, stably."""
-    shifted = scores - offset
-    return -F.softplus(-shifted), -F.softplus(shifted)
-
-
-def nce_loss(
-    scores: Tensor,
-    positive: Tensor,
-    num_classes: int,
-    pair_counts: tuple[Tensor, Tensor] | None = None,
-    offset: Tensor | float = 0.0,
-) -> Tensor:
-    """Eq. 2.16 for one layer, as a loss. ``scores`` and ``positive`` are (M, N).
-
-    ``h = sigmoid(s - offset)``; ``offset`` is ``log B`` of the discriminator
-    ``e^s / (e^s + B)`` (0 for the literal Eq. 2.15). ``log h = -softplus(offset - s)``
-    and ``log(1 - h) = -softplus(s - offset)`` are the stable forms. A batch without
-    positive (or negative) pairs contributes 0 for that term rather than NaN.
-    ``pair_counts`` (positive, negative) replaces the counts of this matrix as the
-    denominators: with the counts of the full matrix, the loss of a block of its columns
-    is that block's share of the full loss (sharded runs).
-    """
-    pos = positive.to(scores.dtype)
-    neg = 1.0 - pos
-    log_h, log_1mh = _log_h(scores, offset)
-    n_pos, n_neg = pair_counts if pair_counts is not None else (pos.sum(), neg.sum())
-    mean_pos = (log_h * pos).sum() / n_pos.clamp(min=1.0)
-    mean_neg = (log_1mh * neg).sum() / n_neg.clamp(min=1.0)
-    return -(mean_pos + (num_classes - 1) * mean_neg)
-
-
-def mi_lower_bound(
-    scores: Tensor,
-    positive: Tensor,
-    num_classes: int,
-    num_positive: Tensor | None = None,
-    offset: Tensor | float = 0.0,
-) -> Tensor:
-    """Eq. 2.14: ``log(C - 1) + E_P[log h]``, the MI estimate the loss maximises (nats).
-
-    ``num_positive`` replaces this matrix's positive count (see :func:`nce_loss`); the
-    sum over column blocks of their bounds then has ``log(C - 1)`` once per block.
-    ``offset`` selects the discriminator as in :func:`nce_loss`.
-    """
-    pos = positive.to(scores.dtype)
-    n_pos = pos.sum() if num_positive is None else num_positive
-    mean_pos = (_log_h(scores, offset)[0] * pos).sum() / n_pos.clamp(min=1.0)
-    return math.log(max(num_classes - 1, 1)) + mean_pos
-
-
 def layer_weights(num_layers: int, beta: float) -> list[float]:
     """Eq. 2.17's per-layer factors ``1 / beta^(K-1-k)`` for k = 1..K (deeper = heavier)."""
     return [1.0 / beta ** (num_layers - 1 - k) for k in range(1, num_layers + 1)]
@@ -119,7 +69,7 @@ def ramp_factor(iteration: int, ramp: int) -> float:
     return 1.0 if ramp <= 0 else min(1.0, iteration / ramp)
 
 
-class MIM4DD(nn.Module):
+class MIM4DD(Regularizer):
     """MIM4DD contrastive mutual-information regularizer (Eqs. 2.14-2.17)."""
 
     #: accepts real features split over ranks when :attr:`shard` is set (by the engine)
@@ -440,7 +390,7 @@ class MIM4DD(nn.Module):
         const = math.log(max(self.num_classes - 1, 1)) if self.shard.rank == 0 else 0.0
         out: dict[str, float] = {}
         for k, s, o in zip(self.layers, scores, offsets, strict=True):
-            log_h = _log_h(s, o.to(s.dtype))[0]
+            log_h = log_h_pair(s, o.to(s.dtype))[0]
             out[f"mi{k}"] = const + float((log_h * pos).sum() / n_pos)
             out[f"pos{k}"] = float((s * pos).sum() / n_pos)
             out[f"neg{k}"] = float((s * (1.0 - pos)).sum() / n_neg)

@@ -8,10 +8,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from mim4dd_kit.api import Augmentation, DataInfo
 from mim4dd_kit.augment import dsa as D
 from mim4dd_kit.augment.dsa import DSA
 from mim4dd_kit.augment.identity import NoAugment
-from mim4dd_kit.contracts import Augmentation, DataInfo
 
 
 def info(num_classes: int = 10, flip_ok: bool = True, size: int = 8) -> DataInfo:

@@ -6,7 +6,7 @@ from torch import nn
 
 from mim4dd_kit.backbones.convnet import ConvNet
 from mim4dd_kit.backbones.mlp import MLP
-from mim4dd_kit.errors import PluginError
+from mim4dd_kit.core.errors import PluginError
 from mim4dd_kit.registry import default_registry
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mim4dd_kit.backbones.lenet import LeNet
-from mim4dd_kit.errors import PluginError
+from mim4dd_kit.core.errors import PluginError
 from mim4dd_kit.registry import default_registry
 
 

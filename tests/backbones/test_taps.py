@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from mdk_plugin_example.convnet_gap import ConvNetGAP
 from torch import Tensor, nn
 
-from mim4dd_kit.contracts import TAPS, Backbone, tapped_features
+from mim4dd_kit.api import TAPS, Backbone, tapped_features
 from mim4dd_kit.registry import default_registry
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d)

@@ -7,8 +7,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from mim4dd_kit import buffers
-from mim4dd_kit.buffers import (
+from mim4dd_kit.core.runtime import isolated_rng
+from mim4dd_kit.engine import Run
+from mim4dd_kit.losses.mtt import MTT, buffers
+from mim4dd_kit.losses.mtt.buffers import (
     buffer_dir,
     buffer_key,
     ensure_buffer,
@@ -19,10 +21,7 @@ from mim4dd_kit.buffers import (
     load_expert,
     load_expert_buffers,
 )
-from mim4dd_kit.engine import Run
-from mim4dd_kit.losses.mtt import MTT
 from mim4dd_kit.registry import default_registry
-from mim4dd_kit.runtime import isolated_rng
 
 # 2 experts x 2 epochs on digits without augmentation: well under a second each
 PARAMS = MTT.Params(num_experts=2, max_start_epoch=1, expert_epochs=1, expert_batch=512)
@@ -181,7 +180,7 @@ def test_batchnorm_statistics_are_recorded(make_ctx):
 
 
 def test_missing_expert_and_too_short_training_are_errors(tmp_path):
-    from mim4dd_kit.errors import DataError
+    from mim4dd_kit.core.errors import DataError
 
     with pytest.raises(DataError, match="expert 0 is missing"):
         load_expert(tmp_path, 0)

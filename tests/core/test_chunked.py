@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from mim4dd_kit import chunked
 from mim4dd_kit.backbones.convnet import ConvNet
-from mim4dd_kit.losses.dm import class_means
+from mim4dd_kit.training import chunked
+from mim4dd_kit.training.stats import class_means
 
 
 def _net(norm="instance", width=8):

@@ -15,17 +15,17 @@ import torch
 import yaml
 from conftest import MIM, TINY, merged
 
-from mim4dd_kit import distributed
-from mim4dd_kit.contracts import Shard
-from mim4dd_kit.engine import Run, run
-from mim4dd_kit.errors import RecipeError, RunError
+from mim4dd_kit.api import Shard
+from mim4dd_kit.core import distributed
+from mim4dd_kit.core.errors import RecipeError, RunError
+from mim4dd_kit.engine import Run, launch_run, run
 from mim4dd_kit.evaluate import evaluate
-from mim4dd_kit.losses.dm import class_means, sharded_class_means
 from mim4dd_kit.recipe import validate_recipe
 from mim4dd_kit.registry import default_registry
-from mim4dd_kit.regularizers.mim4dd import mi_lower_bound, nce_loss
 from mim4dd_kit.runlog import TIME_KEYS
 from mim4dd_kit.synthetic import load_synthetic
+from mim4dd_kit.training.mi import mi_lower_bound, nce_loss
+from mim4dd_kit.training.stats import class_means, class_sums, means_over_ranks
 
 ATOL = 1e-5  # images, after 6 iterations at lr 1 (observed: about 1e-6)
 RTOL = 1e-5  # logged losses
@@ -53,7 +53,9 @@ def test_shard_rows_split_every_class_like_tensor_split():
 
 def test_class_means_are_unchanged_outside_a_group():
     x, y = torch.randn(12, 5), torch.arange(12) % 4
-    assert torch.equal(sharded_class_means(x, y, 4, Shard()), class_means(x, y, 4))
+    expected = torch.stack([x[y == c].mean(0) for c in range(4)])
+    assert torch.allclose(class_means(x, y, 4), expected, atol=1e-6)
+    assert torch.equal(means_over_ranks(*class_sums(x, y, 4), Shard()), class_means(x, y, 4))
 
 
 def test_nce_of_column_blocks_with_global_counts_sums_to_the_full_loss():
@@ -239,7 +241,7 @@ def test_launch_run_raises_the_childs_toolkit_error(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(merged(TINY, {"dd_loss": {"name": names[0]}})))
     with pytest.raises(RecipeError, match=f"dd_loss '{names[0]}' cannot split"):
-        distributed.launch_run(2, recipe, [], out=tmp_path / "out", progress=False,
+        launch_run(2, recipe, [], out=tmp_path / "out", progress=False,
                                threads=1)
     assert not (tmp_path / "out").exists()
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from conftest import assert_lambda_zero_is_exact, distilled, set_up_run
 
+from mim4dd_kit.core.errors import RunError
 from mim4dd_kit.engine import run
-from mim4dd_kit.errors import RunError
 from mim4dd_kit.synthetic import load_synthetic
 
 MIM = {"name": "mim4dd", "lambda": 0.8, "critic": {"name": "linear", "out_dim": 16}}
@@ -109,7 +109,7 @@ def test_example_plugin_backbone_from_a_recipe(tiny_recipe, tmp_path):
 
 def test_runs_draw_their_loss_curves(tiny_recipe, tmp_path):
     pytest.importorskip("matplotlib")
-    from mim4dd_kit.plots import read_history
+    from mim4dd_kit.core.plots import read_history
 
     run(tiny_recipe(), out=tmp_path, progress=False)
     png = tmp_path / "losses.png"

@@ -122,7 +122,7 @@ def test_mdk_run_without_a_terminal_logs_plain_lines(tmp_path):
 
 @pytest.fixture(scope="module")
 def digits_set():
-    from mim4dd_kit.contracts import DatasetRef
+    from mim4dd_kit.api import DatasetRef
     from mim4dd_kit.registry import default_registry
 
     data = default_registry().build("datasets", DatasetRef(name="digits")).load()
@@ -131,7 +131,7 @@ def digits_set():
 
 
 def _evaluate(digits_set, evaluators, **kwargs):
-    from mim4dd_kit.contracts import BackboneRef, EvaluatorRef
+    from mim4dd_kit.api import BackboneRef, EvaluatorRef
     from mim4dd_kit.evaluate import run_evaluators
 
     data, images, labels = digits_set
@@ -178,7 +178,7 @@ def test_evaluation_bar_has_a_total_per_evaluation(digits_set, monkeypatch):
 
 
 def test_a_run_stopped_before_its_first_checkpoint_starts_again(tiny_recipe, tmp_path):
-    from mim4dd_kit.errors import RunError
+    from mim4dd_kit.core.errors import RunError
 
     out = tmp_path / "run"
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from mim4dd_kit import formation
 from mim4dd_kit.cli import app
 from mim4dd_kit.compare import compare
-from mim4dd_kit.errors import SyntheticSetError
+from mim4dd_kit.core.errors import SyntheticSetError
 from mim4dd_kit.evaluate import evaluate
 from mim4dd_kit.synthetic import load_synthetic, save_synthetic
 

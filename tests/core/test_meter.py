@@ -1,7 +1,7 @@
 """The step counts behind the analyses' progress bar: each plan equals the steps taken."""
 
 
-from mim4dd_kit import meter
+from mim4dd_kit.core import progress as meter
 
 SMALL = {"name": "convnet", "width": 8, "depth": 2}
 

@@ -6,7 +6,7 @@ from conftest import TINY, distilled, merged
 
 from mim4dd_kit import performance
 from mim4dd_kit.backbones.convnet import ConvNet
-from mim4dd_kit.errors import RecipeError
+from mim4dd_kit.core.errors import RecipeError
 from mim4dd_kit.recipe import validate_recipe
 
 

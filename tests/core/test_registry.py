@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from mim4dd_kit.errors import PluginError
+from mim4dd_kit.core.errors import PluginError
 from mim4dd_kit.registry import KINDS, Registry, default_registry
 
 BUILTINS = {
@@ -49,7 +49,7 @@ def test_example_plugin_is_discovered():
 @pytest.fixture
 def fake_env(tmp_path, monkeypatch):
     (tmp_path / "fake_ok.py").write_text(
-        "from mim4dd_kit.contracts import Params\n"
+        "from mim4dd_kit.api import Params\n"
         "class Thing:\n    '''A fine thing.'''\n    class Params(Params):\n        pass\n"
         "class NoParams:\n    '''No parameters model.'''\n"
     )
@@ -94,7 +94,7 @@ def test_build_validates_params():
 
 
 def test_schema_is_made_despite_a_name_clash_with_a_warning(fake_env):
-    from mim4dd_kit.recipe import recipe_json_schema
+    from mim4dd_kit.schema import recipe_json_schema
 
     notes: list[str] = []
     schema = recipe_json_schema(fake_env, warnings=notes)

@@ -8,12 +8,12 @@ import torch
 from conftest import MIM, TINY, distilled, merged
 from typer.testing import CliRunner
 
-from mim4dd_kit import plots
+from mim4dd_kit.baseline import make_baseline
 from mim4dd_kit.cli import app
 from mim4dd_kit.compare import compare, format_compare, headlines, method_of
-from mim4dd_kit.coresets import make_baseline
-from mim4dd_kit.errors import MissingExtraError, ReportError
-from mim4dd_kit.plots import grid_array, read_history
+from mim4dd_kit.core import plots
+from mim4dd_kit.core.errors import MissingExtraError, ReportError
+from mim4dd_kit.core.plots import grid_array, read_history
 from mim4dd_kit.recipe import validate_recipe
 from mim4dd_kit.report import build_report, export_grid
 from mim4dd_kit.synthetic import load_synthetic, save_synthetic, update_metadata

@@ -10,9 +10,9 @@ from conftest import TINY
 from typer.testing import CliRunner
 
 from mim4dd_kit.cli import app
-from mim4dd_kit.errors import RecipeError
-from mim4dd_kit.recipe import load_recipe, parse_yaml, recipe_json_schema
-from mim4dd_kit.schema import MODELINE
+from mim4dd_kit.core.errors import RecipeError
+from mim4dd_kit.recipe import load_recipe, parse_yaml
+from mim4dd_kit.schema import MODELINE, recipe_json_schema
 
 runner = CliRunner()
 

@@ -8,7 +8,7 @@ import yaml
 from conftest import MIM, TINY, merged
 
 from mim4dd_kit import sweep as sweep_mod
-from mim4dd_kit.errors import RecipeError
+from mim4dd_kit.core.errors import RecipeError
 from mim4dd_kit.sweep import format_table, format_value, load_sweep, run_sweep
 from mim4dd_kit.synthetic import load_synthetic, save_synthetic
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mim4dd_kit.errors import SyntheticSetError
+from mim4dd_kit.core.errors import SyntheticSetError
 from mim4dd_kit.synthetic import (
     FORMAT,
     load_synthetic,
@@ -98,7 +98,7 @@ def test_atomic_write_gives_files_the_usual_mode(tmp_path):
     import os
     import stat
 
-    from mim4dd_kit.synthetic import atomic_write
+    from mim4dd_kit.core.files import atomic_write
 
     target = tmp_path / "out.txt"
     old = os.umask(0o022)

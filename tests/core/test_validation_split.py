@@ -9,13 +9,13 @@ from conftest import TINY, merged, set_up_run
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from mim4dd_kit.buffers import buffer_key
+from mim4dd_kit.api import DataInfo, EvalRequest, RealData
 from mim4dd_kit.cli import app
-from mim4dd_kit.contracts import DataInfo, EvalRequest, RealData
-from mim4dd_kit.errors import DataError
+from mim4dd_kit.core.errors import DataError
 from mim4dd_kit.evaluate import evaluate
 from mim4dd_kit.evaluators.train_from_scratch import TrainFromScratch
 from mim4dd_kit.losses.mtt import MTT
+from mim4dd_kit.losses.mtt.buffers import buffer_key
 from mim4dd_kit.recipe import validate_recipe
 from mim4dd_kit.registry import default_registry
 

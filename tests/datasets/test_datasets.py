@@ -7,12 +7,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from mim4dd_kit.core.errors import DataError
 from mim4dd_kit.datasets.digits import Digits
 from mim4dd_kit.datasets.fashion_mnist import DEBIAN_DIR, FashionMNIST
 from mim4dd_kit.datasets.idx import read_idx, write_idx
 from mim4dd_kit.datasets.tensor_file import TensorFile
 from mim4dd_kit.datasets.torchvision_sets import CIFAR10, MNIST
-from mim4dd_kit.errors import DataError
 
 
 def test_idx_round_trip_gz_and_plain(tmp_path):

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from mim4dd_kit.core.errors import RecipeError
 from mim4dd_kit.datasets.zca import fit_zca
-from mim4dd_kit.errors import RecipeError
 from mim4dd_kit.registry import default_registry
 
 

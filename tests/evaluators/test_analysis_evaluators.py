@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from mim4dd_kit.cka import cka_matrix, linear_cka
-from mim4dd_kit.contracts import BackboneRef, EvalRequest, EvaluatorRef
-from mim4dd_kit.errors import MdkError
+from mim4dd_kit.api import BackboneRef, EvalRequest, EvaluatorRef
+from mim4dd_kit.core.errors import MdkError
 from mim4dd_kit.evaluate import run_evaluators
 from mim4dd_kit.evaluators.cross_arch import CrossArch
 from mim4dd_kit.evaluators.train_from_scratch import TrainFromScratch
 from mim4dd_kit.registry import ParamsError, default_registry
+from mim4dd_kit.training.cka import cka_matrix, linear_cka
 
 CPU = torch.device("cpu")
 TINY_NET = BackboneRef(name="convnet", width=8, depth=2)

@@ -6,18 +6,19 @@ import pytest
 import torch
 from torch import nn
 
-from mim4dd_kit.contracts import AugmentationRef, BackboneRef, EvalRequest
-from mim4dd_kit.evaluators import batched as batched_mod
+from mim4dd_kit.api import AugmentationRef, BackboneRef, EvalRequest
+from mim4dd_kit.core.runtime import isolated_rng
 from mim4dd_kit.evaluators import train_from_scratch as tfs
-from mim4dd_kit.evaluators.batched import (
+from mim4dd_kit.evaluators.train_from_scratch import TrainFromScratch
+from mim4dd_kit.registry import default_registry
+from mim4dd_kit.training import batched as batched_mod
+from mim4dd_kit.training.batched import (
     RngStreams,
     StackedNetworks,
     batching_obstacle,
     train_networks,
 )
-from mim4dd_kit.evaluators.train_from_scratch import TrainFromScratch, accuracy, train_network
-from mim4dd_kit.registry import default_registry
-from mim4dd_kit.runtime import isolated_rng
+from mim4dd_kit.training.loop import accuracy, train_network
 
 CPU = torch.device("cpu")
 CONVNET = {"name": "convnet", "width": 8, "depth": 2, "norm": "instance"}

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from mim4dd_kit import statefile
 from mim4dd_kit.cli import app
+from mim4dd_kit.core.errors import CheckpointError
 from mim4dd_kit.engine import CHECKPOINT, LEGACY_CHECKPOINT, run
-from mim4dd_kit.errors import CheckpointError
 from mim4dd_kit.recipe import validate_recipe
 from mim4dd_kit.sweep import load_sweep
 

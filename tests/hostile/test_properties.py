@@ -9,7 +9,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mim4dd_kit.errors import CheckpointError, RecipeError, SyntheticSetError
+from mim4dd_kit.core.errors import CheckpointError, RecipeError, SyntheticSetError
 from mim4dd_kit.recipe import Recipe, parse_yaml, validate_recipe
 from mim4dd_kit.statefile import load_state
 from mim4dd_kit.synthetic import SyntheticSet, load_synthetic

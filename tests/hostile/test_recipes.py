@@ -10,7 +10,7 @@ from conftest import TINY
 from typer.testing import CliRunner
 
 from mim4dd_kit.cli import app
-from mim4dd_kit.errors import DataError, RecipeError
+from mim4dd_kit.core.errors import DataError, RecipeError
 from mim4dd_kit.recipe import MAX_YAML_VALUES, load_recipe, parse_yaml, validate_recipe
 
 runner = CliRunner()

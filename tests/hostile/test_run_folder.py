@@ -15,8 +15,8 @@ from conftest import TINY
 from typer.testing import CliRunner
 
 from mim4dd_kit.cli import app
+from mim4dd_kit.core.errors import RecipeError, RunError
 from mim4dd_kit.engine import CHECKPOINT, run
-from mim4dd_kit.errors import RecipeError, RunError
 from mim4dd_kit.recipe import validate_recipe
 from mim4dd_kit.runlock import LOCK_NAME, RunLock
 

@@ -15,7 +15,8 @@ from pydantic import ValidationError
 
 from mim4dd_kit.backbones.mlp import MLP
 from mim4dd_kit.engine import Run
-from mim4dd_kit.losses.bptt import BPTT, _FeaturesAndLogits, unroll
+from mim4dd_kit.losses.bptt import BPTT
+from mim4dd_kit.training.unroll import FeaturesAndLogits, unroll
 
 # changes to the shared tiny recipe (tests/conftest.py) that make it a BPTT recipe
 BPTT_CHANGES = {
@@ -150,7 +151,7 @@ def _tiny_problem():
     torch.manual_seed(0)
     net = MLP(MLP.Params(width=6, depth=1), channels=1, num_classes=3,
               image_size=(2, 2)).double()
-    model = _FeaturesAndLogits(net)
+    model = FeaturesAndLogits(net)
     params = {k: v.detach() for k, v in model.named_parameters()}
     images = torch.randn(6, 1, 2, 2, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([0, 0, 1, 1, 2, 2])

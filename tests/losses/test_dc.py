@@ -14,8 +14,8 @@ from conftest import (
     set_up_run,
 )
 
+from mim4dd_kit.core.errors import PluginError
 from mim4dd_kit.engine import Run
-from mim4dd_kit.errors import PluginError
 from mim4dd_kit.losses.dc import DatasetCondensation, DifferentiableSiameseAugmentation
 from mim4dd_kit.losses.gradient_matching import (
     class_gradients,

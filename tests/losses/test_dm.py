@@ -2,7 +2,7 @@
 
 import torch
 
-from mim4dd_kit.contracts import SyntheticState
+from mim4dd_kit.api import SyntheticState
 from mim4dd_kit.engine import Run
 from mim4dd_kit.registry import default_registry
 

@@ -16,10 +16,9 @@ from conftest import (
 )
 from torch.nn.utils import vector_to_parameters
 
-from mim4dd_kit import buffers
-from mim4dd_kit.buffers import buffer_dir, load_expert
 from mim4dd_kit.engine import Run
-from mim4dd_kit.losses.mtt import MTT
+from mim4dd_kit.losses.mtt import MTT, buffers
+from mim4dd_kit.losses.mtt.buffers import buffer_dir, load_expert
 
 # changes to the shared tiny recipe (tests/conftest.py): 2 experts trained 3 epochs
 MTT_CHANGES = {

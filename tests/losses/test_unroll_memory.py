@@ -11,9 +11,10 @@ from conftest import MIM, merged, set_up_run
 from pydantic import ValidationError
 
 from mim4dd_kit.backbones.convnet import ConvNet
-from mim4dd_kit.errors import RecipeError
-from mim4dd_kit.losses.bptt import BPTT, _FeaturesAndLogits, unroll
+from mim4dd_kit.core.errors import RecipeError
+from mim4dd_kit.losses.bptt import BPTT
 from mim4dd_kit.losses.mtt import MTT
+from mim4dd_kit.training.unroll import FeaturesAndLogits, unroll
 
 # --- the unroll itself (float64, a BatchNorm ConvNet, random minibatches and augmentation)
 
@@ -22,7 +23,7 @@ def _problem(norm: str = "batch", n: int = 12):
     torch.manual_seed(0)
     net = ConvNet(ConvNet.Params(width=4, depth=2, norm=norm), channels=1, num_classes=3,
                   image_size=(8, 8)).double()
-    model = _FeaturesAndLogits(net)
+    model = FeaturesAndLogits(net)
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
     images = torch.randn(n, 1, 8, 8, dtype=torch.float64, requires_grad=True)

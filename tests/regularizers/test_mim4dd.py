@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 
 from mim4dd_kit.registry import default_registry
-from mim4dd_kit.regularizers.mim4dd import MIM4DD, layer_weights, mi_lower_bound, nce_loss
+from mim4dd_kit.regularizers.mim4dd import MIM4DD, layer_weights
+from mim4dd_kit.training.mi import mi_lower_bound, nce_loss
 
 
 def _logsig(x: float) -> float:

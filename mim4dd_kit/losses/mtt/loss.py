@@ -2,7 +2,7 @@
 Trajectories", CVPR 2022).
 
 Experts are backbones trained on the real data whose parameters were recorded after every
-epoch (:mod:`mim4dd_kit.buffers`). Every call picks an expert e ~ U{0 .. num_experts - 1}
+epoch (:mod:`.buffers`). Every call picks an expert e ~ U{0 .. num_experts - 1}
 and a start epoch t ~ U{0 .. max_start_epoch - 1} (the engine's RNG), starts a student
 at the expert's parameters θ*_t and takes N = ``syn_steps`` plain SGD steps on the
 synthetic set with the learnable lr α = ``syn.lr`` (paper section 3.1, Algorithm 1):
@@ -17,9 +17,9 @@ later (the normalised parameter-matching loss of section 3.1):
 ``B_n`` walks through random permutations of the synthetic set in chunks of
 ``batch_syn`` (all at once when None), ``A`` is the run's per-sample augmentation. The
 unroll is functional and keeps its graph, so the gradient reaches the images and α through
-all N steps; memory is O(N) graphs. ``checkpoint`` (see :mod:`.bptt`) replays the steps in
-the backward pass in segments instead, storing only the parameters between them: the same
-gradient for O(N) parameter vectors plus one segment's activations.
+all N steps; memory is O(N) graphs. ``checkpoint`` (mim4dd_kit/training/unroll.py) replays
+the steps in the backward pass in segments instead, storing only the parameters between
+them: the same gradient for O(N) parameter vectors plus one segment's activations.
 
 For MIM4DD (SPEC section 2) the real features come from the expert at θ*_{t+M} on a real
 batch (no gradient), the synthetic ones from the student θ̂_N on the synthetic set; both
@@ -38,16 +38,22 @@ from pydantic import Field, model_validator
 from torch import Tensor
 from torch.func import functional_call
 
-from ..buffers import ensure_buffer, expert_layout, load_expert, load_expert_buffers
-from ..contracts import LossOutput, Params, RunContext, SyntheticState
-from ..errors import DataError
-from ..runtime import isolated_rng
-from .bptt import CheckpointOption, _FeaturesAndLogits, checkpoint_field, segment_length, unroll
+from ...api import DDLoss, LossOutput, Params, RunContext, SyntheticState
+from ...core.errors import DataError
+from ...core.runtime import isolated_rng
+from ...training.unroll import (
+    CheckpointOption,
+    FeaturesAndLogits,
+    checkpoint_field,
+    segment_length,
+    unroll,
+)
+from .buffers import ensure_buffer, expert_layout, load_expert, load_expert_buffers
 
 _PREFIX = "net."  # parameter names of the wrapper module that returns (features, logits)
 
 
-class MTT:
+class MTT(DDLoss):
     """Matching training trajectories of experts trained on real data (MTT)."""
 
     learns_lr: ClassVar[bool] = True
@@ -109,7 +115,7 @@ class MTT:
         with isolated_rng(ctx.seed, ctx.device):
             net = ctx.make_backbone().to(ctx.device)
         net.train()
-        self.model = _FeaturesAndLogits(net)
+        self.model = FeaturesAndLogits(net)
         # a run that has to build the buffer shows the experts training on a terminal
         self.folder = ensure_buffer(ctx, params, progress=sys.stderr.isatty())
         names, shapes = expert_layout(self.folder, 0)

@@ -26,18 +26,10 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .networks import couples_samples
+
 #: activation bytes per chunk on a CPU (per-core L2 plus a share of L3 on current parts)
 CPU_CHUNK_BYTES = 8 * 2**20
-
-
-def couples_samples(net: nn.Module) -> bool:
-    """True when a module mixes samples of a batch (BatchNorm using batch statistics)."""
-    for m in net.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (
-            m.training or not m.track_running_stats
-        ):
-            return True
-    return False
 
 
 def chunk_size(net: nn.Module, x: Tensor, budget: int = CPU_CHUNK_BYTES) -> int:
@@ -118,3 +110,18 @@ def logits(
     if chunk < len(x):
         net = _fast_twin(net)
     return torch.cat([net(x[i:i + chunk]) for i in range(0, len(x), chunk)])
+
+
+class ChunkedPasses:
+    """These passes as the :class:`~mim4dd_kit.api.NoGradPasses` a run hands its plugins
+    (``ctx.nograd_features`` ...), each chunked within ``budget`` bytes."""
+
+    def features(self, net: nn.Module, x: Tensor, budget: int) -> list[Tensor]:
+        return features(net, x, budget=budget)
+
+    def class_sums(self, net: nn.Module, x: Tensor, labels: Tensor, num_classes: int,
+                   layer: int, budget: int) -> Tensor:
+        return class_sums(net, x, labels, num_classes, layer, budget=budget)
+
+    def logits(self, net: nn.Module, x: Tensor, budget: int) -> Tensor:
+        return logits(net, x, budget=budget)

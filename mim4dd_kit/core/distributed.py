@@ -27,7 +27,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from .contracts import Shard
 from .errors import MdkError, RunError
 
 #: environment variables that describe a process group (set by torchrun and by launch)
@@ -70,12 +69,6 @@ def gather_indexed(local: dict[int, Any], n: int) -> list[Any]:
 
 
 # ------------------------------------------------------------------ inside a process group
-
-
-def current_shard() -> Shard:
-    """This process's :class:`~mim4dd_kit.contracts.Shard` (``Shard()`` outside a group)."""
-    rank, size = world()
-    return Shard(rank, size)
 
 
 def backend() -> str | None:
@@ -301,31 +294,3 @@ def launch(nproc: int, fn: Callable[..., Any], *args: Any, threads: int | None =
         records = [_load_record(Path(folder) / f"rank{r}.pkl") for r in range(nproc)]
     _raise_child_error(records, failure)
     return [rec.get("value") if rec else None for rec in records]
-
-
-def _run_recipe(recipe: Any, overrides: list[str], kwargs: dict[str, Any]) -> Any:
-    from .engine import run
-
-    return run(recipe, overrides=overrides, **kwargs)
-
-
-def launch_run(
-    nproc: int,
-    recipe_path: Any,
-    overrides: Sequence[str] = (),
-    *,
-    threads: int | None = None,
-    **run_kwargs: Any,
-) -> Any:
-    """``engine.run(recipe_path, overrides=..., **run_kwargs)`` in ``nproc`` processes.
-
-    The command line's ``mdk run --nproc-per-node N``. ``recipe_path`` is a recipe file
-    (or a :class:`~mim4dd_kit.recipe.Recipe`); ``threads`` as in :func:`launch`. Returns
-    rank 0's :class:`~mim4dd_kit.engine.RunResult`.
-    """
-    kwargs = {**run_kwargs}
-    if "registry" in kwargs:
-        raise RunError("launch_run starts new processes, which build their own registry; "
-                       "install plugins as packages instead of passing a registry")
-    results = launch(nproc, _run_recipe, recipe_path, list(overrides), kwargs, threads=threads)
-    return results[0]

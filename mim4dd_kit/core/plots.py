@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .errors import MissingExtraError, ReportError
-from .synthetic import atomic_write
+from .files import atomic_write
 
 PLOT_EXTRA_HINT = "install the plot extra: pip install 'mim4dd_kit[plot]'"
 

@@ -17,8 +17,6 @@ without augmentation.
 
 from __future__ import annotations
 
-import datetime as _dt
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,12 +25,15 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field, ValidationError
 
-from .. import __version__, meter
-from ..contracts import BackboneRef, ComponentRef, DatasetRef, Params, RealData
-from ..errors import DataError, PluginError, RecipeError, RunError
-from ..registry import ParamsError, Registry, _pretty, default_registry
-from ..runtime import isolated_rng, resolve_device
-from ..synthetic import save_synthetic
+from .api import BackboneRef, ComponentRef, DatasetRef, Params, RealData
+from .context import load_data
+from .core import progress as meter
+from .core import provenance
+from .core.errors import DataError, PluginError, RecipeError, RunError
+from .core.runtime import isolated_rng, resolve_device
+from .registry import ParamsError, Registry, _pretty, default_registry
+from .synthetic import save_synthetic
+from .training.loop import accuracy, train_network
 
 
 class CoresetRef(ComponentRef):
@@ -60,10 +61,6 @@ class FeatureSpace(Params):
     batch_size: int = Field(256, ge=1)
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def _validated(model: type[Params], value: Any, what: str) -> Any:
     if isinstance(value, model):
         return value
@@ -74,15 +71,6 @@ def _validated(model: type[Params], value: Any, what: str) -> Any:
             f"{what}.{'.'.join(map(str, e['loc']))}: {_pretty(e)}" for e in exc.errors()
         )
         raise RecipeError(problems) from None
-
-
-def dataset_metadata(data: RealData) -> dict[str, Any]:
-    """The data set identity as the engine records it in a set's provenance."""
-    info = data.info
-    return {**data.identity, "name": info.name, "num_classes": info.num_classes,
-            "class_names": list(info.class_names), "channels": info.channels,
-            "image_size": list(info.image_size), "mean": list(info.mean),
-            "std": list(info.std)}
 
 
 def _check_backbone(name: str, registry: Registry) -> None:
@@ -115,8 +103,6 @@ def compute_features(
     plugin is trained on the training set (seeded with ``seed``, on the data's device) and
     its embedding is returned; the description records its settings and test accuracy.
     """
-    from ..evaluators.train_from_scratch import accuracy, train_network
-
     registry = registry or default_registry()
     spec = _validated(FeatureSpace, space, "features")
     if spec.space == "pixels":
@@ -201,12 +187,10 @@ def make_baseline(
         raise RecipeError(f"ipc must be at least 1, got {ipc}")
     if out.exists() and not overwrite:
         raise RunError(f"{out} already exists; choose another output or pass --overwrite")
-    started = _now()
+    started = provenance.now()
     t0 = time.perf_counter()
     dev = resolve_device(device)
-    if data is None:
-        data = registry.build("datasets", ds_ref).load()
-    data = data.to(dev)
+    data = load_data(registry, ds_ref, dev) if data is None else data.to(dev)
     counts = data.class_counts()
     if int(counts.min()) < ipc:
         raise DataError(
@@ -223,14 +207,13 @@ def make_baseline(
     indices = selector.select(feats, data.train_labels, ipc, generator)
     images = data.train_images[indices]
     labels = data.train_labels[indices]
-    components = [{"key": "dataset", **registry.provenance("datasets", ds_ref.name)},
-                  {"key": "coreset", **registry.provenance("coresets", co_ref.name)}]
+    components = provenance.components(registry, [("dataset", ds_ref), ("coreset", co_ref)])
     if feature_info.get("backbone"):
         components.append({"key": "features.backbones",
                            **registry.provenance("backbones", feature_info["space"])})
     dataset_spec = {"name": ds_ref.name, **ds_ref.params}
     meta = {
-        "toolkit_version": __version__,
+        **provenance.environment(),
         "components": components,
         "recipe": {"name": f"{data.info.name}_ipc{ipc}_{co_ref.name}", "seed": seed,
                    "dataset": dataset_spec},
@@ -239,11 +222,9 @@ def make_baseline(
                     "indices": indices.cpu().tolist(), "index_split": "train"},
         "seed": seed,
         "device": str(dev),
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "dataset": dataset_metadata(data),
+        "dataset": provenance.dataset_entry(data),
         "started": started,
-        "finished": _now(),
+        "finished": provenance.now(),
         "run_seconds": time.perf_counter() - t0,
     }
     return save_synthetic(out, images, labels, None, meta)

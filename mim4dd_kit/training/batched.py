@@ -10,7 +10,7 @@ ensembling tutorial for the stacking pattern).
 
 Each network keeps its own random stream, so network ``i`` sees the initialisation, the
 per-epoch batch order and the augmentation draws it sees when trained on its own under
-:func:`~mim4dd_kit.runtime.isolated_rng` with its seed: the global torch generators (the
+:func:`~mim4dd_kit.core.runtime.isolated_rng` with its seed: the global torch generators (the
 CPU one and, on CUDA, the device's) are swapped to network ``i``'s saved state around
 each of its draws. That keeps any augmentation or backbone that draws from torch's global
 generators exact, without an explicit generator argument.
@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from .. import progress
-from ..runtime import isolated_rng
+from ..core import progress
+from ..core.runtime import isolated_rng
+from .loop import accuracy, train_network
 
 #: test images per forward pass, summed over the networks evaluated together
 TEST_BATCH = 1024
@@ -184,7 +185,7 @@ def train_stacked(
 ) -> None:
     """Train the stacked networks in place; network ``i`` draws from stream ``i``.
 
-    Per network this is :func:`~mim4dd_kit.evaluators.train_from_scratch.train_network`:
+    Per network this is :func:`~mim4dd_kit.training.loop.train_network`:
     SGD with momentum and weight decay, lr x0.1 after half the epochs (``lr_decay``), a
     fresh permutation of the set every epoch, ``augment`` on every batch.
     """
@@ -230,8 +231,6 @@ class TrainedNetworks:
 
     def accuracies(self, images: Tensor, labels: Tensor) -> list[float]:
         """Test accuracy in percent of every network, stacked where they were trained so."""
-        from .train_from_scratch import accuracy
-
         if self.stack is not None:
             try:
                 return self.stack.accuracies(images, labels)
@@ -264,8 +263,6 @@ def train_networks(
     networks are trained together or one by one. The caller's random stream is
     untouched.
     """
-    from .train_from_scratch import train_network
-
     hyper = dict(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
                  batch_size=batch_size, augment=augment, lr_decay=lr_decay)
     reason = None if batched else "batched training is off (batched: false)"

@@ -25,7 +25,6 @@ its finished experts and resumes with the missing ones.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 from collections.abc import Sequence
@@ -33,21 +32,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from . import __version__
-from .contracts import RunContext
-from .errors import DataError
-from .runtime import isolated_rng
-from .synthetic import atomic_write
+from ...api import RunContext
+from ...core import provenance
+from ...core.errors import DataError
+from ...core.files import atomic_write
+from ...core.runtime import isolated_rng
+from ...training.loop import sgd_epochs
 
 if TYPE_CHECKING:
-    from .losses.mtt import MTT
+    from .loss import MTT
 
 BUFFER_FORMAT = "mdk-expert-buffer/1"
 PROVENANCE = "buffer.json"
@@ -140,21 +139,17 @@ def train_expert(
                               weight_decay=params.expert_weight_decay)
         rows = [flat_parameters(net).cpu()]
         bufs = {name: [b.detach().cpu().clone()] for name, b in net.named_buffers()}
-        for _ in range(epochs):
-            order = torch.randperm(len(labels), device=labels.device)
-            for idx in order.split(params.expert_batch):
-                x = images[idx]
-                if ctx.augment is not None:
-                    x = ctx.augment(x)  # per sample, as the reference's DSA on real data
-                loss = F.cross_entropy(net(x), labels[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+
+        def record(_epoch: int) -> None:
             rows.append(flat_parameters(net).cpu())
             for name, b in net.named_buffers():
                 bufs[name].append(b.detach().cpu().clone())
             if on_epoch is not None:
                 on_epoch()
+
+        # DSA per sample on the real batches, as the reference's buffer.py
+        sgd_epochs(net, opt, images, labels, epochs=epochs, batch=params.expert_batch,
+                   augment=ctx.augment, on_epoch=record)
     tensors = {"params": torch.stack(rows).contiguous()}
     tensors.update({f"buffer.{k}": torch.stack(v).contiguous() for k, v in bufs.items()})
     return tensors
@@ -168,7 +163,7 @@ def _layout(net: nn.Module) -> dict[str, str]:
 
 def _write_provenance(folder: Path, inputs: dict[str, Any], params: MTT.Params) -> None:
     path = folder / PROVENANCE
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    now = provenance.now()
     created = now
     if path.exists():
         try:
@@ -178,8 +173,7 @@ def _write_provenance(folder: Path, inputs: dict[str, Any], params: MTT.Params) 
     present = sorted(int(p.stem.split("_")[1]) for p in folder.glob("expert_*.safetensors"))
     doc = {
         "format": BUFFER_FORMAT,
-        "toolkit_version": __version__,
-        "torch_version": torch.__version__,
+        **provenance.environment(),
         "created": created,
         "updated": now,
         "key": folder.name,
@@ -268,41 +262,3 @@ def expert_layout(folder: str | Path, index: int = 0) -> tuple[list[str], list[l
     with _open(Path(folder), index) as f:
         meta = f.metadata() or {}
     return json.loads(meta["param_names"]), json.loads(meta["param_shapes"])
-
-
-def buffer_for_recipe(
-    recipe: str | Path,
-    *,
-    overrides: Sequence[str] = (),
-    device: str | None = None,
-    progress: bool = False,
-    registry: Any = None,
-) -> dict[str, Any]:
-    """Build (or find) the expert buffer a recipe's trajectory-matching loss needs.
-
-    The library side of ``mdk buffer``: resolves the recipe exactly as a run would (data,
-    backbone, augmentation, seed), trains the missing experts and returns where they are.
-    """
-    from .engine import Run
-    from .errors import RecipeError
-    from .losses.mtt import MTT
-    from .recipe import load_recipe
-    from .registry import default_registry
-    from .runtime import resolve_device
-
-    registry = registry or default_registry()
-    r = load_recipe(recipe, list(overrides), registry)
-    cls = registry.load("dd_losses", r.dd_loss.name)
-    if not (isinstance(cls, type) and issubclass(cls, MTT)):
-        raise RecipeError(
-            f"{recipe}: dd_loss is {r.dd_loss.name!r}; `mdk buffer` trains the expert "
-            "trajectories of trajectory matching (dd_loss: mtt)"
-        )
-    params = registry.validate("dd_losses", r.dd_loss)
-    run = Run(r, Path("."), resolve_device(device or r.device), registry)
-    ctx = run.build_context()
-    folder = buffer_dir(ctx, params)
-    missing = [i for i in range(params.num_experts) if not expert_path(folder, i).exists()]
-    ensure_buffer(ctx, params, progress=progress)
-    return {"path": str(folder), "experts": params.num_experts, "trained": len(missing),
-            "epochs": train_epochs(params)}

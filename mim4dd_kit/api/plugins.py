@@ -1,0 +1,171 @@
+"""Base classes of the plugin kinds, with a default for every attribute the engine reads.
+
+A plugin subclasses the base of its kind and overrides what it needs; the engine then
+reads every attribute directly. A plugin written against the older duck-typed contract
+(``mim4dd_kit.contracts``) still works: the registry fills in the defaults of what it
+lacks (:func:`conform`) when it builds it, and :func:`trait` reads a class attribute with
+the kind's default. See docs/plugins.md.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from torch import Tensor, nn
+
+from .context import Shard
+
+if TYPE_CHECKING:
+    from .context import RunContext, SyntheticState
+    from .params import Params
+    from .results import EvalRequest, EvalResult, LossOutput
+
+
+@runtime_checkable
+class Augmentation(Protocol):
+    """A differentiable augmentation.
+
+    ``siamese(real, real_groups, syn, syn_groups)`` applies the *same* sampled
+    transformation to every real and synthetic sample that share a group id (DM and DC
+    use the class as the group). ``__call__(x)`` augments each sample independently
+    (evaluation training).
+    """
+
+    def siamese(
+        self, real: Tensor, real_groups: Tensor, syn: Tensor, syn_groups: Tensor
+    ) -> tuple[Tensor, Tensor]: ...
+
+    def __call__(self, x: Tensor) -> Tensor: ...
+
+
+class DDLoss:
+    """A dataset-distillation loss (``mdk.dd_losses``), built as ``cls(params, *, ctx)``.
+
+    ``compute`` returns L_DD for one outer iteration; with ``want_features`` it also
+    returns the per-block features of both sides for a regularizer. It may keep state
+    (a network trained between outer steps, expert buffers) in ``state_dict`` /
+    ``load_state_dict`` so runs resume exactly. ``syn`` given to ``compute`` is the set
+    decoded by ``ctx.formation``; the hooks get the stored set.
+    """
+
+    #: the engine creates a learnable lr (``syn.lr``) for this loss
+    learns_lr: ClassVar[bool] = False
+    #: where a learned lr starts unless the recipe sets ``synthetic.lr_init``
+    initial_lr: float = 0.01
+    #: the loss honours ``ctx.shard``: it keeps only its rank's real rows and returns a
+    #: partial loss whose sum over ranks is the full loss (docs/distributed.md);
+    #: multi-process runs refuse losses without it
+    shardable: ClassVar[bool] = False
+    #: image-optimiser steps per iteration, each a ``compute`` -> backward -> step
+    image_steps: int = 1
+
+    def __init__(self, params: Params, *, ctx: RunContext):
+        self.params = params
+        self.ctx = ctx
+
+    def compute(self, syn: SyntheticState, iteration: int, want_features: bool) -> LossOutput:
+        raise NotImplementedError(f"{type(self).__name__} does not implement compute")
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the loss needs to resume exactly (tensors, numbers, nested dicts)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+    def init_images(self, syn: SyntheticState) -> None:
+        """Called once under ``no_grad`` after the engine initialised the stored set."""
+        return None
+
+    def after_step(self, syn: SyntheticState) -> None:
+        """Called under ``no_grad`` after every image step with the stored set (e.g. a
+        projection)."""
+        return None
+
+
+class Regularizer(nn.Module):
+    """An MI regularizer (``mdk.regularizers``), built as
+    ``cls(params, *, num_classes, feature_dims, registry)`` (plus ``feature_shapes``, each
+    block's ``(C, H, W)``, when ``takes_feature_shapes``).
+
+    Called as ``reg(syn_feats, syn_labels, real_feats, real_labels)``, it returns the
+    already weighted scalar added to L_DD. Its own parameters (critic heads) are trained
+    jointly with the images by Adam at ``lr``.
+    """
+
+    #: accepts real features split over ranks: the engine then sets :attr:`shard` and
+    #: expects a partial loss (and ``last_logs``) whose sums over ranks are the full values
+    shardable: ClassVar[bool] = False
+    #: the constructor takes ``feature_shapes``
+    takes_feature_shapes: ClassVar[bool] = False
+    #: Adam learning rate of the regularizer's own parameters
+    lr: float = 1e-3
+    #: this process's part of the real features (set by the engine in sharded runs)
+    shard: Shard = Shard()
+    #: the 0-based outer iteration, set by the engine before every call
+    iteration: int = 0
+    #: scalars logged after every call (the engine copies them into the loss log)
+    last_logs: Any = types.MappingProxyType({})
+
+    @classmethod
+    def feature_tap(cls, params: Params) -> str:
+        """Where in each block the DD loss takes this regularizer's features
+        (``Backbone.features``'s ``tap``): the ``tap`` field of ``params`` where the
+        parameters model declares one, else ``"output"``."""
+        return params.tap if "tap" in type(params).model_fields else "output"
+
+    def diagnostics(self) -> dict[str, float]:
+        """Extra scalars logged at diagnostic iterations."""
+        return {}
+
+
+class Evaluator:
+    """Scores a synthetic set (``mdk.evaluators``), built as ``cls(params)``."""
+
+    def __init__(self, params: Params):
+        self.params = params
+
+    def evaluate(self, request: EvalRequest, registry: Any,
+                 progress: Callable[..., None] | None = None) -> EvalResult:
+        raise NotImplementedError(f"{type(self).__name__} does not implement evaluate")
+
+    def planned_epochs(self, request: EvalRequest) -> int | None:
+        """Network-epochs this process will train (a progress bar's total); None: unknown."""
+        return None
+
+
+#: the base class of each plugin kind that has engine-read attributes
+BASES: dict[str, type] = {"dd_losses": DDLoss, "regularizers": Regularizer,
+                          "evaluators": Evaluator}
+#: what :func:`conform` fills in on an object that does not subclass its kind's base
+_FILLED: dict[str, tuple[str, ...]] = {
+    "dd_losses": ("learns_lr", "initial_lr", "shardable", "image_steps", "init_images",
+                  "after_step"),
+    "regularizers": ("shardable", "takes_feature_shapes", "shard", "iteration", "last_logs",
+                     "diagnostics"),
+    "evaluators": ("planned_epochs",),
+}
+
+
+def conform(obj: Any, kind: str) -> Any:
+    """Give ``obj`` (a built plugin of ``kind``) the base class's default of every
+    attribute it lacks, so the engine can read them directly; returns ``obj``."""
+    base = BASES.get(kind)
+    if base is None or isinstance(obj, base):
+        return obj
+    for name in _FILLED[kind]:
+        if hasattr(obj, name):
+            continue
+        default = getattr(base, name)
+        if callable(default) and not isinstance(default, type):
+            default = types.MethodType(default, obj)
+        object.__setattr__(obj, name, default)
+    return obj
+
+
+def trait(cls: type, kind: str, name: str) -> Any:
+    """Class attribute ``name`` of plugin class ``cls``, else the kind's default."""
+    base = BASES[kind]
+    return getattr(cls, name) if hasattr(cls, name) else getattr(base, name)

@@ -23,7 +23,7 @@ def mtt_subset(dataset: str, per_class: int, folder: Path) -> dict[str, Any]:
     from safetensors.torch import save_file
 
     from mim4dd_kit.api import class_table
-    from mim4dd_kit.registry import default_registry
+    from mim4dd_kit.config.registry import default_registry
 
     data = default_registry().build("datasets", {"name": dataset}).load()
     rows = class_table(data.train_labels, data.info.num_classes)[:, :per_class].reshape(-1)

@@ -52,9 +52,9 @@ def dm_set(ipc: int, mim: bool, runs: Path) -> Path:
 
 
 def coreset_set(method: str, ipc: int, root: Path) -> Path:
-    from mim4dd_kit.baseline import make_baseline
-    from mim4dd_kit.evaluate import evaluate
-    from mim4dd_kit.synthetic import load_synthetic
+    from mim4dd_kit.io.synthetic import load_synthetic
+    from mim4dd_kit.run.baseline import make_baseline
+    from mim4dd_kit.run.evaluate import evaluate
 
     path = root / f"{method}_ipc{ipc}.safetensors"
     if not path.exists():
@@ -69,7 +69,7 @@ def coreset_set(method: str, ipc: int, root: Path) -> Path:
 
 
 def table1(out: Path, runs: Path, coresets: Path) -> None:
-    from mim4dd_kit.compare import compare, format_compare
+    from mim4dd_kit.analysis.compare import compare, format_compare
 
     paths = []
     for ipc in (1, 10):
@@ -89,7 +89,7 @@ def table1(out: Path, runs: Path, coresets: Path) -> None:
 
 def _evaluate(path: Path, ref: dict, key: str) -> dict:
     from mim4dd_kit.api import EvaluatorRef
-    from mim4dd_kit.evaluate import evaluate
+    from mim4dd_kit.run.evaluate import evaluate
 
     res = evaluate(path, evaluators=[EvaluatorRef.model_validate(ref)], device="cpu")
     return res["evaluations"][key]
@@ -137,8 +137,8 @@ def mi(out: Path, runs: Path) -> None:
 
 
 def pictures(out: Path, runs: Path) -> None:
+    from mim4dd_kit.analysis.report import export_grid
     from mim4dd_kit.core import plots
-    from mim4dd_kit.report import export_grid
 
     for mim in (False, True):
         tag = "dm_mim" if mim else "dm"

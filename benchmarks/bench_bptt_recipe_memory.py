@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from mim4dd_kit.engine import Run
-from mim4dd_kit.recipe import load_recipe
-from mim4dd_kit.registry import default_registry
+from mim4dd_kit.config.recipe import load_recipe
+from mim4dd_kit.config.registry import default_registry
+from mim4dd_kit.run.engine import Run
 from mim4dd_kit.training import unroll
 
 

@@ -46,9 +46,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from mim4dd_kit.api import AugmentationRef, BackboneRef, EvalRequest
+    from mim4dd_kit.config.registry import default_registry
     from mim4dd_kit.core.runtime import resolve_device
     from mim4dd_kit.evaluators.train_from_scratch import TrainFromScratch
-    from mim4dd_kit.registry import default_registry
 
     if args.threads:
         torch.set_num_threads(args.threads)

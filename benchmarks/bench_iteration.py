@@ -160,10 +160,10 @@ def _recipe(case: str, args) -> dict:
 def run_case(case: str, args) -> dict:
     import torch
 
+    from mim4dd_kit.config.recipe import validate_recipe
+    from mim4dd_kit.config.registry import default_registry
     from mim4dd_kit.core.runtime import resolve_device
-    from mim4dd_kit.engine import Run
-    from mim4dd_kit.recipe import validate_recipe
-    from mim4dd_kit.registry import default_registry
+    from mim4dd_kit.run.engine import Run
     from mim4dd_kit.training.loop import accuracy, train_network
 
     torch.set_num_threads(args.threads) if args.threads else None

@@ -66,9 +66,9 @@ def main() -> None:
         return
     from torch.profiler import ProfilerActivity, profile
 
-    from mim4dd_kit.engine import Run
-    from mim4dd_kit.recipe import validate_recipe
-    from mim4dd_kit.registry import default_registry
+    from mim4dd_kit.config.recipe import validate_recipe
+    from mim4dd_kit.config.registry import default_registry
+    from mim4dd_kit.run.engine import Run
 
     recipe = validate_recipe({
         "name": "profile", "device": "cpu", "dataset": {"name": "fashion_mnist"},

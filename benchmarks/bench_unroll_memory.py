@@ -109,11 +109,11 @@ def run_point(args) -> dict:
     """One point, in this process: set up, warm up, measure one iteration, time more."""
     import torch
 
+    from mim4dd_kit.config.recipe import validate_recipe
+    from mim4dd_kit.config.registry import default_registry
     from mim4dd_kit.core.errors import RunError
     from mim4dd_kit.core.runtime import resolve_device
-    from mim4dd_kit.engine import Run
-    from mim4dd_kit.recipe import validate_recipe
-    from mim4dd_kit.registry import default_registry
+    from mim4dd_kit.run.engine import Run
 
     if args.threads:
         torch.set_num_threads(args.threads)

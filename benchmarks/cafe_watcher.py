@@ -24,9 +24,9 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> None:
     import torch
 
-    from mim4dd_kit.engine import Run
-    from mim4dd_kit.recipe import load_recipe
-    from mim4dd_kit.registry import default_registry
+    from mim4dd_kit.config.recipe import load_recipe
+    from mim4dd_kit.config.registry import default_registry
+    from mim4dd_kit.run.engine import Run
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipe", type=Path)

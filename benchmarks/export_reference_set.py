@@ -5,7 +5,7 @@ VICO-UoE/DatasetCondensation (``main.py``, ``main_DM.py``) saves
 'accs_all_exps': ...}``, one ``[images, labels]`` pair per experiment (``--num_exp``), the
 images in the data set's normalised space (the same mean/std as the toolkit's
 ``fashion_mnist``). Each pair becomes one ``.safetensors`` set written with the toolkit's
-public :func:`mim4dd_kit.synthetic.save_synthetic`. The provenance says where the set came
+public :func:`mim4dd_kit.io.synthetic.save_synthetic`. The provenance says where the set came
 from (``source``: repository, commit, script, command, patches, experiment index); it
 carries no ``recipe``, because no toolkit recipe made it, so ``mdk evaluate`` needs
 ``--dataset fashion_mnist``.
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from mim4dd_kit.synthetic import load_synthetic, save_synthetic
+from mim4dd_kit.io.synthetic import load_synthetic, save_synthetic
 
 REPOSITORY = "https://github.com/VICO-UoE/DatasetCondensation"
 
@@ -40,7 +40,7 @@ def _sha256(path: Path) -> str:
 def dataset_identity(name: str, root: Path | None) -> dict:
     """The toolkit's description of the data set the reference read (hash when found)."""
     from mim4dd_kit.api import DatasetRef
-    from mim4dd_kit.registry import default_registry
+    from mim4dd_kit.config.registry import default_registry
 
     spec = {"name": name, **({"root": str(root)} if root else {})}
     data = default_registry().build("datasets", DatasetRef.model_validate(spec)).load()

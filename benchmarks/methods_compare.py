@@ -53,8 +53,8 @@ def overrides(method: str, budget: str) -> list[str]:
 
 
 def run_one(recipe: Path, sets: list[str], out: Path) -> dict:
-    from mim4dd_kit.engine import run
-    from mim4dd_kit.synthetic import load_synthetic
+    from mim4dd_kit.io.synthetic import load_synthetic
+    from mim4dd_kit.run.engine import run
 
     final = out / "synthetic.safetensors"
     if final.exists() and not (out / "checkpoint.safetensors").exists():

@@ -69,7 +69,7 @@ def run_one(method: str, variant: str, dataset: dict, out: Path) -> float:
     """Run one cell (or reuse it). A run that fails (a non-finite loss) keeps the
     iterations it logged in ``losses.jsonl`` and the error in ``failed.txt``."""
     from mim4dd_kit.core.errors import RunError
-    from mim4dd_kit.engine import run
+    from mim4dd_kit.run.engine import run
 
     final = out / "synthetic.safetensors"
     if (final.exists() and not (out / "checkpoint.pt").exists()) or (out / "failed.txt").exists():

@@ -79,7 +79,7 @@ SEEDS = [0, 1, 2]
 
 # -- recipes ------------------------------------------------------------------------------
 def mim4dd_fields() -> set[str]:
-    from mim4dd_kit.registry import default_registry
+    from mim4dd_kit.config.registry import default_registry
 
     cls = default_registry().load("regularizers", "mim4dd")
     fields = set()
@@ -121,7 +121,7 @@ def candidates() -> dict[str, dict[str, Any]]:
 
 def recipe_dict(dataset: str, ipc: int, method: str, variant: str, seed: int,
                 iterations: int) -> dict[str, Any]:
-    from mim4dd_kit.recipe import apply_overrides, parse_yaml
+    from mim4dd_kit.config.recipe import apply_overrides, parse_yaml
 
     path = ROOT / "recipes" / f"fashion_mnist_ipc{ipc}_{method}.yaml"
     data = parse_yaml(path.read_text(encoding="utf-8"), str(path))
@@ -195,11 +195,11 @@ def run_curve(dataset: str, ipc: int, method: str) -> int:
     import torch
 
     from mim4dd_kit.api import EvaluatorRef
+    from mim4dd_kit.config.recipe import validate_recipe
+    from mim4dd_kit.config.registry import default_registry
     from mim4dd_kit.core.runtime import rng_state, set_rng_state
-    from mim4dd_kit.engine import Run
-    from mim4dd_kit.evaluate import run_evaluators
-    from mim4dd_kit.recipe import validate_recipe
-    from mim4dd_kit.registry import default_registry
+    from mim4dd_kit.run.engine import Run
+    from mim4dd_kit.run.evaluate import run_evaluators
 
     folder = curve_folder(dataset, ipc, method)
     state_file = folder / "curve.json"
@@ -265,7 +265,7 @@ def regularizer_params(ref: dict[str, Any] | None) -> dict[str, Any] | None:
     preset expanded), so that a row says what ran even if a preset changes later."""
     if ref is None:
         return None
-    from mim4dd_kit.registry import default_registry
+    from mim4dd_kit.config.registry import default_registry
 
     params = default_registry().validate("regularizers", ref)
     return json.loads(params.model_dump_json(by_alias=True))
@@ -292,9 +292,9 @@ CODE = {"version": None}
 def run_cell(dataset: str, ipc: int, method: str, variant: str, seed: int,
              iterations: int) -> dict[str, Any]:
     """Distill (or reuse) one run; returns its cell.json record."""
+    from mim4dd_kit.config.recipe import validate_recipe
     from mim4dd_kit.core.errors import CheckpointError
-    from mim4dd_kit.engine import run
-    from mim4dd_kit.recipe import validate_recipe
+    from mim4dd_kit.run.engine import run
 
     folder = run_folder(dataset, ipc, method, variant, seed)
     record_file = folder / "cell.json"
@@ -346,7 +346,7 @@ def run_cell(dataset: str, ipc: int, method: str, variant: str, seed: int,
 def score_test(dataset: str, ipc: int, method: str, variant: str, seed: int) -> dict | None:
     """Score a finished run on the test split once (test.json in its folder)."""
     from mim4dd_kit.api import EvaluatorRef
-    from mim4dd_kit.evaluate import evaluate
+    from mim4dd_kit.run.evaluate import evaluate
 
     folder = run_folder(dataset, ipc, method, variant, seed)
     out = folder / "test.json"
@@ -463,9 +463,9 @@ def trace(dataset: str, ipc: int, method: str, variant: str, seed: int,
 
     import torch
 
-    from mim4dd_kit.engine import Run
-    from mim4dd_kit.recipe import validate_recipe
-    from mim4dd_kit.registry import default_registry
+    from mim4dd_kit.config.recipe import validate_recipe
+    from mim4dd_kit.config.registry import default_registry
+    from mim4dd_kit.run.engine import Run
 
     def digest(t: torch.Tensor) -> str:
         return hashlib.sha256(t.detach().contiguous().numpy().tobytes()).hexdigest()[:16]

@@ -24,7 +24,7 @@ import statistics
 from datetime import datetime
 from pathlib import Path
 
-from mim4dd_kit.synthetic import load_synthetic
+from mim4dd_kit.io.synthetic import load_synthetic
 
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\] (training begins|iter = (\d+))")
 

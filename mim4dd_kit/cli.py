@@ -119,7 +119,7 @@ def _guard(fn):
         except Exception as exc:
             if _state["debug"]:
                 raise
-            from .registry import plugin_of_error
+            from .config.registry import plugin_of_error
 
             try:
                 plugin = plugin_of_error(exc)
@@ -208,12 +208,12 @@ def run(
     """Distill a data set as RECIPE says and write the synthetic set."""
     import os
 
-    from .engine import run as run_recipe
+    from .run.engine import run as run_recipe
 
     kwargs = dict(device=device, out=out_dir, resume=resume, overwrite=overwrite,
                   evaluate=not no_eval, progress=_bar(as_json))
     if nproc > 1:
-        from .engine import launch_run
+        from .run.engine import launch_run
 
         result = launch_run(nproc, recipe, set_ or [], **kwargs)
     else:
@@ -243,7 +243,7 @@ def validate(
     set_: SetOpt = None,
 ) -> None:
     """Check RECIPE and every component's parameters without loading data."""
-    from .recipe import load_recipe
+    from .config.recipe import load_recipe
 
     r = load_recipe(recipe, set_ or [])
     parts = ", ".join(f"{k}={ref.name}" for k, ref in r.components())
@@ -259,8 +259,8 @@ def schema(
         "of this recipe, for editors (repeatable; needs --out).")] = None,
 ) -> None:
     """Print the recipe JSON Schema (for editor completion)."""
+    from .config.schema import link_recipe, recipe_json_schema
     from .core.files import atomic_write
-    from .schema import link_recipe, recipe_json_schema
 
     if link and output is None:
         raise RecipeError("--link needs --out: the recipe's first line points at that file")
@@ -286,7 +286,7 @@ def list_plugins_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List every installed component; broken plugins are shown with their error."""
-    from .registry import default_registry
+    from .config.registry import default_registry
 
     infos = default_registry().describe(kind)
     if as_json:
@@ -313,7 +313,7 @@ def _print_evaluations(evaluations: Any) -> None:
     with the training budget behind it."""
     if not evaluations or not isinstance(evaluations, dict):
         return  # a file's metadata may hold anything: show what has the expected shape
-    from .compare import budget_of, headlines
+    from .analysis.compare import budget_of, headlines
 
     table = Table(title="evaluation")
     for col in ("evaluator", "result", "per model", "budget"):
@@ -372,13 +372,13 @@ def evaluate(
 ) -> None:
     """Score a synthetic set by the evaluation protocol."""
     from .api import DatasetRef, EvaluatorRef
-    from .evaluate import evaluate as evaluate_set
-    from .registry import default_registry
-    from .synthetic import load_synthetic
+    from .config.registry import default_registry
+    from .io.synthetic import load_synthetic
+    from .run.evaluate import evaluate as evaluate_set
 
     registry = default_registry()
     refs = None
-    from .recipe import parse_yaml
+    from .config.recipe import parse_yaml
 
     component = parse_yaml(backbone, "--backbone") if backbone is not None else None
     overrides = {k: v for k, v in {"models": models, "epochs": epochs, "backbone": component,
@@ -435,7 +435,7 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print a synthetic set's provenance."""
-    from .synthetic import load_synthetic
+    from .io.synthetic import load_synthetic
 
     s = load_synthetic(file)
     counts = s.labels.unique(return_counts=True)[1].tolist()  # not bincount: labels may be huge
@@ -481,7 +481,7 @@ def sweep(
     set_: SetOpt = None,
 ) -> None:
     """Run every variant of a sweep file and tabulate their evaluations."""
-    from .sweep import format_table, load_sweep, run_sweep
+    from .analysis.sweep import format_table, load_sweep, run_sweep
 
     spec = load_sweep(file, overrides=set_ or [])
     quiet = not _bar(as_json)
@@ -506,7 +506,7 @@ def buffer(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Train (or find) the expert trajectories RECIPE's trajectory matching needs."""
-    from .buffer import buffer_for_recipe
+    from .run.buffer import buffer_for_recipe
 
     info = buffer_for_recipe(recipe, overrides=set_ or [], device=device,
                              progress=_bar(as_json))
@@ -521,8 +521,8 @@ def buffer(
 
 def _with_evaluator_sets(specs: list[dict], sets: list[str]) -> list[dict]:
     """``specs`` with ``--set NAME.KEY=VALUE`` applied to every evaluator called NAME."""
+    from .config.recipe import apply_overrides
     from .core.errors import RecipeError
-    from .recipe import apply_overrides
 
     specs = [dict(s) for s in specs]
     names = [str(s.get("name")) for s in specs]
@@ -567,8 +567,8 @@ BASELINE_SET_GROUPS = ("method", "features", "dataset")
 
 def _baseline_specs(dataset: str, method: str, features: str | None, data_root: Path | None,
                     sets: list[str]) -> tuple[dict, dict, dict]:
+    from .config.recipe import apply_overrides
     from .core.errors import RecipeError
-    from .recipe import apply_overrides
 
     data: dict[str, Any] = {"method": {"name": method}, "features": {},
                             "dataset": {"name": dataset}}
@@ -613,10 +613,10 @@ def baseline(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Select a coreset baseline (real images per class) and write it as a synthetic set."""
-    from .baseline import make_baseline
-    from .evaluate import evaluate as evaluate_set
-    from .registry import default_registry
-    from .synthetic import load_synthetic
+    from .config.registry import default_registry
+    from .io.synthetic import load_synthetic
+    from .run.baseline import make_baseline
+    from .run.evaluate import evaluate as evaluate_set
 
     registry = default_registry()
     ds, meth, feats = _baseline_specs(dataset, method, features, data_root, set_ or [])
@@ -660,7 +660,7 @@ def export(
         help="Per-channel std, comma-separated (sets made outside mdk).")] = None,
 ) -> None:
     """Draw a synthetic set as a PNG grid: one row per class, de-normalised."""
-    from .report import export_grid, parse_floats
+    from .analysis.report import export_grid, parse_floats
 
     path = export_grid(file, png, ncols=ncols, mean=parse_floats(mean, "mean"),
                        std=parse_floats(std, "std"))
@@ -687,11 +687,11 @@ def compare(
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
 ) -> None:
     """Tabulate synthetic sets side by side: method, data set, IPC, evaluations."""
+    from .analysis.compare import compare as compare_sets
+    from .analysis.compare import format_compare
     from .api import DatasetRef
-    from .compare import compare as compare_sets
-    from .compare import format_compare
+    from .config.registry import default_registry
     from .core.files import atomic_write
-    from .registry import default_registry
 
     registry = default_registry()
     refs = _evaluator_refs(registry, evaluator, models, epochs) if evaluate_missing else None
@@ -729,7 +729,7 @@ def report(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Write one page on a run: recipe, provenance, losses, images, evaluations."""
-    from .report import build_report
+    from .analysis.report import build_report
 
     result = build_report(run_dir, out_file, markdown=markdown, ncols=ncols)
     for w in result.warnings:

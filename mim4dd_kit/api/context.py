@@ -102,7 +102,7 @@ class RunContext:
     #: :meth:`nograd_features` / :meth:`nograd_class_sums`, which apply it
     chunk_bytes: int = 8 * 2**20
     #: multi-formation factor of the stored set (``synthetic.formation``); ``compute``
-    #: receives the decoded set (mim4dd_kit/formation.py)
+    #: receives the decoded set (mim4dd_kit/io/formation.py)
     formation: int = 1
     #: where the regularizer's features are taken in each block (``Backbone.features``'s
     #: ``tap``; set by the engine from the regularizer's ``tap`` parameter)

@@ -15,7 +15,7 @@ an error before the run starts) and is then called, on rank 0 only:
 - ``log_evaluations(step, evaluations)``: once, the evaluators' results;
 - ``finish(status)``: ``"finished"``, ``"failed"`` or ``"interrupted"``.
 
-The toolkit drives them from ``mim4dd_kit/tracking.py``. The built-ins
+The toolkit drives them from ``mim4dd_kit/run/tracking.py``. The built-ins
 (mim4dd_kit/loggers/) need optional packages; a missing one is a
 :class:`~mim4dd_kit.core.errors.PluginError` naming the extra to install. See
 docs/following-runs.md.

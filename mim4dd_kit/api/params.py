@@ -95,6 +95,6 @@ class EvaluatorRef(ComponentRef):
 
 
 class LoggerRef(ComponentRef):
-    """An experiment tracker (mim4dd_kit/tracking.py)."""
+    """An experiment tracker (mim4dd_kit/run/tracking.py)."""
 
     kind: ClassVar[str] = "loggers"

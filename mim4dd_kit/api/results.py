@@ -19,7 +19,7 @@ class LossOutput:
 
     ``loss`` is the scalar L_DD. When the engine asked for features, ``syn_feats`` and
     ``real_feats`` hold one tensor per backbone block (``(M, ...)`` and ``(N, ...)``),
-    computed by the networks the loss's method prescribes (SPEC section 2); synthetic
+    computed by the networks the loss's method prescribes (docs/plugins.md); synthetic
     features carry gradient to the images, real ones need not.
     """
 

@@ -50,10 +50,6 @@ def data_roots(root: Path | None, *subdirs: str, download: bool = False) -> list
     return out
 
 
-def default_root(root: Path | None) -> Path:
-    return data_roots(root)[0]
-
-
 def content_sha256(*arrays: np.ndarray) -> str:
     h = hashlib.sha256()
     for a in arrays:

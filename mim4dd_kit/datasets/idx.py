@@ -38,16 +38,3 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(
         dtype.newbyteorder("="), copy=False
     )
-
-
-def write_idx(path: str | Path, array: np.ndarray) -> None:
-    """Write a uint8 array as IDX (gzip when the name ends in .gz); used by tests."""
-    a = np.ascontiguousarray(array, dtype=np.uint8)
-    data = bytes([0, 0, 0x08, a.ndim]) + b"".join(
-        int(d).to_bytes(4, "big") for d in a.shape) + a.tobytes()
-    path = Path(path)
-    if path.suffix == ".gz":
-        with gzip.open(path, "wb") as f:
-            f.write(data)
-    else:
-        path.write_bytes(data)

@@ -66,7 +66,7 @@ class CKA(Evaluator):
         self.params = params
 
     def planned_epochs(self, request: EvalRequest) -> int:
-        """Epochs of the set-trained and the real-trained network (mim4dd_kit/progress.py)."""
+        """Epochs of the set-trained and the real-trained network (mim4dd_kit/run/progress.py)."""
         return self.params.epochs + self.params.real_epochs
 
     def evaluate(self, request: EvalRequest, registry, progress=None) -> EvalResult:

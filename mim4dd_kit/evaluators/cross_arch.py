@@ -1,7 +1,7 @@
 """Cross-architecture generalisation: the evaluation protocol on several backbones.
 
-Source: the cross-architecture evaluations of the DC/DSA/DM/MTT papers (SPEC section 4;
-the default list is DC's table): a set distilled with one network (usually ConvNet) trains
+Source: the cross-architecture evaluations of the DC/DSA/DM/MTT papers (the default list
+is DC's table): a set distilled with one network (usually ConvNet) trains
 other architectures, each by the ``train_from_scratch`` protocol, tested on real data.
 Backbones that are not installed, or that cannot take the data set's image size, are
 listed in ``skipped`` with the reason instead of failing the evaluation. See
@@ -66,7 +66,7 @@ class CrossArch(Evaluator):
 
     def planned_epochs(self, request: EvalRequest) -> int:
         """Network-epochs this process trains, every listed backbone counted
-        (mim4dd_kit/progress.py)."""
+        (mim4dd_kit/run/progress.py)."""
         p = self.params
         return len(p.backbones) * len(distributed.local_indices(p.models)) * p.epochs
 

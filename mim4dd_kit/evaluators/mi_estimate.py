@@ -1,6 +1,6 @@
 """The MIM4DD mutual-information lower bound between real and synthetic features.
 
-Source: MIM4DD paper Eq. 2.14-2.16 (SPEC section 2): for layer k,
+Source: MIM4DD paper Eq. 2.14-2.16: for layer k,
 
     I(a_syn^k, a_real^k) >= log(C - 1) + E_P[log h],   h = sigmoid(<g(a_syn), g(a_real)> / tau)
 
@@ -68,7 +68,7 @@ class MIEstimate(Evaluator):
         self.params = params
 
     def planned_epochs(self, request: EvalRequest) -> int:
-        """Epochs of the one trained network (mim4dd_kit/progress.py); 0 untrained."""
+        """Epochs of the one trained network (mim4dd_kit/run/progress.py); 0 untrained."""
         return self.params.epochs if self.params.network == "trained" else 0
 
     def evaluate(self, request: EvalRequest, registry, progress=None) -> EvalResult:

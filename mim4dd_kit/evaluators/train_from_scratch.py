@@ -102,7 +102,7 @@ class TrainFromScratch(Evaluator):
         self.params = params
 
     def planned_epochs(self, request: EvalRequest) -> int:
-        """Network-epochs this process trains (mim4dd_kit/progress.py)."""
+        """Network-epochs this process trains (mim4dd_kit/run/progress.py)."""
         return len(distributed.local_indices(self.params.models)) * self.params.epochs
 
     def evaluate(self, request: EvalRequest, registry, progress=None) -> EvalResult:

@@ -1,1 +1,1 @@
-"""Built-in experiment trackers (plugin kind ``loggers``; mim4dd_kit/tracking.py)."""
+"""Built-in experiment trackers (plugin kind ``loggers``; mim4dd_kit/run/tracking.py)."""

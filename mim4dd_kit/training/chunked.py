@@ -1,17 +1,18 @@
 """Gradient-free forward passes over large real batches, in cache-sized chunks.
 
 Most methods push a few thousand real images through a network only to read their
-features (DM's class means, the MIM4DD regularizer's real side, CAFE's real features,
-test-set accuracy). On a CPU that pass is bound by memory traffic, not arithmetic: the
-first block's activations for 2,560 Fashion-MNIST images at width 128 are 1.3 GB, and the
-normalisation, activation and pooling each stream them through main memory once. Cut
+features or logits (DM's real class means and the real features it hands a regularizer,
+the accuracy CAFE's network watcher reads, test-set accuracy). On a CPU that pass is bound
+by memory traffic, not arithmetic: the first block's activations for 2,560 Fashion-MNIST
+images at width 128 are 1.3 GB, and the normalisation, activation and pooling each stream
+them through main memory once. Cut
 into chunks whose activations fit in the last-level cache, the same pass runs ~3x faster
 on a 2-core CPU (docs/performance.md). On CUDA the whole batch goes at once.
 
 On a CPU the chunks also go through a channels-last (NHWC) copy of the network: oneDNN's
 NHWC kernels run the 1-channel first convolution ~20x and 2x2 average pooling ~12x
 faster than NCHW, with forward values equal up to float rounding. (Passes with gradients
-stay NCHW, where the GroupNorm backward is accurate; see ``mim4dd_kit/performance.py``.)
+stay NCHW, where the GroupNorm backward is accurate; see ``mim4dd_kit/config/performance.py``.)
 
 Chunking is exact only for networks that treat samples independently. A BatchNorm layer
 in training mode normalises with statistics of the whole batch, so such networks are

@@ -9,9 +9,9 @@ import torch
 from pydantic import ValidationError
 
 from mim4dd_kit.api import Augmentation, DataInfo
-from mim4dd_kit.augment import dsa as D
-from mim4dd_kit.augment.dsa import DSA
-from mim4dd_kit.augment.identity import NoAugment
+from mim4dd_kit.augmentations import dsa as D
+from mim4dd_kit.augmentations.dsa import DSA
+from mim4dd_kit.augmentations.identity import NoAugment
 
 
 def info(num_classes: int = 10, flip_ok: bool = True, size: int = 8) -> DataInfo:
@@ -312,7 +312,7 @@ def test_defaults_are_the_reference_constants():
 
 
 def test_registry_builds_both_augmentations():
-    from mim4dd_kit.registry import ParamsError, Registry
+    from mim4dd_kit.config.registry import ParamsError, Registry
 
     reg = Registry()
     aug = reg.build("augmentations", {"name": "dsa"}, data_info=info(flip_ok=False))

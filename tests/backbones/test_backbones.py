@@ -6,8 +6,8 @@ from torch import nn
 
 from mim4dd_kit.backbones.convnet import ConvNet
 from mim4dd_kit.backbones.mlp import MLP
+from mim4dd_kit.config.registry import default_registry
 from mim4dd_kit.core.errors import PluginError
-from mim4dd_kit.registry import default_registry
 
 
 def _convnet(channels: int = 1, size: int | tuple[int, int] = 28, classes: int = 10,

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from mim4dd_kit.backbones.lenet import LeNet
+from mim4dd_kit.config.registry import default_registry
 from mim4dd_kit.core.errors import PluginError
-from mim4dd_kit.registry import default_registry
 
 
 def _lenet(channels: int, size: int, classes: int = 10, **params) -> LeNet:

@@ -8,8 +8,8 @@ from mim4dd_kit.backbones.alexnet import AlexNet
 from mim4dd_kit.backbones.convnet import ConvNet, ConvNetD4
 from mim4dd_kit.backbones.resnet import ResNet18
 from mim4dd_kit.backbones.vgg import VGG11
+from mim4dd_kit.config.registry import default_registry
 from mim4dd_kit.core.errors import PluginError
-from mim4dd_kit.registry import default_registry
 
 
 def _build(name: str, channels: int, size: int, classes: int = 10, **params):

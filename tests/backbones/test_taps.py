@@ -7,7 +7,7 @@ from mdk_plugin_example.convnet_gap import ConvNetGAP
 from torch import Tensor, nn
 
 from mim4dd_kit.api import TAPS, Backbone, tapped_features
-from mim4dd_kit.registry import default_registry
+from mim4dd_kit.config.registry import default_registry
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d)
 _ACTS = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh)

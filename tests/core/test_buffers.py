@@ -7,10 +7,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from mim4dd_kit.config.registry import default_registry
 from mim4dd_kit.core.runtime import isolated_rng
-from mim4dd_kit.engine import Run
-from mim4dd_kit.losses.mtt import MTT, buffers
-from mim4dd_kit.losses.mtt.buffers import (
+from mim4dd_kit.dd_losses.mtt import MTT, buffers
+from mim4dd_kit.dd_losses.mtt.buffers import (
     buffer_dir,
     buffer_key,
     ensure_buffer,
@@ -21,7 +21,7 @@ from mim4dd_kit.losses.mtt.buffers import (
     load_expert,
     load_expert_buffers,
 )
-from mim4dd_kit.registry import default_registry
+from mim4dd_kit.run.engine import Run
 
 # 2 experts x 2 epochs on digits without augmentation: well under a second each
 PARAMS = MTT.Params(num_experts=2, max_start_epoch=1, expert_epochs=1, expert_batch=512)

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import TINY
+from helpers import TINY
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -162,7 +162,7 @@ def test_buffer_builds_once_and_refuses_other_losses(tmp_path, monkeypatch):
 
 def test_every_evaluators_headline_shows_in_the_table(tmp_path, monkeypatch):
     from mim4dd_kit import cli
-    from mim4dd_kit.synthetic import save_synthetic
+    from mim4dd_kit.io.synthetic import save_synthetic
 
     monkeypatch.setattr(cli.out, "width", 200)  # no wrapped cells
 
@@ -195,7 +195,7 @@ def test_schema_out_confirms_and_list_plugins_keeps_brackets(tmp_path, monkeypat
     res = runner.invoke(app, ["schema", "--out", str(out)])
     assert res.exit_code == 0 and json.loads(out.read_text())
     assert "JSON Schema written to" in res.stdout and str(out) in res.stdout
-    from mim4dd_kit.registry import PluginInfo, Registry
+    from mim4dd_kit.config.registry import PluginInfo, Registry
 
     infos = [PluginInfo("critics", "linear", "pkg", "1", "m:o", "one [fc-ReLU] head")]
     monkeypatch.setattr(Registry, "describe", lambda self, kind=None: infos)
@@ -214,7 +214,7 @@ def test_evaluate_set_reaches_one_evaluator_and_refuses_others(tmp_path):
                       "real_epochs": 1},
                      {"name": "mi_estimate", "epochs": 3, "critic_steps": 5}]
     path = tmp_path / "s.safetensors"
-    from mim4dd_kit.synthetic import save_synthetic
+    from mim4dd_kit.io.synthetic import save_synthetic
 
     save_synthetic(path, torch.randn(2, 1, 8, 8), torch.tensor([0, 1]),
                    metadata={"recipe": {"dataset": {"name": "digits"}}})

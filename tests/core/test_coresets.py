@@ -7,12 +7,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mim4dd_kit.baseline import make_baseline
 from mim4dd_kit.cli import app
+from mim4dd_kit.config.registry import default_registry
 from mim4dd_kit.core.errors import DataError, RecipeError, RunError
 from mim4dd_kit.coresets import Herding, KCenter, RandomSubset, _common
-from mim4dd_kit.registry import default_registry
-from mim4dd_kit.synthetic import load_synthetic
+from mim4dd_kit.io.synthetic import load_synthetic
+from mim4dd_kit.run.baseline import make_baseline
 
 runner = CliRunner()
 METHODS = [RandomSubset(), Herding(), KCenter(), KCenter(KCenter.Params(first="random"))]

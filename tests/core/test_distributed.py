@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import MIM, TINY, merged
+from helpers import MIM, TINY, merged
 
 from mim4dd_kit.api import Shard
+from mim4dd_kit.config.recipe import validate_recipe
+from mim4dd_kit.config.registry import default_registry
 from mim4dd_kit.core import distributed
 from mim4dd_kit.core.errors import RecipeError, RunError
-from mim4dd_kit.engine import Run, launch_run, run
-from mim4dd_kit.evaluate import evaluate
-from mim4dd_kit.recipe import validate_recipe
-from mim4dd_kit.registry import default_registry
-from mim4dd_kit.runlog import TIME_KEYS
-from mim4dd_kit.synthetic import load_synthetic
+from mim4dd_kit.io.synthetic import load_synthetic
+from mim4dd_kit.run.engine import Run, launch_run, run
+from mim4dd_kit.run.evaluate import evaluate
+from mim4dd_kit.run.runlog import TIME_KEYS
 from mim4dd_kit.training.mi import mi_lower_bound, nce_loss
 from mim4dd_kit.training.stats import class_means, class_sums, means_over_ranks
 

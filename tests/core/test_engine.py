@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from conftest import assert_lambda_zero_is_exact, distilled, set_up_run
+from helpers import assert_lambda_zero_is_exact, distilled, set_up_run
 
 from mim4dd_kit.core.errors import RunError
-from mim4dd_kit.engine import run
-from mim4dd_kit.synthetic import load_synthetic
+from mim4dd_kit.io.synthetic import load_synthetic
+from mim4dd_kit.run.engine import run
 
 MIM = {"name": "mim4dd", "lambda": 0.8, "critic": {"name": "linear", "out_dim": 16}}
 

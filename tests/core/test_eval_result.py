@@ -2,10 +2,10 @@
 
 import pytest
 
+from mim4dd_kit.analysis.compare import headlines
+from mim4dd_kit.analysis.report import _evaluation_blocks, _Pictures
+from mim4dd_kit.analysis.sweep import Variant, _row, format_table
 from mim4dd_kit.api import EvalResult
-from mim4dd_kit.compare import headlines
-from mim4dd_kit.report import _evaluation_blocks, _Pictures
-from mim4dd_kit.sweep import Variant, _row, format_table
 
 #: what a third-party evaluator might store: its own headline number, no accuracy
 CUSTOM = {"headline": ["score"], "score": 0.125, "rounds": 3}

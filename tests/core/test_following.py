@@ -6,13 +6,13 @@ import logging
 import pytest
 import torch
 import yaml
-from conftest import TINY
+from helpers import TINY
 from typer.testing import CliRunner
 
 from mim4dd_kit.cli import app
 from mim4dd_kit.cli_logging import hoist_global_options, level_of
-from mim4dd_kit.engine import run
-from mim4dd_kit.runlog import ProgressLines, format_seconds
+from mim4dd_kit.run.engine import run
+from mim4dd_kit.run.runlog import ProgressLines, format_seconds
 
 runner = CliRunner()
 
@@ -123,7 +123,7 @@ def test_mdk_run_without_a_terminal_logs_plain_lines(tmp_path):
 @pytest.fixture(scope="module")
 def digits_set():
     from mim4dd_kit.api import DatasetRef
-    from mim4dd_kit.registry import default_registry
+    from mim4dd_kit.config.registry import default_registry
 
     data = default_registry().build("datasets", DatasetRef(name="digits")).load()
     images, labels = data.sample_per_class(2)
@@ -132,7 +132,7 @@ def digits_set():
 
 def _evaluate(digits_set, evaluators, **kwargs):
     from mim4dd_kit.api import BackboneRef, EvaluatorRef
-    from mim4dd_kit.evaluate import run_evaluators
+    from mim4dd_kit.run.evaluate import run_evaluators
 
     data, images, labels = digits_set
     return run_evaluators([EvaluatorRef.model_validate(e) for e in evaluators], images, labels,
@@ -160,7 +160,7 @@ def test_evaluation_progress_counts_network_epochs(digits_set, caplog, batched):
 
 
 def test_evaluation_bar_has_a_total_per_evaluation(digits_set, monkeypatch):
-    from mim4dd_kit import progress
+    from mim4dd_kit.run import progress
 
     seen = []
     real = progress.EvaluationProgress.__exit__

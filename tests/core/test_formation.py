@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from mim4dd_kit import formation
+from mim4dd_kit.analysis.compare import compare
 from mim4dd_kit.cli import app
-from mim4dd_kit.compare import compare
 from mim4dd_kit.core.errors import SyntheticSetError
-from mim4dd_kit.evaluate import evaluate
-from mim4dd_kit.synthetic import load_synthetic, save_synthetic
+from mim4dd_kit.io import formation
+from mim4dd_kit.io.synthetic import load_synthetic, save_synthetic
+from mim4dd_kit.run.evaluate import evaluate
 
 
 def _crop_loop(img: torch.Tensor, factor: int, pad: float) -> torch.Tensor:

@@ -3,9 +3,9 @@ decoded view of a multi-formation set that every loss receives."""
 
 import pytest
 import torch
-from conftest import set_up_run
+from helpers import set_up_run
 
-from mim4dd_kit.losses.dm import DistributionMatching
+from mim4dd_kit.dd_losses.dm import DistributionMatching
 
 
 def test_image_steps_after_step_and_milestones(tiny_recipe, tmp_path, monkeypatch):

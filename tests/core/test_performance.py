@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from conftest import TINY, distilled, merged
+from helpers import TINY, distilled, merged
 
-from mim4dd_kit import performance
 from mim4dd_kit.backbones.convnet import ConvNet
+from mim4dd_kit.config import performance
+from mim4dd_kit.config.recipe import validate_recipe
 from mim4dd_kit.core.errors import RecipeError
-from mim4dd_kit.recipe import validate_recipe
 
 
 def test_performance_keys_are_validated():

@@ -87,7 +87,7 @@ def small_fashion_mnist(folder: Path, train: int = 20, test: int = 10) -> None:
 def _interrupted_run(args: list[str]) -> None:
     """Leave the state a Ctrl-C leaves: the run of ``args`` (without --resume) stopped
     after a checkpoint."""
-    from mim4dd_kit.engine import run
+    from mim4dd_kit.run.engine import run
 
     recipe = args[1]
     sets = [a for i, a in enumerate(args) if i and args[i - 1] in ("--set", "-s")]

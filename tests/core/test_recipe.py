@@ -4,9 +4,9 @@ import textwrap
 
 import pytest
 
+from mim4dd_kit.config.recipe import load_recipe, parse_yaml
+from mim4dd_kit.config.schema import recipe_json_schema
 from mim4dd_kit.core.errors import RecipeError
-from mim4dd_kit.recipe import load_recipe, parse_yaml
-from mim4dd_kit.schema import recipe_json_schema
 
 GOOD = """\
 name: test

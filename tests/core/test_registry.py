@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
+from mim4dd_kit.config.registry import KINDS, Registry, default_registry
 from mim4dd_kit.core.errors import PluginError
-from mim4dd_kit.registry import KINDS, Registry, default_registry
 
 BUILTINS = {
     "datasets": {"fashion_mnist", "mnist", "cifar10", "cifar100", "svhn", "digits",
@@ -94,7 +94,7 @@ def test_build_validates_params():
 
 
 def test_schema_is_made_despite_a_name_clash_with_a_warning(fake_env):
-    from mim4dd_kit.schema import recipe_json_schema
+    from mim4dd_kit.config.schema import recipe_json_schema
 
     notes: list[str] = []
     schema = recipe_json_schema(fake_env, warnings=notes)

@@ -5,18 +5,18 @@ import re
 
 import pytest
 import torch
-from conftest import MIM, TINY, distilled, merged
+from helpers import MIM, TINY, distilled, merged
 from typer.testing import CliRunner
 
-from mim4dd_kit.baseline import make_baseline
+from mim4dd_kit.analysis.compare import compare, format_compare, headlines, method_of
+from mim4dd_kit.analysis.report import build_report, export_grid
 from mim4dd_kit.cli import app
-from mim4dd_kit.compare import compare, format_compare, headlines, method_of
+from mim4dd_kit.config.recipe import validate_recipe
 from mim4dd_kit.core import plots
 from mim4dd_kit.core.errors import MissingExtraError, ReportError
 from mim4dd_kit.core.plots import grid_array, read_history
-from mim4dd_kit.recipe import validate_recipe
-from mim4dd_kit.report import build_report, export_grid
-from mim4dd_kit.synthetic import load_synthetic, save_synthetic, update_metadata
+from mim4dd_kit.io.synthetic import load_synthetic, save_synthetic, update_metadata
+from mim4dd_kit.run.baseline import make_baseline
 
 runner = CliRunner()
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -6,13 +6,13 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from conftest import TINY
+from helpers import TINY
 from typer.testing import CliRunner
 
 from mim4dd_kit.cli import app
+from mim4dd_kit.config.recipe import load_recipe, parse_yaml
+from mim4dd_kit.config.schema import MODELINE, recipe_json_schema
 from mim4dd_kit.core.errors import RecipeError
-from mim4dd_kit.recipe import load_recipe, parse_yaml
-from mim4dd_kit.schema import MODELINE, recipe_json_schema
 
 runner = CliRunner()
 

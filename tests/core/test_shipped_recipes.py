@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mim4dd_kit.recipe import load_recipe
-from mim4dd_kit.sweep import load_sweep
+from mim4dd_kit.analysis.sweep import load_sweep
+from mim4dd_kit.config.recipe import load_recipe
 
 REPO = Path(__file__).parents[2]
 RECIPE_DIR = REPO / "recipes"

@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import MIM, TINY, merged
+from helpers import MIM, TINY, merged
 
-from mim4dd_kit import sweep as sweep_mod
+from mim4dd_kit.analysis import sweep as sweep_mod
+from mim4dd_kit.analysis.sweep import format_table, format_value, load_sweep, run_sweep
 from mim4dd_kit.core.errors import RecipeError
-from mim4dd_kit.sweep import format_table, format_value, load_sweep, run_sweep
-from mim4dd_kit.synthetic import load_synthetic, save_synthetic
+from mim4dd_kit.io.synthetic import load_synthetic, save_synthetic
 
 # the suite's tiny recipe, smaller still, with MIM4DD and a 1-network evaluation
 BASE = merged(TINY, {
@@ -73,7 +73,7 @@ def test_bad_grid_value_fails_before_anything_runs(tmp_path, monkeypatch):
     def never(*a, **k):
         raise AssertionError("nothing may run")
 
-    monkeypatch.setattr("mim4dd_kit.engine.run", never)
+    monkeypatch.setattr("mim4dd_kit.run.engine.run", never)
     with pytest.raises(RecipeError) as err:
         load_sweep(path)
     msg = str(err.value)
@@ -131,7 +131,7 @@ def test_two_variant_run_writes_sets_and_table_then_resume_skips(tmp_path, monke
     def never(*a, **k):
         raise AssertionError("a finished variant was run again")
 
-    monkeypatch.setattr("mim4dd_kit.engine.run", never)
+    monkeypatch.setattr("mim4dd_kit.run.engine.run", never)
     again = run_sweep(s, out_dir=out, resume=True, progress=False)
     assert [r["status"] for r in again] == ["skipped", "skipped"]
     assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from mim4dd_kit.core.errors import SyntheticSetError
-from mim4dd_kit.synthetic import (
+from mim4dd_kit.io.synthetic import (
     FORMAT,
     load_synthetic,
     save_synthetic,

@@ -6,15 +6,15 @@ import sys
 
 import pytest
 import yaml
-from conftest import TINY
+from helpers import TINY
 from typer.testing import CliRunner
 
 from mim4dd_kit.api.loggers import evaluation_scalars, flatten
 from mim4dd_kit.cli import app
+from mim4dd_kit.config.recipe import validate_recipe
+from mim4dd_kit.config.registry import default_registry
 from mim4dd_kit.core.errors import PluginError
-from mim4dd_kit.engine import run
-from mim4dd_kit.recipe import validate_recipe
-from mim4dd_kit.registry import default_registry
+from mim4dd_kit.run.engine import run
 
 runner = CliRunner()
 EVAL = {"name": "train_from_scratch", "models": 1, "epochs": 1, "augmentation": None}

@@ -5,19 +5,19 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import TINY, merged, set_up_run
+from helpers import TINY, merged, set_up_run
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from mim4dd_kit.api import DataInfo, EvalRequest, RealData
 from mim4dd_kit.cli import app
+from mim4dd_kit.config.recipe import validate_recipe
+from mim4dd_kit.config.registry import default_registry
 from mim4dd_kit.core.errors import DataError
-from mim4dd_kit.evaluate import evaluate
+from mim4dd_kit.dd_losses.mtt import MTT
+from mim4dd_kit.dd_losses.mtt.buffers import buffer_key
 from mim4dd_kit.evaluators.train_from_scratch import TrainFromScratch
-from mim4dd_kit.losses.mtt import MTT
-from mim4dd_kit.losses.mtt.buffers import buffer_key
-from mim4dd_kit.recipe import validate_recipe
-from mim4dd_kit.registry import default_registry
+from mim4dd_kit.run.evaluate import evaluate
 
 C, PER_CLASS, SIZE = 4, 12, 8
 
@@ -142,7 +142,7 @@ def test_mdk_evaluate_rebuilds_the_split_from_the_file(tmp_path):
     res = CliRunner().invoke(app, ["run", str(path), "--out", str(out), "--device", "cpu"])
     assert res.exit_code == 0, res.output
     set_file = out / "synthetic.safetensors"
-    from mim4dd_kit.synthetic import load_synthetic
+    from mim4dd_kit.io.synthetic import load_synthetic
 
     meta = load_synthetic(set_file).metadata
     during = meta["evaluations"]["train_from_scratch"]

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from mim4dd_kit.config.registry import default_registry
 from mim4dd_kit.critics.identity import IdentityCritic
 from mim4dd_kit.critics.linear import LinearCritic
 from mim4dd_kit.critics.mlp import MLPCritic
-from mim4dd_kit.registry import default_registry
 
 
 def test_identity_returns_its_input_and_has_no_parameters():

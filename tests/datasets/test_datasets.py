@@ -5,12 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import write_idx
 from safetensors.torch import save_file
 
 from mim4dd_kit.core.errors import DataError
 from mim4dd_kit.datasets.digits import Digits
 from mim4dd_kit.datasets.fashion_mnist import DEBIAN_DIR, FashionMNIST
-from mim4dd_kit.datasets.idx import read_idx, write_idx
+from mim4dd_kit.datasets.idx import read_idx
 from mim4dd_kit.datasets.tensor_file import TensorFile
 from mim4dd_kit.datasets.torchvision_sets import CIFAR10, MNIST
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from mim4dd_kit.config.registry import default_registry
 from mim4dd_kit.core.errors import RecipeError
 from mim4dd_kit.datasets.zca import fit_zca
-from mim4dd_kit.registry import default_registry
 
 
 def _cov(x: torch.Tensor) -> torch.Tensor:

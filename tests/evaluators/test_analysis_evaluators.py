@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from mim4dd_kit.api import BackboneRef, EvalRequest, EvaluatorRef
+from mim4dd_kit.config.registry import ParamsError, default_registry
 from mim4dd_kit.core.errors import MdkError
-from mim4dd_kit.evaluate import run_evaluators
 from mim4dd_kit.evaluators.cross_arch import CrossArch
 from mim4dd_kit.evaluators.train_from_scratch import TrainFromScratch
-from mim4dd_kit.registry import ParamsError, default_registry
+from mim4dd_kit.run.evaluate import run_evaluators
 from mim4dd_kit.training.cka import cka_matrix, linear_cka
 
 CPU = torch.device("cpu")

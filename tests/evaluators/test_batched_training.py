@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from mim4dd_kit.api import AugmentationRef, BackboneRef, EvalRequest
+from mim4dd_kit.config.registry import default_registry
 from mim4dd_kit.core.runtime import isolated_rng
 from mim4dd_kit.evaluators import train_from_scratch as tfs
 from mim4dd_kit.evaluators.train_from_scratch import TrainFromScratch
-from mim4dd_kit.registry import default_registry
 from mim4dd_kit.training import batched as batched_mod
 from mim4dd_kit.training.batched import (
     RngStreams,

@@ -10,13 +10,13 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from mim4dd_kit.analysis.compare import compare, format_compare
 from mim4dd_kit.api import EvaluatorRef
 from mim4dd_kit.cli import app
-from mim4dd_kit.compare import compare, format_compare
-from mim4dd_kit.evaluate import run_evaluators
+from mim4dd_kit.config.registry import ParamsError, default_registry
 from mim4dd_kit.evaluators.train_from_scratch import PROTOCOLS, TrainFromScratch, with_protocol
-from mim4dd_kit.registry import ParamsError, default_registry
-from mim4dd_kit.synthetic import load_synthetic
+from mim4dd_kit.io.synthetic import load_synthetic
+from mim4dd_kit.run.evaluate import run_evaluators
 from mim4dd_kit.training.loop import train_network
 
 CPU = torch.device("cpu")

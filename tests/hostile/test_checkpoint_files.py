@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY
+from helpers import TINY
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from mim4dd_kit import statefile
+from mim4dd_kit.analysis.sweep import load_sweep
 from mim4dd_kit.cli import app
+from mim4dd_kit.config.recipe import validate_recipe
 from mim4dd_kit.core.errors import CheckpointError
-from mim4dd_kit.engine import CHECKPOINT, LEGACY_CHECKPOINT, run
-from mim4dd_kit.recipe import validate_recipe
-from mim4dd_kit.sweep import load_sweep
+from mim4dd_kit.run import statefile
+from mim4dd_kit.run.engine import CHECKPOINT, LEGACY_CHECKPOINT, run
 
 runner = CliRunner()
 

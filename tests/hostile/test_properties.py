@@ -9,10 +9,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mim4dd_kit.config.recipe import Recipe, parse_yaml, validate_recipe
 from mim4dd_kit.core.errors import CheckpointError, RecipeError, SyntheticSetError
-from mim4dd_kit.recipe import Recipe, parse_yaml, validate_recipe
-from mim4dd_kit.statefile import load_state
-from mim4dd_kit.synthetic import SyntheticSet, load_synthetic
+from mim4dd_kit.io.synthetic import SyntheticSet, load_synthetic
+from mim4dd_kit.run.statefile import load_state
 
 SETTINGS = settings(max_examples=150, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -6,12 +6,12 @@ import tracemalloc
 
 import pytest
 import yaml
-from conftest import TINY
+from helpers import TINY
 from typer.testing import CliRunner
 
 from mim4dd_kit.cli import app
+from mim4dd_kit.config.recipe import MAX_YAML_VALUES, load_recipe, parse_yaml, validate_recipe
 from mim4dd_kit.core.errors import DataError, RecipeError
-from mim4dd_kit.recipe import MAX_YAML_VALUES, load_recipe, parse_yaml, validate_recipe
 
 runner = CliRunner()
 
@@ -106,7 +106,7 @@ def test_an_oversized_file_is_refused_before_parsing(tmp_path):
 
 
 def test_a_root_that_does_not_exist_is_an_error(tmp_path):
-    from mim4dd_kit.registry import default_registry
+    from mim4dd_kit.config.registry import default_registry
 
     recipe = validate_recipe({**TINY, "dataset": {"name": "fashion_mnist",
                                                   "root": str(tmp_path / "nope")}})

@@ -11,14 +11,14 @@ import time
 
 import pytest
 import yaml
-from conftest import TINY
+from helpers import TINY
 from typer.testing import CliRunner
 
 from mim4dd_kit.cli import app
+from mim4dd_kit.config.recipe import validate_recipe
 from mim4dd_kit.core.errors import RecipeError, RunError
-from mim4dd_kit.engine import CHECKPOINT, run
-from mim4dd_kit.recipe import validate_recipe
-from mim4dd_kit.runlock import LOCK_NAME, RunLock
+from mim4dd_kit.run.engine import CHECKPOINT, run
+from mim4dd_kit.run.runlock import LOCK_NAME, RunLock
 
 runner = CliRunner()
 FAST = {**TINY, "synthetic": {**TINY["synthetic"], "iterations": 2}}
@@ -181,7 +181,7 @@ def test_two_processes_into_one_folder(tmp_path):
 def test_a_full_disk_is_an_error_naming_the_file(tmp_path, monkeypatch):
     import errno
 
-    from mim4dd_kit import statefile
+    from mim4dd_kit.run import statefile
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -200,7 +200,7 @@ def test_a_full_disk_is_an_error_naming_the_file(tmp_path, monkeypatch):
 def test_sweep_resume_starts_variants_that_never_started(tmp_path):
     import shutil
 
-    from mim4dd_kit.sweep import load_sweep, run_sweep
+    from mim4dd_kit.analysis.sweep import load_sweep, run_sweep
 
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(FAST, sort_keys=False))
     path = tmp_path / "s.yaml"

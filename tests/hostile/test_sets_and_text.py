@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from mim4dd_kit.analysis.report import build_report
 from mim4dd_kit.cli import app
-from mim4dd_kit.evaluate import evaluate
-from mim4dd_kit.report import build_report
-from mim4dd_kit.synthetic import PREFIX, load_synthetic, save_synthetic, update_metadata
+from mim4dd_kit.io.synthetic import PREFIX, load_synthetic, save_synthetic, update_metadata
+from mim4dd_kit.run.evaluate import evaluate
 
 runner = CliRunner()
 ESC = "\x1b"
@@ -113,8 +113,8 @@ def test_an_error_message_with_markup_and_escapes_prints_literally(tmp_path):
 
 
 def test_list_plugins_and_internal_errors_escape_text(monkeypatch, capsys):
-    from mim4dd_kit import registry as reg_mod
     from mim4dd_kit.cli import _guard
+    from mim4dd_kit.config import registry as reg_mod
 
     real = reg_mod.Registry.describe
 
@@ -147,9 +147,9 @@ def test_list_plugins_and_internal_errors_escape_text(monkeypatch, capsys):
 
 def test_a_plugin_crash_names_the_plugin_and_package(tmp_path, monkeypatch):
     import yaml
-    from conftest import TINY
+    from helpers import TINY
 
-    from mim4dd_kit.registry import default_registry
+    from mim4dd_kit.config.registry import default_registry
     plugin = default_registry().load("backbones", "convnet_gap")
     scope = {"__name__": plugin.__module__}
     exec("def broken(self, *a, **k):\n    raise ZeroDivisionError('[/bold] inside')\n", scope)

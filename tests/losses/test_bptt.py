@@ -4,7 +4,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import (
+from helpers import (
     MIM,
     assert_lambda_zero_is_exact,
     assert_loss_decreases,
@@ -14,8 +14,8 @@ from conftest import (
 from pydantic import ValidationError
 
 from mim4dd_kit.backbones.mlp import MLP
-from mim4dd_kit.engine import Run
-from mim4dd_kit.losses.bptt import BPTT
+from mim4dd_kit.dd_losses.bptt import BPTT
+from mim4dd_kit.run.engine import Run
 from mim4dd_kit.training.unroll import FeaturesAndLogits, unroll
 
 # changes to the shared tiny recipe (tests/conftest.py) that make it a BPTT recipe

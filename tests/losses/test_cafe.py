@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import (
+from helpers import (
     MIM,
     assert_lambda_zero_is_exact,
     assert_loss_decreases,
@@ -11,17 +11,15 @@ from conftest import (
     inner_training_of_next_call,
 )
 
-from mim4dd_kit.engine import Run
-from mim4dd_kit.losses.cafe import (
-    CAFE as CAFELoss,
-)
-from mim4dd_kit.losses.cafe import (
+from mim4dd_kit.config.registry import default_registry
+from mim4dd_kit.dd_losses.cafe import CAFE as CAFELoss
+from mim4dd_kit.dd_losses.cafe import (
     alignment_loss,
     cafe_terms,
     discrimination_loss,
     reference_layer_weights,
 )
-from mim4dd_kit.registry import default_registry
+from mim4dd_kit.run.engine import Run
 
 CAFEParams = CAFELoss.Params
 
@@ -270,7 +268,7 @@ def test_schedule_specific_fields_are_refused_with_the_other_schedule():
 def test_shipped_recipes_carry_the_reference_settings(ipc):
     from pathlib import Path
 
-    from mim4dd_kit.recipe import load_recipe
+    from mim4dd_kit.config.recipe import load_recipe
 
     root = Path(__file__).parents[2] / "recipes"
     for suffix in ("", "_mim"):

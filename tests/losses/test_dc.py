@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import (
+from helpers import (
     MIM,
     assert_lambda_zero_is_exact,
     assert_loss_decreases,
@@ -15,13 +15,9 @@ from conftest import (
 )
 
 from mim4dd_kit.core.errors import PluginError
-from mim4dd_kit.engine import Run
-from mim4dd_kit.losses.dc import DatasetCondensation, DifferentiableSiameseAugmentation
-from mim4dd_kit.losses.gradient_matching import (
-    class_gradients,
-    get_loops,
-    match_distance,
-)
+from mim4dd_kit.dd_losses.dc import DatasetCondensation, DifferentiableSiameseAugmentation
+from mim4dd_kit.dd_losses.gradient_matching import class_gradients, get_loops, match_distance
+from mim4dd_kit.run.engine import Run
 
 SMALL = {"ipc": 2, "batch_real": 8}  # 20 synthetic images, 80 real per call
 

@@ -3,8 +3,8 @@
 import torch
 
 from mim4dd_kit.api import SyntheticState
-from mim4dd_kit.engine import Run
-from mim4dd_kit.registry import default_registry
+from mim4dd_kit.config.registry import default_registry
+from mim4dd_kit.run.engine import Run
 
 
 def test_batched_dm_equals_per_class_loop(tiny_recipe, tmp_path):

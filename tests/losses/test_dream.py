@@ -4,10 +4,10 @@ gradient distance, network trained on real data, k-means schedule, multi-formati
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import MIM, assert_lambda_zero_is_exact, assert_resume_is_exact, distilled, set_up_run
+from helpers import MIM, assert_lambda_zero_is_exact, assert_resume_is_exact, distilled, set_up_run
 
-from mim4dd_kit import formation
-from mim4dd_kit.losses.dream import DREAM, conv_distance, metric_for, tile_encode
+from mim4dd_kit.dd_losses.dream import DREAM, conv_distance, metric_for, tile_encode
+from mim4dd_kit.io import formation
 
 LOSS = {"name": "dream", "inner_loop": 2, "interval": 1, "kmeans_iters": 5, "net_data": 16,
         "clusters": 4}

@@ -3,7 +3,7 @@
 
 import pytest
 import torch
-from conftest import (
+from helpers import (
     MIM,
     assert_lambda_zero_is_exact,
     assert_loss_decreases,
@@ -11,9 +11,9 @@ from conftest import (
     set_up_run,
 )
 
-from mim4dd_kit.engine import Run
-from mim4dd_kit.losses import kmeans as kmeans_module
-from mim4dd_kit.losses.dsa_kmeans import DSAKMeans, class_table, kmeans, nearest_points
+from mim4dd_kit.dd_losses import kmeans as kmeans_module
+from mim4dd_kit.dd_losses.dsa_kmeans import DSAKMeans, class_table, kmeans, nearest_points
+from mim4dd_kit.run.engine import Run
 
 SMALL = {"ipc": 2, "batch_real": 8}
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import (
+from helpers import (
     MIM,
     assert_lambda_zero_is_exact,
     assert_loss_decreases,
@@ -16,9 +16,9 @@ from conftest import (
 )
 from torch.nn.utils import vector_to_parameters
 
-from mim4dd_kit.engine import Run
-from mim4dd_kit.losses.mtt import MTT, buffers
-from mim4dd_kit.losses.mtt.buffers import buffer_dir, load_expert
+from mim4dd_kit.dd_losses.mtt import MTT, buffers
+from mim4dd_kit.dd_losses.mtt.buffers import buffer_dir, load_expert
+from mim4dd_kit.run.engine import Run
 
 # changes to the shared tiny recipe (tests/conftest.py): 2 experts trained 3 epochs
 MTT_CHANGES = {

@@ -7,13 +7,13 @@ import weakref
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import MIM, merged, set_up_run
+from helpers import MIM, merged, set_up_run
 from pydantic import ValidationError
 
 from mim4dd_kit.backbones.convnet import ConvNet
 from mim4dd_kit.core.errors import RecipeError
-from mim4dd_kit.losses.bptt import BPTT
-from mim4dd_kit.losses.mtt import MTT
+from mim4dd_kit.dd_losses.bptt import BPTT
+from mim4dd_kit.dd_losses.mtt import MTT
 from mim4dd_kit.training.unroll import FeaturesAndLogits, unroll
 
 # --- the unroll itself (float64, a BatchNorm ConvNet, random minibatches and augmentation)

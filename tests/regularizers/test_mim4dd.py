@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from mim4dd_kit.registry import default_registry
+from mim4dd_kit.config.registry import default_registry
 from mim4dd_kit.regularizers.mim4dd import MIM4DD, layer_weights
 from mim4dd_kit.training.mi import mi_lower_bound, nce_loss
 

@@ -3,7 +3,7 @@ same real batches and networks; only the regularizer's term differs."""
 
 import pytest
 import torch
-from conftest import MIM, set_up_run
+from helpers import MIM, set_up_run
 
 
 def _trace(recipe, tmp_path, steps: int = 4):

@@ -5,7 +5,7 @@ import torch
 from mdk_plugin_example.convnet_gap import ConvNetGAP
 
 from mim4dd_kit.backbones.convnet import ConvNet
-from mim4dd_kit.registry import Registry
+from mim4dd_kit.config.registry import Registry
 
 
 def _net(cls, channels: int, size: int, **params):

@@ -21,8 +21,9 @@ all N steps; memory is O(N) graphs. ``checkpoint`` (mim4dd_kit/training/unroll.p
 the steps in the backward pass in segments instead, storing only the parameters between
 them: the same gradient for O(N) parameter vectors plus one segment's activations.
 
-For MIM4DD (SPEC section 2) the real features come from the expert at θ*_{t+M} on a real
-batch (no gradient), the synthetic ones from the student θ̂_N on the synthetic set; both
+For MIM4DD (docs/plugins.md: which network gives each side) the real features come from
+the expert at θ*_{t+M} on a real batch (no gradient), the synthetic ones from the student
+θ̂_N on the synthetic set; both
 batches go through one siamese augmentation draw (the same transformation per class), so
 the critic compares the same view of both sides, as the student's steps (augmented) and
 the expert's training (augmented real batches) do.

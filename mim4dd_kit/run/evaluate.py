@@ -9,8 +9,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from . import formation as _formation
-from .api import (
+from ..api import (
     AugmentationRef,
     BackboneRef,
     DatasetRef,
@@ -19,13 +18,14 @@ from .api import (
     EvaluatorRef,
     RealData,
 )
-from .core import distributed as _ddp
-from .core.errors import RecipeError, SyntheticSetError
-from .core.runtime import resolve_device
+from ..config.recipe import ValidationSettings
+from ..config.registry import Registry, default_registry
+from ..core import distributed as _ddp
+from ..core.errors import RecipeError, SyntheticSetError
+from ..core.runtime import resolve_device
+from ..io import formation as _formation
+from ..io.synthetic import SyntheticSet, load_synthetic, update_metadata
 from .progress import EvaluationProgress, planned_epochs
-from .recipe import ValidationSettings
-from .registry import Registry, default_registry
-from .synthetic import SyntheticSet, load_synthetic, update_metadata
 
 
 def run_evaluators(
@@ -48,10 +48,10 @@ def run_evaluators(
 
     ``progress`` is called with (network, networks, accuracy) as networks finish. The
     network-epochs trained are shown per evaluation as a bar on stderr with
-    ``progress_bar``, else logged as plain lines (mim4dd_kit/progress.py).
+    ``progress_bar``, else logged as plain lines (mim4dd_kit/run/progress.py).
 
     ``images``/``labels`` are the stored set; with ``formation`` > 1 they are decoded
-    (``mim4dd_kit/formation.py``) first, so every evaluator trains on the decoded images.
+    (``mim4dd_kit/io/formation.py``) first, so every evaluator trains on the decoded images.
     """
     registry = registry or default_registry()
     if formation > 1:

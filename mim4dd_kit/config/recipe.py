@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import ConfigDict, Field, ValidationError, field_validator
 
-from .api import (
+from ..api import (
     AugmentationRef,
     BackboneRef,
     ComponentRef,
@@ -32,7 +32,7 @@ from .api import (
     NumbersModel,
     RegularizerRef,
 )
-from .core.errors import PluginError, RecipeError
+from ..core.errors import PluginError, RecipeError
 from .performance import PerformanceSettings
 from .registry import ParamsError, Problem, Registry, _pretty, default_registry
 
@@ -63,7 +63,7 @@ class SyntheticSettings(_Strict):
     lr_lr: float = Field(1e-5, gt=0, description="learning rate of the learned lr")
     formation: int = Field(
         1, ge=1, le=8, description="multi-formation factor: each stored image decodes to "
-        "formation**2 images (mim4dd_kit/formation.py); 1 = plain images"
+        "formation**2 images (mim4dd_kit/io/formation.py); 1 = plain images"
     )
     grad_clip: float | None = Field(
         None, gt=0, description="clip the norm of the synthetic images' gradient to this "

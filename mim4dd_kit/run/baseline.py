@@ -2,7 +2,7 @@
 
 :func:`make_baseline` loads a data set, computes the feature space a method selects in,
 runs the method (a ``mdk.coresets`` plugin) and writes the chosen *real* training images
-with :func:`~mim4dd_kit.synthetic.save_synthetic`, so ``mdk evaluate``, ``mdk compare``,
+with :func:`~mim4dd_kit.io.synthetic.save_synthetic`, so ``mdk evaluate``, ``mdk compare``,
 ``mdk export`` and ``mdk report`` treat a baseline like any distilled set.
 
 Feature space (:class:`FeatureSpace`): as we read the DC paper (Zhao et al., ICLR 2021,
@@ -25,15 +25,15 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field, ValidationError
 
-from .api import BackboneRef, ComponentRef, DatasetRef, Params, RealData
+from ..api import BackboneRef, ComponentRef, DatasetRef, Params, RealData
+from ..config.registry import ParamsError, Registry, _pretty, default_registry
+from ..core import progress as meter
+from ..core import provenance
+from ..core.errors import DataError, PluginError, RecipeError, RunError
+from ..core.runtime import isolated_rng, resolve_device
+from ..io.synthetic import save_synthetic
+from ..training.loop import accuracy, train_network
 from .context import load_data
-from .core import progress as meter
-from .core import provenance
-from .core.errors import DataError, PluginError, RecipeError, RunError
-from .core.runtime import isolated_rng, resolve_device
-from .registry import ParamsError, Registry, _pretty, default_registry
-from .synthetic import save_synthetic
-from .training.loop import accuracy, train_network
 
 
 class CoresetRef(ComponentRef):

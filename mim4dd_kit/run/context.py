@@ -3,17 +3,17 @@
 :func:`build_context` loads the recipe's data set (holding out its validation split),
 moves it to the device and prepares the backbone factory and the augmentation. It seeds
 nothing and sets no process-wide switch: a run seeds the global RNG and configures the
-backends itself (``mim4dd_kit/engine.py``), and ``mdk buffer`` uses the context as it is.
+backends itself (``mim4dd_kit/run/engine.py``), and ``mdk buffer`` uses the context as it is.
 """
 
 from __future__ import annotations
 
-from .api import DatasetRef, RealData, RunContext, Shard
-from .core.runtime import cache_dir
-from .performance import backbone_factory, chunk_bytes
-from .recipe import Recipe
-from .registry import Registry
-from .training.chunked import ChunkedPasses
+from ..api import DatasetRef, RealData, RunContext, Shard
+from ..config.performance import backbone_factory, chunk_bytes
+from ..config.recipe import Recipe
+from ..config.registry import Registry
+from ..core.runtime import cache_dir
+from ..training.chunked import ChunkedPasses
 
 
 def load_data(registry: Registry, dataset: DatasetRef, device, validation=None) -> RealData:

@@ -5,12 +5,12 @@ of a random draw.
 
 This borrows one ingredient of DREAM (Liu et al., ICCV 2023, Sec. 3.2: representative
 matching) and nothing else of its IDC-based loop; the faithful DREAM loop is ``dream``
-(``mim4dd_kit/losses/dream.py``). The real batch of a class is
+(``mim4dd_kit/dd_losses/dream.py``). The real batch of a class is
 
     B_c = { argmin_{x in pool_c} || f(x) - mu_j^c ||  :  j = 1..clusters }
 
 with ``f`` the flattened last-block output and ``mu^c`` the k-means centres of
-``{f(x) : x in pool_c}`` (``mim4dd_kit/losses/kmeans.py``). The selection is refreshed
+``{f(x) : x in pool_c}`` (``mim4dd_kit/dd_losses/kmeans.py``). The selection is refreshed
 every ``interval`` calls on the same network and whenever the network is re-initialised.
 Everything else is ``dsa`` (parameters and schedule inherited).
 """

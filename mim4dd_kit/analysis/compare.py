@@ -8,7 +8,7 @@ the protocol and budget that produced it in the next column (``protocol dsa × 2
 1000 ep``, so a 3-epoch and a 300-epoch score are not mistaken for peers), one column
 per backbone for ``cross_arch``, the mean CKA diagonal for ``cka``, the bound averaged
 over layers for ``mi_estimate``. Missing evaluations can be computed on the way
-with :func:`mim4dd_kit.evaluate.evaluate`. Numbers are always those stored for the final
+with :func:`mim4dd_kit.run.evaluate.evaluate`. Numbers are always those stored for the final
 set: nothing is selected on test data.
 """
 
@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .api import DatasetRef, EvaluatorRef
-from .registry import Registry, default_registry
-from .synthetic import SyntheticSet, load_synthetic
+from ..api import DatasetRef, EvaluatorRef
+from ..config.registry import Registry, default_registry
+from ..io.synthetic import SyntheticSet, load_synthetic
 
 
 def _num(value: Any) -> float | None:
@@ -138,7 +138,7 @@ def compare_row(path: Path, s: SyntheticSet) -> dict[str, Any]:
         "dataset": dataset,
         "ipc": s.ipc() if s.labels.numel() else 0,
         "images": len(s.labels),
-        # networks train on the decoded set (multi-formation; mim4dd_kit/formation.py)
+        # networks train on the decoded set (multi-formation; mim4dd_kit/io/formation.py)
         "formation": s.formation,
         "decoded_images": len(s.labels) * s.formation ** 2,
         "iterations": meta.get("iterations"),
@@ -166,10 +166,10 @@ def compare(
 
     With ``evaluate_missing``, a file gets the ``evaluators`` it has no stored result for
     (by name); without ``evaluators``, a file with no stored evaluation at all is scored
-    with :func:`~mim4dd_kit.evaluate.evaluate`'s defaults. ``save`` stores the new results
+    with :func:`~mim4dd_kit.run.evaluate.evaluate`'s defaults. ``save`` stores the new results
     in the files. Each row carries the warnings that evaluation produced.
     """
-    from .evaluate import evaluate
+    from ..run.evaluate import evaluate
 
     registry = registry or default_registry()
     rows = []

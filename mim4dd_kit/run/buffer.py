@@ -1,5 +1,5 @@
 """``mdk buffer``: train (or find) the expert trajectories a recipe's MTT loss needs,
-before the run, from the same context a run builds (mim4dd_kit/context.py)."""
+before the run, from the same context a run builds (mim4dd_kit/run/context.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..config.recipe import load_recipe
+from ..config.registry import default_registry
+from ..core.errors import RecipeError
+from ..core.runtime import resolve_device
+from ..dd_losses.mtt import MTT
+from ..dd_losses.mtt.buffers import buffer_dir, ensure_buffer, expert_path, train_epochs
 from .context import build_context
-from .core.errors import RecipeError
-from .core.runtime import resolve_device
-from .losses.mtt import MTT
-from .losses.mtt.buffers import buffer_dir, ensure_buffer, expert_path, train_epochs
-from .recipe import load_recipe
-from .registry import default_registry
 
 
 def buffer_for_recipe(

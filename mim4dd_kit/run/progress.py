@@ -21,7 +21,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from .core.progress import counting_epochs
+from ..core.progress import counting_epochs
 from .runlog import ProgressLines
 
 log = logging.getLogger("mim4dd_kit.evaluate")

@@ -21,11 +21,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..core.errors import SyntheticSetError
+from ..core.files import atomic_write
 from . import formation
-from .core.errors import SyntheticSetError
-from .core.files import atomic_write
 
-FORMAT = "mim4dd_kit.synthetic/1"
+FORMAT = "mim4dd_kit.io.synthetic/1"
 PREFIX = "mdk."
 
 
@@ -88,7 +88,7 @@ class SyntheticSet:
 
     def decoded(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The images and labels networks train on: the stored set decoded by its formation
-        factor (``mim4dd_kit/formation.py``); the stored tensors themselves at factor 1."""
+        factor (``mim4dd_kit/io/formation.py``); the stored tensors themselves at factor 1."""
         ds = self.metadata.get("dataset") or {}
         pad = (formation.pad_value(ds["mean"], ds["std"]) if ds.get("mean") and ds.get("std")
                else 0.0)

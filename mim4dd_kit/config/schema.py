@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
 
-from .api import (
+from ..api import (
     AugmentationRef,
     BackboneRef,
     CriticRef,
@@ -31,9 +31,9 @@ from .api import (
     LossRef,
     RegularizerRef,
 )
-from .core.files import atomic_write
+from ..core.files import atomic_write
 from .recipe import Recipe, read_yaml_file
-from .registry import Registry, default_registry
+from .registry import Registry, default_registry, singular
 
 #: the reference classes whose schema lists the installed plugins
 REF_CLASSES = [DatasetRef, BackboneRef, CriticRef, LossRef, RegularizerRef, AugmentationRef,
@@ -75,7 +75,7 @@ def component_schema(registry: Registry, kind: str, defs: dict[str, Any],
         if counts[name] > 1:
             name = info.qualified
             packages = sorted(i.package for i in infos if i.name == info.name)
-            note = (f"{kind[:-1].replace('_', ' ')} name {info.name!r} is registered by "
+            note = (f"{singular(kind)} name {info.name!r} is registered by "
                     f"{' and '.join(packages)}; the schema lists it qualified "
                     f"(package:name)")
             if note not in warnings:

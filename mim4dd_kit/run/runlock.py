@@ -16,7 +16,7 @@ import os
 import socket
 from pathlib import Path
 
-from .core.errors import RunError
+from ..core.errors import RunError
 
 LOCK_NAME = ".mdk.lock"
 

@@ -30,7 +30,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .core.errors import CheckpointError
+from ..core.errors import CheckpointError
 
 FORMAT = "mim4dd_kit.checkpoint/1"
 #: nesting deeper than this is refused when reading (the toolkit's own trees are ~6 deep)

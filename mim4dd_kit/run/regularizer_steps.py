@@ -1,7 +1,7 @@
 """The regularizer's side of an engine step: critic-only steps, the gradient-relative
 weight, diagnostics and guard rails (docs/components/mim4dd.md).
 
-:class:`RegularizerSteps` is mixed into :class:`mim4dd_kit.engine.Run`; it reads the
+:class:`RegularizerSteps` is mixed into :class:`mim4dd_kit.run.engine.Run`; it reads the
 run's ``reg``, ``syn``, ``opt_reg``, ``opt_lr``, ``shard`` and ``recipe``. Everything a
 regularizer may offer is read with ``getattr`` (``params.critic_steps``,
 ``params.critic_warmup``, ``critic_loss``, ``image_scale``, ``diagnostics``,
@@ -15,9 +15,9 @@ import sys
 
 import torch
 
-from . import performance
-from .api import Shard
-from .core import distributed as ddp
+from ..api import Shard
+from ..config import performance
+from ..core import distributed as ddp
 
 #: guard rails (docs/components/mim4dd.md, "Guard rails")
 GUARD_STD_FACTOR = 10.0  # pixel std above this multiple of its start: images blow up

@@ -24,14 +24,15 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import formation, performance, runlog, tracking
-from .api import RunContext, Shard, SyntheticState, tapped_features, trait
-from .context import build_context
-from .core import distributed as ddp
-from .core import plots, provenance
-from .core.errors import CheckpointError, DataError, PluginError, RecipeError, RunError
-from .core.files import atomic_write
-from .core.runtime import (
+from ..api import RunContext, Shard, SyntheticState, tapped_features, trait
+from ..config import performance
+from ..config.recipe import Recipe, load_recipe
+from ..config.registry import Registry, default_registry
+from ..core import distributed as ddp
+from ..core import plots, provenance
+from ..core.errors import CheckpointError, DataError, PluginError, RecipeError, RunError
+from ..core.files import atomic_write
+from ..core.runtime import (
     isolated_rng,
     memory_bytes,
     resolve_device,
@@ -39,13 +40,14 @@ from .core.runtime import (
     seed_everything,
     set_rng_state,
 )
+from ..io import formation
+from ..io.synthetic import save_synthetic, update_metadata
+from . import runlog, tracking
+from .context import build_context
 from .evaluate import run_evaluators
-from .recipe import Recipe, load_recipe
-from .registry import Registry, default_registry
 from .regularizer_steps import RegularizerSteps, RunGuard
 from .runlock import LOCK_NAME, RunLock, remove_stale_temporaries
 from .statefile import load_state, read_header, save_state
-from .synthetic import save_synthetic, update_metadata
 
 CHECKPOINT = "checkpoint.safetensors"
 #: where earlier versions kept a pickled checkpoint: never read (a pickle can run code)
@@ -158,7 +160,7 @@ class Run(RegularizerSteps):
             )
 
     def build_context(self) -> RunContext:
-        """Seed, then build what every DD loss may use (mim4dd_kit/context.py) and set
+        """Seed, then build what every DD loss may use (mim4dd_kit/run/context.py) and set
         the process-wide backend switches the recipe asks for."""
         seed_everything(self.recipe.seed)
         self.ctx = build_context(self.recipe, self.device, self.registry, shard=self.shard)
@@ -206,7 +208,7 @@ class Run(RegularizerSteps):
 
     def loss_view(self) -> SyntheticState:
         """The synthetic set as the DD loss sees it: decoded by ``synthetic.formation``
-        (differentiably; mim4dd_kit/formation.py), else the stored set itself."""
+        (differentiably; mim4dd_kit/io/formation.py), else the stored set itself."""
         factor = self.recipe.synthetic.formation
         if factor == 1:
             return self.syn
@@ -442,7 +444,7 @@ class Run(RegularizerSteps):
 
     def write_logs(self) -> None:
         """The loss curves; ``losses.jsonl`` and ``recipe.yaml`` were written while the
-        run ran (mim4dd_kit/runlog.py)."""
+        run ran (mim4dd_kit/run/runlog.py)."""
         if self.history and plots.have_matplotlib():
             # the paper's Fig. 4: base loss and regularizer per iteration (plot extra)
             plots.save_loss_curves(self.history, self.run_dir / "losses.png",
@@ -564,7 +566,7 @@ def _run_locked(
         remove_stale_temporaries(run_dir, [recipe.output.file, CHECKPOINT, *LOG_NAMES])
     ddp.barrier()  # every rank has looked at the folder before rank 0 writes to it
     # experiment trackers (rank 0), built before any work: a missing package stops the
-    # run at once (mim4dd_kit/tracking.py)
+    # run at once (mim4dd_kit/run/tracking.py)
     if ddp.is_main():
         r.trackers = tracking.Trackers.build(recipe.loggers, registry)
     try:
@@ -646,8 +648,8 @@ def launch_run(
     """``engine.run(recipe_path, overrides=..., **run_kwargs)`` in ``nproc`` processes.
 
     The command line's ``mdk run --nproc-per-node N``. ``recipe_path`` is a recipe file
-    (or a :class:`~mim4dd_kit.recipe.Recipe`); ``threads`` as in :func:`launch`. Returns
-    rank 0's :class:`~mim4dd_kit.engine.RunResult`.
+    (or a :class:`~mim4dd_kit.config.recipe.Recipe`); ``threads`` as in :func:`launch`. Returns
+    rank 0's :class:`~mim4dd_kit.run.engine.RunResult`.
     """
     kwargs = {**run_kwargs}
     if "registry" in kwargs:

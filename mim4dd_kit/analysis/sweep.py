@@ -11,7 +11,7 @@ A sweep file is YAML::
 
 Every variant's recipe (base + ``set`` + its grid values) is validated when the sweep is
 loaded, so a bad value fails before anything runs. ``run_sweep`` runs the variants with
-:func:`mim4dd_kit.engine.run` into ``<out>/<variant>/`` and writes a results table
+:func:`mim4dd_kit.run.engine.run` into ``<out>/<variant>/`` and writes a results table
 (``results.md``, ``results.json``) beside them. The CLI's ``mdk sweep`` is a thin layer
 over this module.
 """
@@ -30,12 +30,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..config.recipe import Recipe, _line_of, _Yaml12Loader, load_recipe, parse_yaml, read_yaml_file
+from ..config.registry import Registry, _pretty, default_registry
+from ..core.errors import RecipeError, RunError
+from ..core.files import atomic_write
+from ..io.synthetic import load_synthetic
 from .compare import budget_of, headlines
-from .core.errors import RecipeError, RunError
-from .core.files import atomic_write
-from .recipe import Recipe, _line_of, _Yaml12Loader, load_recipe, parse_yaml, read_yaml_file
-from .registry import Registry, _pretty, default_registry
-from .synthetic import load_synthetic
 
 RESULTS_MD = "results.md"
 RESULTS_JSON = "results.json"
@@ -242,7 +242,7 @@ def run_sweep(
     its checkpoint. ``dry_run`` returns the planned rows without running or writing.
     """
     # the engine pulls in torch-heavy modules; keep import lazy
-    from .engine import CHECKPOINT, LEGACY_CHECKPOINT, run
+    from ..run.engine import CHECKPOINT, LEGACY_CHECKPOINT, run
 
     registry = registry or default_registry()
     root = Path(out_dir) if out_dir is not None else Path("runs") / sweep.name

@@ -1,7 +1,7 @@
 """Run reports (``mdk report``) and image export (``mdk export``).
 
 :func:`build_report` turns a run folder (``synthetic.safetensors``, ``losses.jsonl``,
-``recipe.yaml`` as :mod:`mim4dd_kit.engine` writes them) or a single synthetic-set file
+``recipe.yaml`` as :mod:`mim4dd_kit.run.engine` writes them) or a single synthetic-set file
 (e.g. a coreset baseline) into one page: the recipe, the provenance (components with
 versions, data set identity, seed, device, times), the loss curves (paper Fig. 4 style),
 the image grid, every stored evaluation (a CKA matrix as a table and a heat map, paper
@@ -27,10 +27,10 @@ from typing import Any
 
 import yaml
 
-from .compare import budget_of, headlines
-from .core.errors import MdkError, MissingExtraError, RecipeError, ReportError
-from .core.files import atomic_write
-from .core.plots import (
+from ..config.recipe import parse_yaml
+from ..core.errors import MdkError, MissingExtraError, RecipeError, ReportError
+from ..core.files import atomic_write
+from ..core.plots import (
     PLOT_EXTRA_HINT,
     have_matplotlib,
     read_history,
@@ -38,8 +38,8 @@ from .core.plots import (
     save_image_grid,
     save_loss_curves,
 )
-from .recipe import parse_yaml
-from .synthetic import SyntheticSet, load_synthetic
+from ..io.synthetic import SyntheticSet, load_synthetic
+from .compare import budget_of, headlines
 
 HISTORY = "losses.jsonl"
 RECIPE = "recipe.yaml"

@@ -26,8 +26,8 @@ from typing import IO, Any
 
 import yaml
 
-from .core.errors import OutputError
-from .core.files import atomic_write
+from ..core.errors import OutputError
+from ..core.files import atomic_write
 
 log = logging.getLogger("mim4dd_kit.run")
 

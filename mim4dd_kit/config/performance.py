@@ -30,7 +30,7 @@ import torch
 from pydantic import ConfigDict, Field
 from torch import nn
 
-from .api import NumbersModel
+from ..api import NumbersModel
 
 
 class PerformanceSettings(NumbersModel):

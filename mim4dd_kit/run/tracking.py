@@ -12,10 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .api import ComponentRef
-from .api.loggers import (
-    TrackedRun,
-)
+from ..api import ComponentRef
+from ..api.loggers import TrackedRun
 
 log = logging.getLogger("mim4dd_kit.tracking")
 

@@ -23,8 +23,8 @@ from typing import Any
 import entrypoints
 from pydantic import BaseModel, ValidationError
 
-from .api import ComponentRef, conform
-from .core.errors import PluginError, RecipeError
+from ..api import ComponentRef, conform
+from ..core.errors import PluginError, RecipeError
 
 KINDS: dict[str, str] = {
     "datasets": "mdk.datasets",
@@ -37,6 +37,17 @@ KINDS: dict[str, str] = {
     "coresets": "mdk.coresets",
     "loggers": "mdk.loggers",
 }
+#: how messages name one plugin of each kind
+SINGULAR: dict[str, str] = {
+    "datasets": "dataset", "backbones": "backbone", "critics": "critic",
+    "dd_losses": "dd loss", "regularizers": "regularizer", "evaluators": "evaluator",
+    "augmentations": "augmentation", "coresets": "coreset", "loggers": "logger",
+}
+
+
+def singular(kind: str) -> str:
+    """``dd_losses`` -> ``dd loss``: one plugin of ``kind``, as messages name it."""
+    return SINGULAR.get(kind, kind.rstrip("s").replace("_", " "))
 
 
 def _norm_pkg(name: str) -> str:
@@ -141,7 +152,7 @@ class Registry:
         if not found:
             hint = difflib.get_close_matches(name, self.names(kind), n=1, cutoff=0.5)
             known = ", ".join(self.names(kind)) or "none installed"
-            msg = f"no {kind[:-1].replace('_', ' ')} plugin named {name!r}"
+            msg = f"no {singular(kind)} plugin named {name!r}"
             if pkg is not None:
                 msg += f" in package {pkg!r}"
             msg += f" (did you mean {hint[0]!r}?)" if hint else f"; available: {known}"
@@ -150,7 +161,7 @@ class Registry:
             pkgs = " and ".join(f"{_pkg_of(ep)[0]} ({ep.module_name})" for ep in found)
             qual = ", ".join(f"'{_norm_pkg(_pkg_of(ep)[0])}:{name}'" for ep in found)
             raise PluginError(
-                f"{kind[:-1].replace('_', ' ')} name {name!r} is registered by more than "
+                f"{singular(kind)} name {name!r} is registered by more than "
                 f"one package: {pkgs}. Name one of them qualified: {qual}."
             )
         return found[0]
@@ -255,7 +266,7 @@ class Registry:
         except (ValueError, TypeError) as exc:
             # a component rejecting its context (e.g. a depth too large for the images)
             raise PluginError(
-                f"{kind[:-1].replace('_', ' ')} {ref.name!r} could not be built: {exc}"
+                f"{singular(kind)} {ref.name!r} could not be built: {exc}"
             ) from exc
 
 

@@ -25,7 +25,7 @@ from ..core.errors import SyntheticSetError
 from ..core.files import atomic_write
 from . import formation
 
-FORMAT = "mim4dd_kit.io.synthetic/1"
+FORMAT = "mim4dd_kit.synthetic/1"
 PREFIX = "mdk."
 
 

@@ -101,3 +101,13 @@ def test_schema_is_made_despite_a_name_clash_with_a_warning(fake_env):
     critics = schema["$defs"]["CriticRef"]["then"]["enum"]
     assert {"clash_a:dup", "clash_b:dup", "linear"} <= set(critics) and "dup" not in critics
     assert len(notes) == 1 and "'dup'" in notes[0] and "clash_a and clash_b" in notes[0]
+
+
+def test_messages_name_one_plugin_of_each_kind():
+    from mim4dd_kit.config.registry import singular
+
+    assert [singular(k) for k in KINDS] == [
+        "dataset", "backbone", "critic", "dd loss", "regularizer", "evaluator",
+        "augmentation", "coreset", "logger"]
+    with pytest.raises(PluginError, match="no dd loss plugin named 'nope'"):
+        default_registry().load("dd_losses", "nope")

@@ -108,3 +108,13 @@ def test_atomic_write_gives_files_the_usual_mode(tmp_path):
         os.umask(old)
     assert stat.S_IMODE(target.stat().st_mode) == 0o644
     assert target.read_text() == "x"
+
+
+def test_format_names_are_fixed_strings():
+    """The files' format names are part of the format, not of the module layout."""
+    from mim4dd_kit.dd_losses.mtt.buffers import BUFFER_FORMAT
+    from mim4dd_kit.run import statefile
+
+    assert FORMAT == "mim4dd_kit.synthetic/1"
+    assert statefile.FORMAT == "mim4dd_kit.checkpoint/1"
+    assert BUFFER_FORMAT == "mdk-expert-buffer/1"

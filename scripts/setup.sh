@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a fresh machine: virtual environment, the tested torch
-# (constraints.txt), the toolkit with its test extras and the example plugin, and Debian's
+# (constraints.txt), the toolkit with its test extras and the example plugins (every package
+# under plugins/: mdk-plugin-example, mdk-plugin-moments), and Debian's
 # Fashion-MNIST where apt is available.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -120,6 +120,37 @@ class Regularizer(nn.Module):
         """Extra scalars logged at diagnostic iterations."""
         return {}
 
+    def diagnostics_every(self) -> int:
+        """Iterations between diagnostic iterations (0: none): the parameters'
+        ``diagnostics_every`` field where the model declares one."""
+        return int(_declared(self, "diagnostics_every", 0) or 0)
+
+    def critic_steps(self, iteration: int) -> int:
+        """Critic-only steps the engine takes before iteration ``iteration``'s joint step
+        (minimising :meth:`critic_loss`): the parameters' ``critic_steps``, plus
+        ``critic_warmup`` at the first iteration, where the model declares them."""
+        warmup = _declared(self, "critic_warmup", 0) if iteration == 0 else 0
+        return int(_declared(self, "critic_steps", 0)) + int(warmup)
+
+    def critic_loss(self, syn_feats: list[Tensor], syn_labels: Tensor,
+                    real_feats: list[Tensor], real_labels: Tensor) -> Tensor:
+        """What critic-only steps minimise (needed when :meth:`critic_steps` > 0)."""
+        raise NotImplementedError(f"{type(self).__name__} takes critic-only steps but "
+                                  "does not implement critic_loss")
+
+    def image_scale(self) -> float | None:
+        """Not None: the engine rescales the regularizer's image gradient to this multiple
+        of the DD loss's (docs/components/mim4dd.md)."""
+        return None
+
+
+def _declared(plugin: Any, name: str, default: Any) -> Any:
+    """Field ``name`` of ``plugin.params`` where its parameters model declares it."""
+    params = vars(plugin).get("params")
+    if params is not None and name in type(params).model_fields:
+        return getattr(params, name)
+    return default
+
 
 class Evaluator:
     """Scores a synthetic set (``mdk.evaluators``), built as ``cls(params)``."""
@@ -144,7 +175,7 @@ _FILLED: dict[str, tuple[str, ...]] = {
     "dd_losses": ("learns_lr", "initial_lr", "shardable", "image_steps", "init_images",
                   "after_step"),
     "regularizers": ("shardable", "takes_feature_shapes", "shard", "iteration", "last_logs",
-                     "diagnostics"),
+                     "diagnostics", "diagnostics_every", "critic_steps", "image_scale"),
     "evaluators": ("planned_epochs",),
 }
 

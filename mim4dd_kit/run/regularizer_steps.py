@@ -3,9 +3,9 @@ weight, diagnostics and guard rails (docs/components/mim4dd.md).
 
 :class:`RegularizerSteps` is mixed into :class:`mim4dd_kit.run.engine.Run`; it reads the
 run's ``reg``, ``syn``, ``opt_reg``, ``opt_lr``, ``shard`` and ``recipe``. Everything a
-regularizer may offer is read with ``getattr`` (``params.critic_steps``,
-``params.critic_warmup``, ``critic_loss``, ``image_scale``, ``diagnostics``,
-``params.diagnostics_every``), so other regularizers keep the plain joint step.
+regularizer may offer has a default in :class:`mim4dd_kit.api.Regularizer`
+(``critic_steps``, ``critic_loss``, ``image_scale``, ``diagnostics``,
+``diagnostics_every``), so other regularizers keep the plain joint step.
 """
 
 from __future__ import annotations
@@ -59,8 +59,7 @@ class RunGuard:
     """
 
     def __init__(self, reg) -> None:
-        params = getattr(reg, "params", None)
-        self.every = int(getattr(params, "diagnostics_every", 0) or 0)
+        self.every = 0 if reg is None else reg.diagnostics_every()
         self.std0: float | None = None
         self.high = 0
         self.warned: set[str] = set()
@@ -116,9 +115,7 @@ class RegularizerSteps:
         """Critic-only Adam steps on the iteration's detached features (``critic_steps``
         every iteration, plus ``critic_warmup`` at the run's first); the images, the
         learned lr and every random stream are untouched."""
-        p = getattr(self.reg, "params", None)
-        n = getattr(p, "critic_steps", 0) + (getattr(p, "critic_warmup", 0)
-                                             if iteration == 0 else 0)
+        n = self.reg.critic_steps(iteration)
         if n == 0 or self.opt_reg is None:
             return
         syn = [f.detach() for f in out.syn_feats]
@@ -146,7 +143,7 @@ class RegularizerSteps:
         """
         for o in opts:
             o.zero_grad(set_to_none=True)
-        scale = self.reg.image_scale() if hasattr(self.reg, "image_scale") else None
+        scale = None if self.reg is None else self.reg.image_scale()
         if r is not None and scale is not None:
             self._rho_backward(dd, r, scale, logs, partial, diagnose)
             return

@@ -115,3 +115,29 @@ def test_registry_fills_base_defaults_into_a_duck_typed_plugin():
     built_in = DDLoss(None, ctx=None)
     assert conform(built_in, "dd_losses") is built_in
     assert Evaluator(None).planned_epochs(None) is None
+
+
+def test_regularizer_defaults_read_only_declared_parameters():
+    from torch import nn
+
+    from mim4dd_kit.api import Params, Regularizer, conform
+
+    class WithCritic(Params):
+        critic_steps: int = 2
+        critic_warmup: int = 5
+        diagnostics_every: int = 10
+        tap: str = "pre_pool"
+
+    class OldRegularizer(nn.Module):  # no base class, as before the api package
+        def __init__(self, params):
+            super().__init__()
+            self.params = params
+
+    reg = conform(OldRegularizer(WithCritic()), "regularizers")
+    assert (reg.critic_steps(0), reg.critic_steps(1)) == (7, 2)
+    assert reg.diagnostics_every() == 10 and reg.image_scale() is None
+    assert reg.diagnostics() == {} and dict(reg.last_logs) == {}
+    assert Regularizer.feature_tap(WithCritic()) == "pre_pool"
+    bare = conform(OldRegularizer(Params()), "regularizers")
+    assert (bare.critic_steps(0), bare.diagnostics_every()) == (0, 0)
+    assert Regularizer.feature_tap(Params()) == "output"

@@ -57,44 +57,13 @@ def cell(value: Any) -> Text:
     return Text(plain(value))
 
 
-class _StepBar:
-    """A :mod:`mim4dd_kit.core.progress` sink drawing one Rich progress bar with an ETA."""
-
-    def __init__(self, progress: Any):
-        self.progress = progress
-        self.task = progress.add_task("starting", total=0)
-
-    def plan(self, steps: int, label: str) -> None:
-        total = self.progress.tasks[0].total or 0
-        self.progress.update(self.task, total=total + steps, description=plain(label))
-
-    def advance(self, steps: int) -> None:
-        self.progress.advance(self.task, steps)
-
-
 @contextlib.contextmanager
 def step_bar(enabled: bool = True):
     """Inside the block, long analyses draw a progress bar with an ETA on stderr (only on
-    a terminal: redirected output and --json stay clean)."""
-    from .core import progress as meter
+    a terminal: redirected output and --json stay clean; mim4dd_kit/run/progress.py)."""
+    from .run.progress import step_bar as draw_steps  # here: keeps `mdk --help` fast
 
-    if not (enabled and err.is_terminal):
-        yield
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("steps"), TimeElapsedColumn(), TextColumn("ETA"),
-               TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=True) as progress, \
-            meter.reporting(_StepBar(progress)):
+    with draw_steps(err, enabled=enabled and err.is_terminal, clean=plain):
         yield
 
 

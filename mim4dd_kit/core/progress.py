@@ -2,18 +2,16 @@
 
 Two counts, each a no-op unless a display is installed, so library use pays nothing:
 
-- *steps* of long analyses (``cka``, ``mi_estimate``, ``cross_arch``, coreset baselines):
-  an analysis announces its work with :func:`planned`; loops call :func:`advance` after
-  every optimiser step (a stacked step of N networks counts N). A sink installed with
-  :func:`reporting` (the command line's step bar) receives both. Nested plans are not
-  counted twice: inside a ``planned`` block further plans are ignored, so ``cross_arch``
-  plans all its backbones' steps and the ``train_from_scratch`` runs it makes inside
-  count against that plan.
+- *steps* of long analyses (the feature network of a coreset baseline, the critics of
+  ``mi_estimate``): an analysis announces its work with :func:`planned`; loops call
+  :func:`advance` after every optimiser step (a stacked step of N networks counts N). A
+  sink installed with :func:`reporting` (``mim4dd_kit.run.progress.step_bar``, the
+  command line's bar) receives both. Nested plans are not counted twice: inside a
+  ``planned`` block further plans are ignored.
 - *network-epochs* of evaluations: the evaluation training loops call :func:`epochs_done`
   after every epoch; inside :func:`counting_epochs` (the evaluation display,
-  ``mim4dd_kit/run/evaluate.py``) that advances the evaluation's bar or log lines.
+  ``mim4dd_kit/run/progress.py``) that advances the evaluation's bar or log lines.
 """
-
 
 from __future__ import annotations
 

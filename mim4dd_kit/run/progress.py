@@ -1,4 +1,5 @@
-"""Progress of evaluations: network-epochs trained, as a bar or as plain log lines.
+"""Progress displays: evaluations' network-epochs (a bar or plain log lines) and long
+analyses' optimiser steps (a bar), fed by the signals of :mod:`mim4dd_kit.core.progress`.
 
 An evaluation trains networks on the synthetic set; its work is networks × epochs. The
 training loops (:func:`~mim4dd_kit.training.loop.train_network`,
@@ -9,6 +10,10 @@ terminal, else logs plain lines through :mod:`logging` (logger ``mim4dd_kit.eval
 every twentieth of the work and at least every minute. Outside an evaluation
 ``epochs_done`` does nothing.
 
+Long analyses (the feature network ``mdk baseline`` trains, the critics of
+``mi_estimate``) count optimiser steps instead; :func:`step_bar` draws them as one bar
+with an ETA.
+
 An evaluator tells the size of its work by an optional method
 ``planned_epochs(request) -> int`` (network-epochs this process will train); without it
 the bar counts without a total.
@@ -18,10 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..core.progress import counting_epochs
+from ..core.progress import counting_epochs, reporting
 from .runlog import ProgressLines
 
 log = logging.getLogger("mim4dd_kit.evaluate")
@@ -87,3 +92,43 @@ class EvaluationProgress:
                 lines.update(done[0])
         with counting_epochs(advance):
             yield
+
+
+class _StepBar:
+    """A :func:`mim4dd_kit.core.progress.reporting` sink drawing one Rich bar with an ETA."""
+
+    def __init__(self, bar: Any, clean: Callable[[str], str]):
+        self.bar, self.clean = bar, clean
+        self.task = bar.add_task("starting", total=0)
+
+    def plan(self, steps: int, label: str) -> None:
+        total = self.bar.tasks[0].total or 0
+        self.bar.update(self.task, total=total + steps, description=self.clean(label))
+
+    def advance(self, steps: int) -> None:
+        self.bar.advance(self.task, steps)
+
+
+@contextlib.contextmanager
+def step_bar(console: Any, *, enabled: bool = True,
+             clean: Callable[[str], str] = str) -> Iterator[None]:
+    """Inside the block, the steps long analyses report are drawn on ``console`` as one
+    transient bar (labels passed through ``clean``); nothing when not ``enabled``."""
+    if not enabled:
+        yield
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("steps"), TimeElapsedColumn(), TextColumn("ETA"),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar, \
+            reporting(_StepBar(bar, clean)):
+        yield

@@ -26,7 +26,7 @@ class PerClassSelector(ABC):
     """Base of the coreset methods: ``select`` splits the work by class.
 
     Subclasses implement :meth:`select_block` and set ``name``; ``needs_features`` tells
-    :func:`~mim4dd_kit.coresets.make_baseline` whether to compute a feature space.
+    :func:`~mim4dd_kit.run.baseline.make_baseline` whether to compute a feature space.
     """
 
     name: ClassVar[str] = ""

@@ -20,6 +20,7 @@ machinery), the plugin packages, and the orchestration above them. See docs/plug
 and docs/architecture.md.
 """
 
+from ..core.distributed import gather_indexed, local_indices
 from ..core.errors import (
     BuildError,
     DataError,
@@ -28,10 +29,12 @@ from ..core.errors import (
     RecipeError,
     RunError,
 )
+from ..core.progress import epochs_done
 from ..core.runtime import isolated_rng
 from .backbone import TAPS, Backbone, Tap, check_tap, tapped_features
 from .context import NoGradPasses, RunContext, Shard, SyntheticState
 from .data import DataInfo, RealData, class_table
+from .features import for_regularizer
 from .params import (
     AugmentationRef,
     BackboneRef,
@@ -55,5 +58,6 @@ __all__ = [
     "LossRef", "MdkError", "NoGradPasses", "NumbersModel", "Params", "PluginError",
     "RealData", "RecipeError", "Regularizer", "RegularizerRef", "RunContext", "RunError",
     "Shard", "SyntheticState", "Tap", "check_tap", "class_table", "conform",
-    "isolated_rng", "tapped_features", "trait",
+    "epochs_done", "for_regularizer", "gather_indexed", "isolated_rng", "local_indices",
+    "tapped_features", "trait",
 ]

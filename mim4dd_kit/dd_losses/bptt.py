@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch.func import functional_call
 
-from ..api import DDLoss, LossOutput, Params, RunContext, SyntheticState
+from ..api import DDLoss, LossOutput, Params, RunContext, SyntheticState, for_regularizer
 from ..training.unroll import (
     CheckpointOption,
     FeaturesAndLogits,
@@ -48,7 +48,6 @@ from ..training.unroll import (
     segment_length,
     unroll,
 )
-from .feature_taps import for_regularizer
 
 
 class BPTT(DDLoss):

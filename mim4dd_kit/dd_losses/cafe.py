@@ -40,12 +40,12 @@ from ..api import (
     RunContext,
     SyntheticState,
     Tap,
+    for_regularizer,
     tapped_features,
 )
 from ..training.loop import sgd_epochs, sgd_steps
 from ..training.networks import PersistentNetwork, TrainedNetwork
 from ..training.stats import class_means
-from .feature_taps import for_regularizer
 
 
 def alignment_loss(

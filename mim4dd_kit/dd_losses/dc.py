@@ -36,11 +36,19 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from ..api import Backbone, DDLoss, LossOutput, Params, RunContext, Shard, SyntheticState
+from ..api import (
+    Backbone,
+    DDLoss,
+    LossOutput,
+    Params,
+    RunContext,
+    Shard,
+    SyntheticState,
+    for_regularizer,
+)
 from ..core.errors import RunError
 from ..training.loop import sgd_epochs
 from ..training.networks import PersistentNetwork
-from .feature_taps import for_regularizer
 from .gradient_matching import (
     Distance,
     class_gradients,

@@ -23,11 +23,10 @@ from typing import Any, ClassVar
 import torch
 from pydantic import Field
 
-from ..api import DDLoss, LossOutput, Params, RunContext, SyntheticState
+from ..api import DDLoss, LossOutput, Params, RunContext, SyntheticState, for_regularizer
 from ..core.runtime import isolated_rng
 from ..training.networks import couples_samples
 from ..training.stats import class_means, class_sums, means_over_ranks
-from .feature_taps import for_regularizer
 
 
 class DistributionMatching(DDLoss):

@@ -135,8 +135,8 @@ def test_guard_warns_when_the_regularizer_dominates(tiny_recipe, tmp_path, capfd
 
 
 def test_for_regularizer_reuses_outputs_and_taps_otherwise():
+    from mim4dd_kit.api.features import for_regularizer
     from mim4dd_kit.backbones.convnet import ConvNet
-    from mim4dd_kit.dd_losses.feature_taps import for_regularizer
 
     torch.manual_seed(0)
     net = ConvNet(ConvNet.Params(width=4, depth=2), channels=1, num_classes=3,

@@ -20,7 +20,14 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from mim4dd_kit.api import DDLoss, LossOutput, Params, RunContext, SyntheticState
+from mim4dd_kit.api import (
+    DDLoss,
+    LossOutput,
+    Params,
+    RunContext,
+    SyntheticState,
+    for_regularizer,
+)
 
 
 def class_moments(x: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
@@ -64,9 +71,9 @@ class MomentMatching(DDLoss):
         logs = {"mean_term": float(mean_term.detach()), "var_term": float(var_term.detach())}
         if not want_features:
             return LossOutput(loss, logs=logs)
-        if ctx.feature_tap != "output":  # the regularizer wants another tap: one more pass
-            real_feats = [f.detach() for f in net.features(real, tap=ctx.feature_tap)]
-            syn_feats = net.features(syn_x, tap=ctx.feature_tap)
+        # the regularizer's features at its tap: these outputs, or one more pass at the tap
+        real_feats = for_regularizer(ctx.feature_tap, net, real, real_feats, grad=False)
+        syn_feats = for_regularizer(ctx.feature_tap, net, syn_x, syn_feats)
         return LossOutput(loss, syn_feats, syn.labels, real_feats, real_y, logs)
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The feature hand-off to a regularizer at the run's feature tap (``ctx.feature_tap``).
+"""The feature hand-off from a DD loss to a regularizer at the run's feature tap
+(``ctx.feature_tap``).
 
 A DD loss computes block outputs for its own objective; a regularizer may want each
 block's tensor elsewhere (``Backbone.features(x, tap=...)``: before the pooling, or before
@@ -14,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ..api import tapped_features
+from .backbone import tapped_features
 
 #: a network as a function of (inputs, tap) returning its block features
 FeatureFn = Callable[[Tensor, str], list[Tensor]]

@@ -13,6 +13,7 @@ alone writes checkpoints, logs and the set.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -380,39 +381,49 @@ class Run(RegularizerSteps):
         return logs
 
     def loop(self, start: int, progress: bool, callbacks: Iterable[Callback]) -> None:
+        """Iterations ``start`` to the end, checkpointing every ``checkpoint_every``. After
+        each iteration every observer (:meth:`observers`, then ``callbacks``) is called
+        with ``(iteration, logs)``, iteration counted from 1."""
         total = self.recipe.synthetic.iterations
         every = self.recipe.output.checkpoint_every
+        with contextlib.ExitStack() as outputs:
+            observers = [*self.observers(outputs, start, progress), *callbacks]
+            for it in range(start, total):
+                logs = self.iterate(it)
+                self.history.append({"iteration": it + 1, **logs})
+                for observe in observers:
+                    observe(it + 1, logs)
+                if every and (it + 1) % every == 0:
+                    self.save_checkpoint(it + 1)
+        self.save_checkpoint(total)
+
+    def observers(self, outputs: contextlib.ExitStack, start: int,
+                  progress: bool) -> list[Callback]:
+        """What follows a run, each a callback ``(iteration, logs)``: the progress bar (with
+        ``progress``), on rank 0 the streamed loss log (mim4dd_kit/run/runlog.py) and,
+        without a bar, plain progress lines, then the experiment trackers. Their files
+        and displays are closed by ``outputs``."""
+        total, out = self.recipe.synthetic.iterations, self.recipe.output
+        main = ddp.is_main()
+        shown_bar = progress and main
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeRemainingColumn(), TextColumn("{task.fields[losses]}")]
-        shown_bar = progress and ddp.is_main()
-        out = self.recipe.output
-        # rank 0 streams the loss log; without a bar it also logs plain progress lines
-        stream = (runlog.StreamingLog(self.run_dir, self.recipe.to_dict(), start, self.history)
-                  if ddp.is_main() else None)
-        lines = (runlog.ProgressLines(self.recipe.name, start, total, out.log_every,
-                                      out.log_seconds) if ddp.is_main() and not shown_bar
-                 else None)
-        try:
-            with Progress(*columns, console=Console(stderr=True), disable=not shown_bar) as bar:
-                task = bar.add_task(self.recipe.name, total=total, completed=start, losses="")
-                for it in range(start, total):
-                    logs = self.iterate(it)
-                    self.history.append({"iteration": it + 1, **logs})
-                    shown = runlog.format_losses(logs)
-                    bar.update(task, advance=1, losses=shown)
-                    if stream is not None:
-                        stream.record(it + 1, logs)
-                    if lines is not None:
-                        lines.update(it + 1, shown)
-                    self.trackers.iteration(it + 1, logs, self.image_grid)
-                    for cb in callbacks:
-                        cb(it + 1, logs)
-                    if every and (it + 1) % every == 0:
-                        self.save_checkpoint(it + 1)
-        finally:
-            if stream is not None:
-                stream.close()
-        self.save_checkpoint(total)
+        bar = outputs.enter_context(
+            Progress(*columns, console=Console(stderr=True), disable=not shown_bar))
+        task = bar.add_task(self.recipe.name, total=total, completed=start, losses="")
+        observers: list[Callback] = [lambda it, logs: bar.update(
+            task, advance=1, losses=runlog.format_losses(logs))]
+        if main:
+            stream = runlog.StreamingLog(self.run_dir, self.recipe.to_dict(), start,
+                                         self.history)
+            outputs.callback(stream.close)
+            observers.append(stream.record)
+            if not shown_bar:
+                lines = runlog.ProgressLines(self.recipe.name, start, total, out.log_every,
+                                             out.log_seconds)
+                observers.append(lambda it, logs: lines.update(it, runlog.format_losses(logs)))
+        observers.append(lambda it, logs: self.trackers.iteration(it, logs, self.image_grid))
+        return observers
 
     # -- outputs --------------------------------------------------------------------------
     def image_grid(self):

@@ -97,6 +97,12 @@ class Backbone(nn.Module):
     def embed(self, x: Tensor) -> Tensor:
         return self.features(x)[-1].flatten(1)
 
+    def feature_shapes(self) -> list[tuple[int, ...]] | None:
+        """Each block's output shape without the batch dimension, or None when the
+        backbone does not say. Gradient-free passes on a CPU size their chunks from it
+        (mim4dd_kit/training/chunked.py); without it they assume a wide first block."""
+        return None
+
 
 def tapped_features(net: nn.Module, x: Tensor, tap: str = "output") -> list[Tensor]:
     """``net.features(x, tap=tap)`` for any backbone, including one that predates taps.

@@ -43,6 +43,7 @@ def chunk_size(net: nn.Module, x: Tensor, budget: int = CPU_CHUNK_BYTES) -> int:
     n = len(x)
     if x.device.type != "cpu" or budget <= 0 or couples_samples(net) or n == 0:
         return max(n, 1)
+    # Backbone.feature_shapes (None: unknown); a network outside that contract may lack it
     shapes = net.feature_shapes() if hasattr(net, "feature_shapes") else None
     if shapes:
         largest = max(math.prod(s) for s in shapes) * 4

@@ -3,7 +3,8 @@
 :func:`build_context` loads the recipe's data set (holding out its validation split),
 moves it to the device and prepares the backbone factory and the augmentation. It seeds
 nothing and sets no process-wide switch: a run seeds the global RNG and configures the
-backends itself (``mim4dd_kit/run/engine.py``), and ``mdk buffer`` uses the context as it is.
+backends itself (``mim4dd_kit/run/engine.py``), ``mdk buffer`` uses the context as it is,
+and ``mdk baseline`` shares its data loading (:func:`load_data`).
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import grimp
 import pytest
+
+# import-linter and grimp come with the dev extra (pyproject.toml)
+grimp = pytest.importorskip("grimp")
 
 ROOT = Path(__file__).resolve().parents[2]
 

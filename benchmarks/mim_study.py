@@ -59,6 +59,9 @@ MILESTONES = {"dm": [0, 50, 100, 200, 400, 800], "dsa": [0, 25, 50, 100, 200, 40
               "mtt": [0, 25, 50, 100, 200], "bptt": [0, 10, 25, 50, 100]}
 #: the curve has flattened at the first milestone that no later one beats by this much
 FLAT_POINTS = 0.5
+#: a setting hurts a cell when its paired mean is below -HURT_POINTS and its interval
+#: excludes 0
+HURT_POINTS = 0.5
 #: method knobs for a CPU: MTT with 3 experts trained 6 epochs (one buffer per data set,
 #: shared by both IPCs), start epochs up to 4 at IPC 10 (the recipe's 20 would need
 #: 22-epoch experts); everything else as the shipped recipes
@@ -109,13 +112,30 @@ CANDIDATES: dict[str, dict[str, Any]] = {}
 
 
 def candidates() -> dict[str, dict[str, Any]]:
-    """Settings to choose between on the validation split, where the toolkit has them."""
+    """Settings to choose between on the validation split, where the toolkit has them.
+
+    Every candidate spells out the fields that differ from the plugin's defaults, so a
+    later change of a preset does not change what a candidate name means.
+    """
     fields = mim4dd_fields()
     out: dict[str, dict[str, Any]] = {}
-    if "preset" in fields:
-        out["stable"] = {"name": "mim4dd", "preset": "stable"}  # rho 0.1
-        if "rho" in fields:
-            out["stable_rho0.3"] = {"name": "mim4dd", "preset": "stable", "rho": 0.3}
+    if not {"preset", "rho", "center"} <= fields:
+        return out
+    stable = {"name": "mim4dd", "preset": "stable"}
+    # the stable preset as first shipped (no centring): rho 0.1 and 0.3
+    out["stable"] = {**stable, "center": False, "rho": 0.1}
+    out["stable_rho0.3"] = {**stable, "center": False, "rho": 0.3}
+    # with centred embeddings
+    out["stable_center"] = {**stable, "center": True, "rho": 0.1}
+    # no critic network (the paper's Table 2 "w.o network"): the scores compare the
+    # centred, normalised per-channel means of the base method's own network directly,
+    # a supervised contrastive term with nothing to train on networks that change
+    # every iteration
+    ident = {**stable, "critic": {"name": "identity"}, "center": True,
+             "critic_warmup": 0, "critic_steps": 0}
+    out["identity_rho0.3"] = {**ident, "rho": 0.3}
+    out["identity_rho1"] = {**ident, "rho": 1.0}
+    out["identity_rho3"] = {**ident, "rho": 3.0}
     return out
 
 
@@ -303,7 +323,7 @@ def run_cell(dataset: str, ipc: int, method: str, variant: str, seed: int,
         return record
     recipe = validate_recipe(recipe_dict(dataset, ipc, method, variant, seed, iterations))
     folder.mkdir(parents=True, exist_ok=True)
-    has_ckpt = (folder / "checkpoint.pt").exists()
+    has_ckpt = (folder / "checkpoint.safetensors").exists()
     log = (folder / "progress.log").open("a", encoding="utf-8")
 
     def progress(it: int, logs: dict[str, float]) -> None:
@@ -433,8 +453,14 @@ def paired(rows: list[dict], cell: tuple, variant: str, split: str) -> dict | No
 
 
 def choose_setting(rows: list[dict]) -> dict[str, Any] | None:
-    """The candidate with the largest mean paired validation difference over the cells
-    where every candidate has at least 2 paired seeds; None if there is none yet."""
+    """The candidate to ship, chosen on the validation split over the cells where every
+    candidate has at least 2 paired seeds (None if there is none yet).
+
+    A candidate that hurts a cell (paired mean below -0.5 points with its 95% interval
+    below 0, the issue's "never loses beyond noise" turned around) is out;
+    among the rest, the largest mean over cells of the paired difference wins. When
+    every candidate hurts somewhere, none is chosen.
+    """
     cands = sorted({r["variant"] for r in rows if r["variant"] in CANDIDATES})
     if not cands:
         return None
@@ -447,10 +473,17 @@ def choose_setting(rows: list[dict]) -> dict[str, Any] | None:
     if not common:
         return None
     score = {c: sum(table[c][k]["mean"] for k in common) / len(common) for c in cands}
-    best = max(score, key=score.get)
-    return {"chosen": best, "score": score, "cells": sorted(common),
-            "rule": "largest mean over cells of the paired validation difference "
-                    "(candidate - base), over cells where every candidate has >= 2 seeds",
+    hurts = {c: sorted(k for k in common
+                       if table[c][k]["mean"] < -HURT_POINTS and table[c][k]["hi"] < 0)
+             for c in cands}
+    eligible = [c for c in cands if not hurts[c]]
+    best = max(eligible, key=score.get) if eligible else None
+    return {"chosen": best, "score": score, "hurts": hurts, "cells": sorted(common),
+            "rule": f"candidates whose paired validation difference is below "
+                    f"-{HURT_POINTS} points with its 95% interval below 0 in some cell "
+                    "are out; of the rest, the largest mean over cells of the paired "
+                    "validation difference (candidate - base); cells where every "
+                    "candidate has >= 2 seeds",
             "per_cell": table}
 
 
@@ -561,7 +594,8 @@ def main_run(args) -> None:
     say(f"study: cells {cells_in_order(args)}; variants {args.variants}; candidates "
         f"{cands} chosen on {args.select_on} x {args.select_methods}; seeds {args.seeds}")
     select = [c for c in cells_in_order(args)
-              if c[0] in args.select_on and c[2] in args.select_methods]
+              if c[0] in args.select_on and c[2] in args.select_methods
+              and (not args.select_cells or f"{c[0]}:{c[1]}:{c[2]}" in args.select_cells)]
     order = {d: i for i, d in enumerate(DATASETS)}
     # the cheap bases on every data set first, then MTT and BPTT
     rest = sorted((c for c in cells_in_order(args) if c not in select),
@@ -573,7 +607,7 @@ def main_run(args) -> None:
     if choice is not None:
         atomic_json(OUT / "choice.json", choice)
         say(f"chosen on the validation split: {choice['chosen']} ({choice['score']})")
-    chosen = [choice["chosen"]] if choice else []
+    chosen = [choice["chosen"]] if choice and choice["chosen"] else []
     run_cells(rest, [*args.variants, *chosen], args.seeds, {"base", "literal", *chosen},
               args.iterations)
     if chosen:
@@ -607,6 +641,8 @@ def main() -> None:
                     help="data sets whose validation split chooses the setting")
     ap.add_argument("--select-methods", nargs="+", default=["dm", "dsa"],
                     help="base methods whose cells choose the setting")
+    ap.add_argument("--select-cells", nargs="+", default=[],
+                    help="restrict the choosing cells to these DATASET:IPC:METHOD")
     ap.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
     ap.add_argument("--iterations", type=int, help="skip the curve; use this budget")
     ap.add_argument("--steps", type=int, default=3, help="verify: iterations traced")

@@ -141,6 +141,9 @@ def candidates() -> dict[str, dict[str, Any]]:
     out["identity_rho0.3"] = {**ident, "rho": 0.3}
     out["identity_rho1"] = {**ident, "rho": 1.0}
     out["identity_rho3"] = {**ident, "rho": 3.0}
+    # the same with one row per class on the synthetic side (its class mean): identical
+    # to identity_rho1 at IPC 1; at IPC 10 it moves a class's mean only
+    out["identity_classmean_rho1"] = {**ident, "rho": 1.0, "synthetic_side": "class_mean"}
     return out
 
 

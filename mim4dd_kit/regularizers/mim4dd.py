@@ -58,14 +58,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     # no critic network (the paper's Table 2 "w.o network"): the base method's own network
     # changes every iteration (DM, DSA) or every expert (MTT), so a learned critic has
     # nothing stable to fit; the scores compare its centred, normalised per-channel means
-    # directly, under CRD's discriminator, with the gradient tied to the DD gradient
-    # (rho 1). The setting the paired study chose on its validation split
-    # (docs/mim_study.md).
+    # directly, under CRD's discriminator, one row per class on the synthetic side (its
+    # mean), with the gradient tied to the DD gradient (rho 1). The setting the paired
+    # study chose on its validation split (docs/mim_study.md).
     "critic_free": {
         "discriminator": "crd",
         "critic": {"name": "identity"},
         "critic_input": "channel_mean",
         "center": True,
+        "synthetic_side": "class_mean",
         "critic_warmup": 0,
         "critic_steps": 0,
         "ramp": 20,
@@ -161,9 +162,10 @@ class MIM4DD(nn.Module):
 
         preset: Literal["critic_free", "literal", "stable"] = Field(
             DEFAULT_PRESET,
-            description="named setting: 'critic_free' (the default) scores the centred, "
-            "per-channel means of the base network's features directly (no critic "
-            "network) under CRD's discriminator, gradient tied to the DD one (rho 1); "
+            description="named setting: 'critic_free' (the default) scores each class's "
+            "mean of the centred, per-channel means of the base network's features "
+            "against the real samples directly (no critic network) under CRD's "
+            "discriminator, gradient tied to the DD one (rho 1); "
             "'literal' is Eq. 2.15-2.17 as printed (sigmoid, a linear critic on "
             "flattened block outputs, one joint step, lambda 0.8); 'stable' is the CRD "
             "discriminator with a linear critic on pooled input, critic warm-up and "

@@ -67,6 +67,10 @@ HURT_POINTS = 0.5
 #: there go on to the other choosing cells
 SCREEN_CELL = ("fashion_mnist", 1, "dm")
 SCREEN_POINTS = 0.5
+#: the cells whose validation split chooses the shipped setting (every finalist must
+#: have run on all of them): DM and DSA on digits at IPC 1 and 10, and the screening cell
+CHOOSING_CELLS = [("digits", 1, "dm"), ("digits", 1, "dsa"), ("digits", 10, "dm"),
+                  ("digits", 10, "dsa"), SCREEN_CELL]
 #: method knobs for a CPU: MTT with 3 experts trained 6 epochs (one buffer per data set,
 #: shared by both IPCs), start epochs up to 4 at IPC 10 (the recipe's 20 would need
 #: 22-epoch experts); everything else as the shipped recipes
@@ -472,42 +476,39 @@ def finalists(rows: list[dict]) -> list[str]:
 
 
 def choose_setting(rows: list[dict]) -> dict[str, Any] | None:
-    """The candidate to ship, chosen on the validation split over the cells where every
-    finalist (see :func:`finalists`) has at least 2 paired seeds (None if there is none
-    yet).
+    """The candidate to ship, chosen on the validation split of CHOOSING_CELLS (None while
+    no finalist has run on all of them).
 
-    A candidate that hurts a cell (paired mean below -0.5 points with its 95% interval
-    below 0, the issue's "never loses beyond noise" turned around) is out;
-    among the rest, the largest mean over cells of the paired difference wins. When
-    every candidate hurts somewhere, none is chosen.
+    Only finalists (see :func:`finalists`) with at least 2 paired seeds in every choosing
+    cell are eligible. One that hurts a cell (paired mean below -HURT_POINTS with its 95%
+    interval below 0, the issue's "never loses beyond noise" turned around) is out; of the
+    rest, the largest mean over the choosing cells of the paired difference wins.
     """
     cands = finalists(rows)
-    if not cands:
-        return None
-    cells = sorted({(r["dataset"], r["ipc"], r["method"]) for r in rows})
     table = {}
     for c in cands:
-        diffs = {cell: paired(rows, cell, c, "validation") for cell in cells}
+        diffs = {cell: paired(rows, cell, c, "validation") for cell in CHOOSING_CELLS}
         table[c] = {f"{k[0]} ipc{k[1]} {k[2]}": d for k, d in diffs.items() if d}
-    common = set.intersection(*(set(t) for t in table.values()))
-    if not common:
+    complete = [c for c in cands if len(table[c]) == len(CHOOSING_CELLS)]
+    if not complete:
         return None
-    score = {c: sum(table[c][k]["mean"] for k in common) / len(common) for c in cands}
-    hurts = {c: sorted(k for k in common
-                       if table[c][k]["mean"] < -HURT_POINTS and table[c][k]["hi"] < 0)
-             for c in cands}
-    eligible = [c for c in cands if not hurts[c]]
+    score = {c: sum(d["mean"] for d in table[c].values()) / len(CHOOSING_CELLS)
+             for c in complete}
+    hurts = {c: sorted(k for k, d in table[c].items()
+                       if d["mean"] < -HURT_POINTS and d["hi"] < 0) for c in cands}
+    eligible = [c for c in complete if not hurts[c]]
     best = max(eligible, key=score.get) if eligible else None
-    return {"chosen": best, "score": score, "hurts": hurts, "cells": sorted(common),
+    return {"chosen": best, "score": score, "hurts": hurts,
+            "incomplete": [c for c in cands if c not in complete],
+            "cells": [f"{k[0]} ipc{k[1]} {k[2]}" for k in CHOOSING_CELLS],
             "screening": {"cell": list(SCREEN_CELL), "min_gain": SCREEN_POINTS,
                           "finalists": cands},
             "rule": f"finalists (mean paired validation gain >= {SCREEN_POINTS} on "
-                    f"{' '.join(map(str, SCREEN_CELL))}) whose paired validation "
-                    "difference is below "
-                    f"-{HURT_POINTS} points with its 95% interval below 0 in some cell "
-                    "are out; of the rest, the largest mean over cells of the paired "
-                    "validation difference (candidate - base); cells where every "
-                    "candidate has >= 2 seeds",
+                    f"{' '.join(map(str, SCREEN_CELL))}) that ran on every choosing cell "
+                    "(>= 2 paired seeds each); out if the paired validation difference is "
+                    f"below -{HURT_POINTS} points with its 95% interval below 0 in some "
+                    "cell; of the rest, the largest mean over the choosing cells of the "
+                    "paired validation difference (candidate - base)",
             "per_cell": table}
 
 

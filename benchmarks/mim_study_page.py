@@ -321,6 +321,8 @@ def render(rows: list[dict[str, Any]], study: Any) -> Path:
         add(f"Chosen on the validation split: {picked} ({choice['rule']}; "
             "scores " + ", ".join(f"{k} {v:+.2f}" for k, v in choice["score"].items())
             + (f"; out: {hurts}" if hurts else "")
+            + (f"; not run on every choosing cell: {', '.join(choice['incomplete'])}"
+               if choice.get("incomplete") else "")
             + f"; cells: {', '.join(choice['cells'])}).")
     else:
         add("No candidate setting has been chosen yet: the `shipped` column stays empty "

@@ -59,6 +59,18 @@ MILESTONES = {"dm": [0, 50, 100, 200, 400, 800], "dsa": [0, 25, 50, 100, 200, 40
               "mtt": [0, 25, 50, 100, 200], "bptt": [0, 10, 25, 50, 100]}
 #: the curve has flattened at the first milestone that no later one beats by this much
 FLAT_POINTS = 0.5
+#: a setting hurts a cell when its paired mean is below -HURT_POINTS and its interval
+#: excludes 0
+HURT_POINTS = 0.5
+#: candidates are screened on this cell's validation split first (the cell with the most
+#: room above its base: Fashion-MNIST IPC 1 DM); those gaining at least SCREEN_POINTS
+#: there go on to the other choosing cells
+SCREEN_CELL = ("fashion_mnist", 1, "dm")
+SCREEN_POINTS = 0.5
+#: the cells whose validation split chooses the shipped setting (every finalist must
+#: have run on all of them): DM and DSA on digits at IPC 1 and 10, and the screening cell
+CHOOSING_CELLS = [("digits", 1, "dm"), ("digits", 1, "dsa"), ("digits", 10, "dm"),
+                  ("digits", 10, "dsa"), SCREEN_CELL]
 #: method knobs for a CPU: MTT with 3 experts trained 6 epochs (one buffer per data set,
 #: shared by both IPCs), start epochs up to 4 at IPC 10 (the recipe's 20 would need
 #: 22-epoch experts); everything else as the shipped recipes
@@ -109,13 +121,33 @@ CANDIDATES: dict[str, dict[str, Any]] = {}
 
 
 def candidates() -> dict[str, dict[str, Any]]:
-    """Settings to choose between on the validation split, where the toolkit has them."""
+    """Settings to choose between on the validation split, where the toolkit has them.
+
+    Every candidate spells out the fields that differ from the plugin's defaults, so a
+    later change of a preset does not change what a candidate name means.
+    """
     fields = mim4dd_fields()
     out: dict[str, dict[str, Any]] = {}
-    if "preset" in fields:
-        out["stable"] = {"name": "mim4dd", "preset": "stable"}  # rho 0.1
-        if "rho" in fields:
-            out["stable_rho0.3"] = {"name": "mim4dd", "preset": "stable", "rho": 0.3}
+    if not {"preset", "rho", "center"} <= fields:
+        return out
+    stable = {"name": "mim4dd", "preset": "stable"}
+    # the stable preset as first shipped (no centring): rho 0.1 and 0.3
+    out["stable"] = {**stable, "center": False, "rho": 0.1}
+    out["stable_rho0.3"] = {**stable, "center": False, "rho": 0.3}
+    # with centred embeddings
+    out["stable_center"] = {**stable, "center": True, "rho": 0.1}
+    # no critic network (the paper's Table 2 "w.o network"): the scores compare the
+    # centred, normalised per-channel means of the base method's own network directly,
+    # a supervised contrastive term with nothing to train on networks that change
+    # every iteration
+    ident = {**stable, "critic": {"name": "identity"}, "center": True,
+             "critic_warmup": 0, "critic_steps": 0}
+    out["identity_rho0.3"] = {**ident, "rho": 0.3}
+    out["identity_rho1"] = {**ident, "rho": 1.0}
+    out["identity_rho3"] = {**ident, "rho": 3.0}
+    # the same with one row per class on the synthetic side (its class mean): identical
+    # to identity_rho1 at IPC 1; at IPC 10 it moves a class's mean only
+    out["identity_classmean_rho1"] = {**ident, "rho": 1.0, "synthetic_side": "class_mean"}
     return out
 
 
@@ -303,7 +335,7 @@ def run_cell(dataset: str, ipc: int, method: str, variant: str, seed: int,
         return record
     recipe = validate_recipe(recipe_dict(dataset, ipc, method, variant, seed, iterations))
     folder.mkdir(parents=True, exist_ok=True)
-    has_ckpt = (folder / "checkpoint.pt").exists()
+    has_ckpt = (folder / "checkpoint.safetensors").exists()
     log = (folder / "progress.log").open("a", encoding="utf-8")
 
     def progress(it: int, logs: dict[str, float]) -> None:
@@ -432,25 +464,51 @@ def paired(rows: list[dict], cell: tuple, variant: str, split: str) -> dict | No
             "hi": float(d.mean()) + half, "seeds": seeds}
 
 
+def finalists(rows: list[dict]) -> list[str]:
+    """Candidates that pass the screening cell: a mean paired validation gain of at least
+    SCREEN_POINTS there. Only finalists go on to the other choosing cells."""
+    out = []
+    for c in sorted({r["variant"] for r in rows if r["variant"] in CANDIDATES}):
+        d = paired(rows, SCREEN_CELL, c, "validation")
+        if d and d["mean"] >= SCREEN_POINTS:
+            out.append(c)
+    return out
+
+
 def choose_setting(rows: list[dict]) -> dict[str, Any] | None:
-    """The candidate with the largest mean paired validation difference over the cells
-    where every candidate has at least 2 paired seeds; None if there is none yet."""
-    cands = sorted({r["variant"] for r in rows if r["variant"] in CANDIDATES})
-    if not cands:
-        return None
-    cells = sorted({(r["dataset"], r["ipc"], r["method"]) for r in rows})
+    """The candidate to ship, chosen on the validation split of CHOOSING_CELLS (None while
+    no finalist has run on all of them).
+
+    Only finalists (see :func:`finalists`) with at least 2 paired seeds in every choosing
+    cell are eligible. One that hurts a cell (paired mean below -HURT_POINTS with its 95%
+    interval below 0, the issue's "never loses beyond noise" turned around) is out; of the
+    rest, the largest mean over the choosing cells of the paired difference wins.
+    """
+    cands = finalists(rows)
     table = {}
     for c in cands:
-        diffs = {cell: paired(rows, cell, c, "validation") for cell in cells}
+        diffs = {cell: paired(rows, cell, c, "validation") for cell in CHOOSING_CELLS}
         table[c] = {f"{k[0]} ipc{k[1]} {k[2]}": d for k, d in diffs.items() if d}
-    common = set.intersection(*(set(t) for t in table.values()))
-    if not common:
+    complete = [c for c in cands if len(table[c]) == len(CHOOSING_CELLS)]
+    if not complete:
         return None
-    score = {c: sum(table[c][k]["mean"] for k in common) / len(common) for c in cands}
-    best = max(score, key=score.get)
-    return {"chosen": best, "score": score, "cells": sorted(common),
-            "rule": "largest mean over cells of the paired validation difference "
-                    "(candidate - base), over cells where every candidate has >= 2 seeds",
+    score = {c: sum(d["mean"] for d in table[c].values()) / len(CHOOSING_CELLS)
+             for c in complete}
+    hurts = {c: sorted(k for k, d in table[c].items()
+                       if d["mean"] < -HURT_POINTS and d["hi"] < 0) for c in cands}
+    eligible = [c for c in complete if not hurts[c]]
+    best = max(eligible, key=score.get) if eligible else None
+    return {"chosen": best, "score": score, "hurts": hurts,
+            "incomplete": [c for c in cands if c not in complete],
+            "cells": [f"{k[0]} ipc{k[1]} {k[2]}" for k in CHOOSING_CELLS],
+            "screening": {"cell": list(SCREEN_CELL), "min_gain": SCREEN_POINTS,
+                          "finalists": cands},
+            "rule": f"finalists (mean paired validation gain >= {SCREEN_POINTS} on "
+                    f"{' '.join(map(str, SCREEN_CELL))}) that ran on every choosing cell "
+                    "(>= 2 paired seeds each); out if the paired validation difference is "
+                    f"below -{HURT_POINTS} points with its 95% interval below 0 in some "
+                    "cell; of the rest, the largest mean over the choosing cells of the "
+                    "paired validation difference (candidate - base)",
             "per_cell": table}
 
 
@@ -557,11 +615,18 @@ def main_run(args) -> None:
     torch.set_num_threads(1)
     CODE["version"] = code_version()
     CANDIDATES.update(candidates())
-    cands = list(CANDIDATES) if args.candidates else []
+    if args.candidates is None:
+        cands = []
+    else:
+        unknown = sorted(set(args.candidates) - set(CANDIDATES))
+        if unknown:
+            raise SystemExit(f"unknown candidates {unknown}; known: {sorted(CANDIDATES)}")
+        cands = args.candidates or list(CANDIDATES)
     say(f"study: cells {cells_in_order(args)}; variants {args.variants}; candidates "
         f"{cands} chosen on {args.select_on} x {args.select_methods}; seeds {args.seeds}")
     select = [c for c in cells_in_order(args)
-              if c[0] in args.select_on and c[2] in args.select_methods]
+              if c[0] in args.select_on and c[2] in args.select_methods
+              and (not args.select_cells or f"{c[0]}:{c[1]}:{c[2]}" in args.select_cells)]
     order = {d: i for i, d in enumerate(DATASETS)}
     # the cheap bases on every data set first, then MTT and BPTT
     rest = sorted((c for c in cells_in_order(args) if c not in select),
@@ -573,7 +638,7 @@ def main_run(args) -> None:
     if choice is not None:
         atomic_json(OUT / "choice.json", choice)
         say(f"chosen on the validation split: {choice['chosen']} ({choice['score']})")
-    chosen = [choice["chosen"]] if choice else []
+    chosen = [choice["chosen"]] if choice and choice["chosen"] else []
     run_cells(rest, [*args.variants, *chosen], args.seeds, {"base", "literal", *chosen},
               args.iterations)
     if chosen:
@@ -600,13 +665,16 @@ def main() -> None:
     ap.add_argument("--ipc", nargs="+", type=int, default=[1, 10])
     ap.add_argument("--methods", nargs="+", default=["dm", "dsa"], choices=list(MILESTONES))
     ap.add_argument("--variants", nargs="+", default=["base", "literal"])
-    ap.add_argument("--candidates", action="store_true",
-                    help="also run the candidate settings the regularizer offers (on the "
-                    "--select-on data sets) and choose one on the validation split")
+    ap.add_argument("--candidates", nargs="*", metavar="NAME",
+                    help="also run these candidate settings (none named: every one the "
+                    "regularizer offers) on the --select-on data sets, and choose one on "
+                    "the validation split")
     ap.add_argument("--select-on", nargs="+", default=["digits"],
                     help="data sets whose validation split chooses the setting")
     ap.add_argument("--select-methods", nargs="+", default=["dm", "dsa"],
                     help="base methods whose cells choose the setting")
+    ap.add_argument("--select-cells", nargs="+", default=[],
+                    help="restrict the choosing cells to these DATASET:IPC:METHOD")
     ap.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
     ap.add_argument("--iterations", type=int, help="skip the curve; use this budget")
     ap.add_argument("--steps", type=int, default=3, help="verify: iterations traced")

@@ -314,8 +314,15 @@ def render(rows: list[dict[str, Any]], study: Any) -> Path:
             + " |")
     add("")
     if choice:
-        add(f"Chosen on the validation split: **`{choice['chosen']}`** ({choice['rule']}; "
+        hurts = "; ".join(f"{k} hurts {', '.join(v)}"
+                          for k, v in choice.get("hurts", {}).items() if v)
+        picked = (f"**`{choice['chosen']}`**" if choice["chosen"]
+                  else "**none** (every candidate hurts some cell)")
+        add(f"Chosen on the validation split: {picked} ({choice['rule']}; "
             "scores " + ", ".join(f"{k} {v:+.2f}" for k, v in choice["score"].items())
+            + (f"; out: {hurts}" if hurts else "")
+            + (f"; not run on every choosing cell: {', '.join(choice['incomplete'])}"
+               if choice.get("incomplete") else "")
             + f"; cells: {', '.join(choice['cells'])}).")
     else:
         add("No candidate setting has been chosen yet: the `shipped` column stays empty "

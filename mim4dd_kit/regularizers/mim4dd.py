@@ -56,7 +56,37 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ramp": 20,
         "rho": 0.1,
     },
+    # no critic network (the paper's Table 2 "w.o network"): the base method's own network
+    # changes every iteration (DM, DSA) or every expert (MTT), so a learned critic has
+    # nothing stable to fit; the scores compare its centred, normalised per-channel means
+    # directly, under CRD's discriminator, one row per class on the synthetic side (its
+    # mean), with the gradient tied to the DD gradient (rho 1). The setting the paired
+    # study chose on its validation split (docs/mim_study.md).
+    "critic_free": {
+        "discriminator": "crd",
+        "critic": {"name": "identity"},
+        "critic_input": "channel_mean",
+        "center": True,
+        "synthetic_side": "class_mean",
+        "critic_warmup": 0,
+        "critic_steps": 0,
+        "ramp": 20,
+        "rho": 1.0,
+    },
 }
+#: the preset a recipe gets when it names none
+DEFAULT_PRESET = "critic_free"
+
+
+def class_mean_features(
+    feats: list[Tensor], labels: Tensor
+) -> tuple[list[Tensor], Tensor]:
+    """Each class's mean of every feature tensor (rows in ascending class order) and those
+    classes: one (K, ...) tensor per (M, ...) input, by one averaging matrix product."""
+    classes, index = torch.unique(labels, return_inverse=True)
+    average = F.one_hot(index, len(classes)).T.to(feats[0].dtype)  # (K, M)
+    average = average / average.sum(1, keepdim=True)
+    return [(average @ f.flatten(1)).view(len(classes), *f.shape[1:]) for f in feats], classes
 
 
 def layer_weights(num_layers: int, beta: float) -> list[float]:
@@ -80,12 +110,17 @@ class MIM4DD(Regularizer):
     class Params(Params):
         model_config = ConfigDict(populate_by_name=True)
 
-        preset: Literal["literal", "stable"] = Field(
-            "literal",
-            description="named setting: 'literal' is Eq. 2.15-2.17 as printed (sigmoid, "
-            "flattened block outputs, one joint step); 'stable' is the CRD discriminator "
-            "with pooled critic input, critic warm-up and steps, a ramp and rho 0.1; "
-            "fields given explicitly override the preset's",
+        preset: Literal["critic_free", "literal", "stable"] = Field(
+            DEFAULT_PRESET,
+            description="named setting: 'critic_free' (the default) scores each class's "
+            "mean of the centred, per-channel means of the base network's features "
+            "against the real samples directly (no critic network) under CRD's "
+            "discriminator, gradient tied to the DD one (rho 1); "
+            "'literal' is Eq. 2.15-2.17 as printed (sigmoid, a linear critic on "
+            "flattened block outputs, one joint step, lambda 0.8); 'stable' is the CRD "
+            "discriminator with a linear critic on pooled input, critic warm-up and "
+            "steps, a ramp and rho 0.1. Fields given explicitly override the preset's; "
+            "an explicit lambda without an explicit rho weights by lambda",
         )
         lam: float = Field(
             0.8, ge=0, alias="lambda", description="lambda in Eq. 2.17 (paper: 0.8)"
@@ -137,6 +172,14 @@ class MIM4DD(Regularizer):
             "ranks) from both sides' critic embeddings before the normalisation: removes "
             "the direction every post-ReLU feature (and the critic's bias) shares",
         )
+        synthetic_side: Literal["samples", "class_mean"] = Field(
+            "samples",
+            description="what stands for the synthetic side in the score matrix: every "
+            "synthetic sample (Eq. 2.13-2.16 as printed), or each class's mean feature "
+            "(one row per class; the same as 'samples' at one image per class, and it "
+            "moves only a class's mean at more, leaving the spread within a class to the "
+            "base method)",
+        )
         critic_steps: int = Field(
             0, ge=0,
             description="critic-only Adam steps per iteration on the iteration's detached "
@@ -175,10 +218,13 @@ class MIM4DD(Regularizer):
         def _apply_preset(cls, data: Any) -> Any:
             if not isinstance(data, dict):
                 return data
-            name = data.get("preset", "literal")
+            name = data.get("preset", DEFAULT_PRESET)
             if name not in PRESETS:
                 return data  # the Literal check reports it
-            return {**PRESETS[name], **data}
+            merged = {**PRESETS[name], **data}
+            if ("lambda" in data or "lam" in data) and "rho" not in data:
+                merged["rho"] = None  # an explicit lambda means: weight by lambda
+            return merged
 
         @field_validator("beta")
         @classmethod
@@ -333,6 +379,8 @@ class MIM4DD(Regularizer):
                 f"mim4dd expects {self.num_layers} feature tensors per side, got "
                 f"{len(syn_feats)} (syn) and {len(real_feats)} (real)"
             )
+        if self.params.synthetic_side == "class_mean":
+            syn_feats, syn_labels = class_mean_features(syn_feats, syn_labels)
         positive = syn_labels[:, None] == real_labels[None, :]  # (M, N)
         counts = None
         if self.shard.active:  # this rank holds some columns: use the global pair counts

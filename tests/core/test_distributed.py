@@ -185,8 +185,12 @@ def test_two_processes_match_one(tmp_path):
         # CRD's Z (a mean over all ranks' columns), critic-only steps and rho's split
         # gradients (norms of the summed gradients), with diagnostics every iteration
         "stable": merged(TINY, {"synthetic": short, "regularizer": {
-            **MIM, "preset": "stable", "critic_warmup": 2, "ramp": 2,
-            "diagnostics_every": 1}}),
+            "name": "mim4dd", "critic": MIM["critic"], "preset": "stable",
+            "critic_warmup": 2, "ramp": 2, "diagnostics_every": 1}}),
+        # the default preset: no critic network, centred embeddings (the real mean over
+        # all ranks), rho 1
+        "critic_free": merged(TINY, {"synthetic": short, "regularizer": {
+            "name": "mim4dd", "ramp": 2, "diagnostics_every": 1}}),
         "dsa": merged(TINY, {"regularizer": MIM, "synthetic": short,
                              "dd_loss": {"name": "dsa", **GM}}),
         "dsa_kmeans": merged(TINY, {"synthetic": short, "dd_loss": {

@@ -6,7 +6,8 @@ import pytest
 import torch
 from helpers import MIM, assert_resume_is_exact, distilled, merged, set_up_run
 
-STABLE = {**MIM, "preset": "stable", "critic_warmup": 3, "ramp": 2}
+STABLE = {"name": "mim4dd", "critic": MIM["critic"], "preset": "stable", "critic_warmup": 3,
+          "ramp": 2}
 
 
 def _history(path):

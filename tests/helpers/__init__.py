@@ -65,8 +65,9 @@ def assert_resume_is_exact(recipe, tmp_path, stop_after: int = 5) -> None:
     assert resumed.lr == straight.lr
 
 
-#: MIM4DD with a small critic, as the loss tests add it to a tiny recipe
-MIM = {"name": "mim4dd", "lambda": 0.8, "critic": {"name": "linear", "out_dim": 16}}
+#: MIM4DD read literally with a small critic, as the loss tests add it to a tiny recipe
+MIM = {"name": "mim4dd", "preset": "literal", "lambda": 0.8,
+       "critic": {"name": "linear", "out_dim": 16}}
 
 
 def set_up_run(recipe, tmp_path):
@@ -96,12 +97,15 @@ def assert_loss_decreases(run, steps: int = 5, probe_seed: int = 99) -> None:
 
 def assert_lambda_zero_is_exact(recipe_with, tmp_path):
     """``recipe_with(regularizer)`` builds the method's recipe. With MIM4DD at λ = 0 the run
-    must give the method's images (and learned lr) bit for bit; at λ 0.8 other images.
-    Returns the method's own set."""
+    must give the method's images (and learned lr) bit for bit, with the literal setting
+    and with the default one; at λ 0.8 other images. Returns the method's own set."""
     base = distilled(recipe_with(None), tmp_path / "base")
     zero = distilled(recipe_with({**MIM, "lambda": 0.0}), tmp_path / "zero")
+    zero_default = distilled(recipe_with({"name": "mim4dd", "lambda": 0.0}),
+                             tmp_path / "zero_default")
     full = distilled(recipe_with(MIM), tmp_path / "full")
     assert torch.equal(base.images, zero.images) and base.lr == zero.lr
+    assert torch.equal(base.images, zero_default.images) and base.lr == zero_default.lr
     assert not torch.equal(base.images, full.images)
     return base
 

@@ -62,7 +62,7 @@ def test_mi_lower_bound_is_log_c_minus_1_plus_positive_mean():
 
 
 def _build(**params):
-    p = MIM4DD.Params.model_validate(params)
+    p = MIM4DD.Params.model_validate({"preset": "literal", **params})
     return MIM4DD(p, num_classes=3, feature_dims=[4, 6], registry=default_registry())
 
 
@@ -166,7 +166,7 @@ def test_shifted_discriminator_is_stable_at_extreme_scores():
 
 
 def _build10(**params):
-    p = MIM4DD.Params.model_validate(params)
+    p = MIM4DD.Params.model_validate({"preset": "literal", **params})
     return MIM4DD(p, num_classes=10, feature_dims=[4, 6], registry=default_registry())
 
 
@@ -244,7 +244,7 @@ def test_prior_discriminator_offsets_by_log_c_minus_one():
 
 
 def test_channel_mean_critic_sees_per_channel_means():
-    p = MIM4DD.Params.model_validate({"critic_input": "channel_mean",
+    p = MIM4DD.Params.model_validate({"preset": "literal", "critic_input": "channel_mean",
                                       "critic": {"name": "linear", "out_dim": 5}})
     reg = MIM4DD(p, num_classes=3, feature_dims=[4 * 5 * 5, 6 * 2 * 2],
                  registry=default_registry(), feature_shapes=[(4, 5, 5), (6, 2, 2)])
@@ -260,13 +260,33 @@ def test_channel_mean_critic_sees_per_channel_means():
         MIM4DD(p, num_classes=3, feature_dims=[4, 6], registry=default_registry())
 
 
-def test_literal_preset_is_the_default_and_todays_objective():
-    assert MIM4DD.Params() == MIM4DD.Params(preset="literal")
-    p = MIM4DD.Params()
+def test_literal_preset_is_todays_objective():
+    p = MIM4DD.Params(preset="literal")
     assert (p.discriminator, p.critic_input, p.critic_steps, p.critic_warmup, p.ramp,
-            p.rho, p.center) == ("sigmoid", "flatten", 0, 0, 0, None, False)
-    # the default objective is the hand-computed Eq. 2.15-2.17 (see the identity test)
+            p.rho, p.center, p.lam, p.critic.name) == ("sigmoid", "flatten", 0, 0, 0, None,
+                                                       False, 0.8, "linear")
+    # the literal objective is the hand-computed Eq. 2.15-2.17 (see the identity test)
     test_identity_critic_total_matches_manual_sum()
+
+
+def test_critic_free_is_the_default_preset():
+    p = MIM4DD.Params()
+    assert p == MIM4DD.Params(preset="critic_free")
+    assert (p.preset, p.discriminator, p.critic.name, p.critic_input, p.center, p.rho,
+            p.ramp, p.critic_steps, p.critic_warmup, p.synthetic_side) == (
+        "critic_free", "crd", "identity", "channel_mean", True, 1.0, 20, 0, 0, "class_mean")
+    reg = MIM4DD(p, num_classes=3, feature_dims=[4, 6], registry=default_registry(),
+                 feature_shapes=[(4, 2, 2), (6, 1, 1)])
+    assert sum(t.numel() for t in reg.parameters()) == 0  # nothing to train
+
+
+def test_explicit_lambda_weights_by_lambda_unless_rho_is_given():
+    assert MIM4DD.Params.model_validate({"lambda": 0.5}).rho is None
+    assert MIM4DD.Params.model_validate({"lambda": 0.0}).lam == 0.0
+    both = MIM4DD.Params.model_validate({"lambda": 0.5, "rho": 0.3})
+    assert (both.lam, both.rho) == (0.5, 0.3)
+    assert MIM4DD.Params.model_validate({"preset": "stable", "lambda": 0.2}).rho is None
+    assert MIM4DD.Params.model_validate({"preset": "stable"}).rho == 0.1
 
 
 def test_stable_preset_and_explicit_overrides():
@@ -325,3 +345,30 @@ def test_center_subtracts_the_real_mean_embedding_from_both_sides():
         rm = real[k].mean(0)
         assert torch.allclose(scores[k], (syn[k] - rm) @ w.T @ (w @ (real[k] - rm).T),
                               atol=1e-4)
+
+
+def test_class_mean_side_scores_each_class_mean_against_the_real_samples():
+    torch.manual_seed(3)
+    params = {"critic": {"name": "identity"}, "discriminator": "crd", "center": True,
+              "normalize": True}
+    reg = _build(**params, synthetic_side="class_mean")
+    ref = _build(**params)
+    syn = [torch.randn(6, 4), torch.randn(6, 6)]
+    ys = torch.tensor([2, 0, 1, 0, 2, 1])
+    real = [torch.randn(9, 4), torch.randn(9, 6)]
+    yr = torch.arange(9) % 3
+    means = [torch.stack([f[ys == c].mean(0) for c in range(3)]) for f in syn]
+    got = reg(syn, ys, real, yr)
+    expected = ref(means, torch.arange(3), real, yr)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    # one image per class, in class order: the per-sample reading's value, bit for bit
+    one = [f[[1, 2, 0]] for f in syn]
+    y1 = torch.arange(3)
+    a = _build(**params, synthetic_side="class_mean")(one, y1, real, yr)
+    b = _build(**params)(one, y1, real, yr)
+    assert torch.equal(a, b)
+    # the gradient reaches every image of a class equally (through the mean)
+    x = syn[1].clone().requires_grad_(True)
+    _build(**params, synthetic_side="class_mean")([syn[0], x], ys, real, yr).backward()
+    g = x.grad
+    assert torch.allclose(g[1], g[3]) and torch.allclose(g[0], g[4])

@@ -177,6 +177,19 @@ def _loss_figure(cell: tuple, variants: list[str], out: Path) -> str | None:
     return name
 
 
+def _shipped_check(S, chosen: str) -> str:
+    """Whether the toolkit's default ``mim4dd`` settings are the chosen candidate's."""
+    shipped = S.regularizer_params({"name": "mim4dd"})
+    cand = S.regularizer_params(S.CANDIDATES[chosen])
+    differ = sorted(k for k in set(shipped) | set(cand)
+                    if k != "preset" and shipped.get(k) != cand.get(k))
+    if not differ:
+        return (f"The toolkit's default `mim4dd` (preset `{shipped['preset']}`, what the "
+                f"`*_mim` recipes use) has every parameter of `{chosen}`.")
+    return (f"The toolkit's default `mim4dd` (preset `{shipped['preset']}`) differs from "
+            f"`{chosen}` in: {', '.join(differ)}.")
+
+
 def render(rows: list[dict[str, Any]], study: Any) -> Path:
     global S
     S = study
@@ -324,6 +337,9 @@ def render(rows: list[dict[str, Any]], study: Any) -> Path:
             + (f"; not run on every choosing cell: {', '.join(choice['incomplete'])}"
                if choice.get("incomplete") else "")
             + f"; cells: {', '.join(choice['cells'])}).")
+        if choice["chosen"]:
+            add("")
+            add(_shipped_check(S, choice["chosen"]))
     else:
         add("No candidate setting has been chosen yet: the `shipped` column stays empty "
             "until candidate settings have run on the validation split.")

@@ -92,7 +92,7 @@ class RunGuard:
                        f"{iteration + 1}, {std / self.std0:.1f}x its start ({self.std0:.3g}): "
                        "the images are blowing up. Lower synthetic.lr, or the "
                        "regularizer's weight (regularizer.lambda, or regularizer.rho / "
-                       "regularizer.preset: stable)")
+                       "regularizer.preset: critic_free)")
         ratio = logs.get("grad_ratio")
         if ratio is None:
             return

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 _RUN = ["synthetic.iterations=3", "synthetic.batch_real=4", "backbone.width=8",
-        "backbone.depth=2", "regularizer.critic.out_dim=8", "evaluators.0.models=1",
+        "backbone.depth=2", "evaluators.0.models=1",
         "evaluators.0.epochs=1", "output.checkpoint_every=1"]
 #: options appended to each subcommand: they shrink the work and change nothing else
 SHRINK = {

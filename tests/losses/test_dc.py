@@ -162,6 +162,16 @@ def test_class_gradients_without_graph_for_real_data():
     assert [g.shape[1:] for g in grads] == [p.shape for p in net.parameters()]
     assert all(g.shape[0] == 2 and not g.requires_grad for g in grads)
     assert feats[0].shape == (2, 3, 4, 4, 4) and not feats[0].requires_grad
+    # the slow formulation: one ordinary backward pass per class
+    params = [p.detach().clone().requires_grad_(True) for p in net.parameters()]
+    for c in range(2):
+        logits = torch.func.functional_call(
+            net, dict(zip((k for k, _ in net.named_parameters()), params, strict=True)),
+            (x[c],))
+        want = torch.autograd.grad(F.cross_entropy(logits, y[c]), params)
+        for g, w in zip(grads, want, strict=True):
+            torch.testing.assert_close(g[c], w, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(feats[0][c], net.features(x[c])[0])
 
 
 # ------------------------------------------------------------------ plugin behaviour

@@ -189,6 +189,11 @@ def test_gradients_reach_images_and_features_for_mim4dd(tiny_recipe, tmp_path, n
         assert f_s.requires_grad and not f_r.requires_grad
     assert torch.equal(out.syn_labels, r.syn.labels)  # the engine's set is class-grouped
     assert torch.equal(out.real_labels, torch.arange(10).repeat_interleave(8))
+    if name == "dc":  # no augmentation: the matched network's blocks on the set itself
+        with torch.no_grad():
+            want = r.loss.net.features(r.syn.images)
+        for got, w in zip(out.syn_feats, want, strict=True):
+            torch.testing.assert_close(got.detach(), w, rtol=1e-5, atol=1e-6)
     value = r.reg(out.syn_feats, out.syn_labels, out.real_feats, out.real_labels)
     (out.loss + value).backward()
     assert r.syn.images.grad is not None and r.syn.images.grad.abs().sum() > 0

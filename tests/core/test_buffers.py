@@ -261,3 +261,21 @@ def test_mdk_buffer_serves_any_loss_that_needs_expert_buffers(tmp_path, monkeypa
         buffer_for_recipe(recipe({"name": "forgetful"}), registry=reg)
     with pytest.raises(RecipeError, match="dd_loss is 'dm'"):
         buffer_for_recipe(recipe({"name": "dm"}), registry=reg)
+
+
+def test_conformance_check_asks_a_buffer_loss_for_its_builder(make_ctx):
+    from mim4dd_kit import testing
+    from mim4dd_kit.api import DDLoss
+    from mim4dd_kit.api import Params as BaseParams
+
+    class Forgetful(DDLoss):
+        needs_expert_buffers = True
+
+        class Params(BaseParams):
+            pass
+
+    ctx = make_ctx()
+    with pytest.raises(AssertionError, match="implement build_expert_buffers"):
+        testing.check_builds_from_params(Forgetful, "dd_losses", ctx=ctx)
+    built = testing.check_builds_from_params(MTT, "dd_losses", PARAMS, ctx=ctx)
+    assert built.needs_expert_buffers and not DDLoss.needs_expert_buffers

@@ -469,7 +469,8 @@ def sweep(
 @app.command()
 @_guard
 def buffer(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file whose dd_loss is mtt.")],
+    recipe: Annotated[Path, typer.Argument(
+        help="Recipe YAML file whose dd_loss trains experts (mtt).")],
     set_: SetOpt = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .api import EvalRequest, EvalResult, EvaluatorRef, conform, tapped_features
+from .api import DDLoss, EvalRequest, EvalResult, EvaluatorRef, conform, tapped_features, trait
 from .config.recipe import Recipe, validate_recipe
 from .config.registry import Registry, default_registry
 from .core.errors import RunError
@@ -98,6 +98,13 @@ def check_builds_from_params(cls: type, kind: str, params: Any = None,
             "image_steps must be an int >= 1"
         assert isinstance(obj.initial_lr, float | int) and math.isfinite(obj.initial_lr), \
             "initial_lr must be a finite number"
+        needs = trait(cls, "dd_losses", "needs_expert_buffers")
+        assert isinstance(needs, bool), "needs_expert_buffers must be a bool"
+        if needs:
+            build = getattr(cls, "build_expert_buffers", None)
+            base = DDLoss.build_expert_buffers.__func__
+            assert build is not None and getattr(build, "__func__", build) is not base, \
+                "needs_expert_buffers is set: implement build_expert_buffers (mdk buffer)"
         state = obj.state_dict()
         assert isinstance(state, dict), "state_dict() must return a dict"
         obj.load_state_dict(state)

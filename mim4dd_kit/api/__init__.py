@@ -49,12 +49,13 @@ from .params import (
     RegularizerRef,
 )
 from .plugins import Augmentation, DDLoss, Evaluator, Regularizer, conform, trait
-from .results import EvalRequest, EvalResult, LossOutput
+from .results import EvalRequest, EvalResult, ExpertBuffers, LossOutput
 
 __all__ = [
     "TAPS", "Augmentation", "AugmentationRef", "Backbone", "BackboneRef", "BuildError",
     "ComponentRef", "CriticRef", "DDLoss", "DataError", "DataInfo", "DatasetRef",
-    "EvalRequest", "EvalResult", "Evaluator", "EvaluatorRef", "LoggerRef", "LossOutput",
+    "EvalRequest", "EvalResult", "Evaluator", "EvaluatorRef", "ExpertBuffers", "LoggerRef",
+    "LossOutput",
     "LossRef", "MdkError", "NoGradPasses", "NumbersModel", "Params", "PluginError",
     "RealData", "RecipeError", "Regularizer", "RegularizerRef", "RunContext", "RunError",
     "Shard", "SyntheticState", "Tap", "check_tap", "class_table", "conform",

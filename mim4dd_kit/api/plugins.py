@@ -20,7 +20,7 @@ from .context import Shard
 if TYPE_CHECKING:
     from .context import RunContext, SyntheticState
     from .params import Params
-    from .results import EvalRequest, EvalResult, LossOutput
+    from .results import EvalRequest, EvalResult, ExpertBuffers, LossOutput
 
 
 @runtime_checkable
@@ -60,6 +60,10 @@ class DDLoss:
     shardable: ClassVar[bool] = False
     #: image-optimiser steps per iteration, each a ``compute`` -> backward -> step
     image_steps: int = 1
+    #: the loss matches expert trajectories trained on the real data before the run;
+    #: ``mdk buffer`` builds them ahead through :meth:`build_expert_buffers`, and refuses
+    #: losses without this flag
+    needs_expert_buffers: ClassVar[bool] = False
 
     def __init__(self, params: Params, *, ctx: RunContext):
         self.params = params
@@ -67,6 +71,22 @@ class DDLoss:
 
     def compute(self, syn: SyntheticState, iteration: int, want_features: bool) -> LossOutput:
         raise NotImplementedError(f"{type(self).__name__} does not implement compute")
+
+    @classmethod
+    def build_expert_buffers(cls, params: Params, *, ctx: RunContext,
+                             progress: bool = False) -> ExpertBuffers:
+        """Train (or find) the expert trajectories ``params`` ask for, before any run.
+
+        ``mdk buffer`` calls it for losses with :attr:`needs_expert_buffers`, with the
+        validated parameters and the context a run of the same recipe gets (built without
+        seeding or touching process-wide settings); ``progress`` asks for a progress bar.
+        It trains the missing experts, keeps the present ones and says where they are. The
+        loss's own constructor is expected to find the same folder.
+        """
+        raise NotImplementedError(
+            f"{cls.__name__} sets needs_expert_buffers but does not implement "
+            "build_expert_buffers"
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """What the loss needs to resume exactly (tensors, numbers, nested dicts)."""

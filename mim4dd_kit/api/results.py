@@ -1,9 +1,10 @@
-"""Typed outputs of plugins: a DD loss's :class:`LossOutput`, an evaluator's request and
-:class:`EvalResult`."""
+"""Typed outputs of plugins: a DD loss's :class:`LossOutput` and :class:`ExpertBuffers`,
+an evaluator's request and :class:`EvalResult`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +30,21 @@ class LossOutput:
     real_feats: list[Tensor] | None = None
     real_labels: Tensor | None = None
     logs: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExpertBuffers:
+    """Where a DD loss's expert trajectories are (:meth:`DDLoss.build_expert_buffers`, the
+    library side of ``mdk buffer``)."""
+
+    #: the folder holding the experts
+    path: Path
+    #: experts the loss's parameters ask for (all present once built)
+    experts: int
+    #: how many of them this call trained (0: every one was already there)
+    trained: int
+    #: epochs each expert is recorded for
+    epochs: int
 
 
 @dataclass

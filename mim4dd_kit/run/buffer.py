@@ -1,5 +1,6 @@
-"""``mdk buffer``: train (or find) the expert trajectories a recipe's MTT loss needs,
-before the run, from the same context a run builds (mim4dd_kit/run/context.py)."""
+"""``mdk buffer``: train (or find) the expert trajectories a recipe's DD loss needs (any
+loss with ``needs_expert_buffers``, MTT among the built-in ones), before the run, from the
+same context a run builds (mim4dd_kit/run/context.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..api import trait
 from ..config.recipe import load_recipe
 from ..config.registry import default_registry
-from ..core.errors import RecipeError
+from ..core.errors import PluginError, RecipeError
 from ..core.runtime import resolve_device
-from ..dd_losses.mtt import MTT
-from ..dd_losses.mtt.buffers import buffer_dir, ensure_buffer, expert_path, train_epochs
 from .context import build_context
 
 
@@ -27,20 +27,26 @@ def buffer_for_recipe(
     """Build (or find) the expert buffer a recipe's trajectory-matching loss needs.
 
     The library side of ``mdk buffer``: resolves the recipe exactly as a run would (data,
-    backbone, augmentation, seed), trains the missing experts and returns where they are.
+    backbone, augmentation, seed) and hands the loss's validated parameters and that
+    context to the loss class's ``build_expert_buffers`` (losses that set
+    ``needs_expert_buffers``; mim4dd_kit/api/plugins.py), which trains the missing experts;
+    returns where they are.
     """
     registry = registry or default_registry()
     r = load_recipe(recipe, list(overrides), registry)
-    cls = registry.load("dd_losses", r.dd_loss.name)
-    if not (isinstance(cls, type) and issubclass(cls, MTT)):
+    name = r.dd_loss.name
+    cls = registry.load("dd_losses", name)
+    if not trait(cls, "dd_losses", "needs_expert_buffers"):
         raise RecipeError(
-            f"{recipe}: dd_loss is {r.dd_loss.name!r}; `mdk buffer` trains the expert "
-            "trajectories of trajectory matching (dd_loss: mtt)"
+            f"{recipe}: dd_loss is {name!r}, which trains no expert trajectories before a "
+            "run; `mdk buffer` builds them for losses that do (trajectory matching, "
+            "dd_loss: mtt)"
         )
     params = registry.validate("dd_losses", r.dd_loss)
     ctx = build_context(r, resolve_device(device or r.device), registry)
-    folder = buffer_dir(ctx, params)
-    missing = [i for i in range(params.num_experts) if not expert_path(folder, i).exists()]
-    ensure_buffer(ctx, params, progress=progress)
-    return {"path": str(folder), "experts": params.num_experts, "trained": len(missing),
-            "epochs": train_epochs(params)}
+    try:
+        built = cls.build_expert_buffers(params, ctx=ctx, progress=progress)
+    except NotImplementedError as exc:
+        raise PluginError(f"dd loss {name!r}: {exc}") from None
+    return {"path": str(built.path), "experts": built.experts, "trained": built.trained,
+            "epochs": built.epochs}

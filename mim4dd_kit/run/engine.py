@@ -400,9 +400,10 @@ class Run(RegularizerSteps):
     def observers(self, outputs: contextlib.ExitStack, start: int,
                   progress: bool) -> list[Callback]:
         """What follows a run, each a callback ``(iteration, logs)``: the progress bar (with
-        ``progress``), on rank 0 the streamed loss log (mim4dd_kit/run/runlog.py) and,
-        without a bar, plain progress lines, then the experiment trackers. Their files
-        and displays are closed by ``outputs``."""
+        ``progress``), on rank 0 the streamed loss log, the loss curves and, without a
+        bar, plain progress lines (mim4dd_kit/run/runlog.py), then the experiment trackers.
+        Their files and displays are closed by ``outputs``; the curves are drawn there
+        when the loop ends without an error."""
         total, out = self.recipe.synthetic.iterations, self.recipe.output
         main = ddp.is_main()
         shown_bar = progress and main
@@ -418,6 +419,9 @@ class Run(RegularizerSteps):
                                          self.history)
             outputs.callback(stream.close)
             observers.append(stream.record)
+            curves = runlog.LossCurves(self.run_dir, self.recipe.name, self.history[:start])
+            outputs.push(lambda failed, *_: None if failed else curves.draw())
+            observers.append(curves.record)
             if not shown_bar:
                 lines = runlog.ProgressLines(self.recipe.name, start, total, out.log_every,
                                              out.log_seconds)
@@ -454,12 +458,10 @@ class Run(RegularizerSteps):
         }
 
     def write_logs(self) -> None:
-        """The loss curves; ``losses.jsonl`` and ``recipe.yaml`` were written while the
-        run ran (mim4dd_kit/run/runlog.py)."""
-        if self.history and plots.have_matplotlib():
-            # the paper's Fig. 4: base loss and regularizer per iteration (plot extra)
-            plots.save_loss_curves(self.history, self.run_dir / "losses.png",
-                                   title=self.recipe.name)
+        """Draw ``losses.png`` from :attr:`history`, for code that drives :meth:`step`
+        itself instead of :meth:`loop` (whose observers draw it)."""
+        curves = runlog.LossCurves(self.run_dir, self.recipe.name, self.history)
+        curves.draw()
 
 
 def run(
@@ -617,7 +619,6 @@ def _distill(
     main = ddp.is_main()
     if main:
         save_synthetic(final, r.syn.images, r.syn.labels, lr, meta)
-        r.write_logs()
     evaluations: dict[str, Any] = {}
     if evaluate and recipe.evaluators:
         # every rank takes part: evaluators may spread their networks over the ranks

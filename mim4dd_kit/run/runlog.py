@@ -1,4 +1,5 @@
-"""Following a run while it runs: the streaming loss log and plain progress lines.
+"""Following a run while it runs: the streaming loss log, plain progress lines and the loss
+curves drawn when the loop ends.
 
 A run folder's ``recipe.yaml`` is written before the first iteration and ``losses.jsonl``
 gets one JSON object per iteration, appended and flushed as soon as the iteration ends, so
@@ -13,6 +14,10 @@ through the standard :mod:`logging` module, logger ``mim4dd_kit.run``: a line ev
 ``output.log_every`` iterations and at least every ``output.log_seconds`` seconds, with
 the iteration, the losses, the speed and the time left. The library configures no
 handler; ``mdk`` sends these records to stderr (docs/following-runs.md).
+
+``losses.png`` (the ``plot`` extra) shows the same rows as curves; :class:`LossCurves`
+collects them iteration by iteration and draws the picture once, when the loop finishes
+without an error.
 """
 
 from __future__ import annotations
@@ -26,12 +31,14 @@ from typing import IO, Any
 
 import yaml
 
+from ..core import plots
 from ..core.errors import OutputError
 from ..core.files import atomic_write
 
 log = logging.getLogger("mim4dd_kit.run")
 
 LOSSES = "losses.jsonl"
+CURVES = "losses.png"
 RECIPE = "recipe.yaml"
 #: the keys a row adds to the iteration's logs
 TIME_KEYS = ("wall_time", "s_per_it")
@@ -118,6 +125,26 @@ class StreamingLog:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+class LossCurves:
+    """``losses.png``: the base loss, the regularizer and its per-layer terms per iteration
+    (the paper's Fig. 4; mim4dd_kit/core/plots.py). ``record`` is the per-iteration
+    callback, ``history`` the rows of the iterations before ``start`` (from the checkpoint
+    on ``--resume``); ``draw`` writes the picture of every row, and does nothing without
+    rows or without matplotlib."""
+
+    def __init__(self, run_dir: Path, title: str, history: list[dict[str, float]]):
+        self.path = run_dir / CURVES
+        self.title = title
+        self.rows: list[dict[str, float]] = list(history)
+
+    def record(self, iteration: int, logs: dict[str, float]) -> None:
+        self.rows.append({"iteration": iteration, **logs})
+
+    def draw(self) -> None:
+        if self.rows and plots.have_matplotlib():
+            plots.save_loss_curves(self.rows, self.path, title=self.title)
 
 
 class ProgressLines:

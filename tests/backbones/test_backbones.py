@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mim4dd_kit.backbones.convnet import ConvNet
@@ -38,9 +39,14 @@ def test_convnet_grey_first_conv_pads_by_three():
     assert first.padding == (3, 3) and second.padding == (1, 1)
     x = torch.randn(2, 1, 28, 28)
     assert first(x).shape == (2, 8, 32, 32)  # 28 -> 32 before the first pool
+    # the same convolution on an input zero-padded by hand
+    padded = F.pad(x, (3, 3, 3, 3))
+    torch.testing.assert_close(first(x), F.conv2d(padded, first.weight, first.bias))
     feats = net.features(x)
     assert [tuple(f.shape) for f in feats] == [(2, 8, 16, 16), (2, 8, 8, 8), (2, 8, 4, 4)]
     assert net(x).shape == (2, 10)
+    w, b = net.classifier.weight, net.classifier.bias
+    torch.testing.assert_close(net(x), feats[-1].reshape(2, -1) @ w.T + b)
 
 
 def test_convnet_colour_shapes():
@@ -51,6 +57,10 @@ def test_convnet_colour_shapes():
     assert [tuple(f.shape) for f in feats] == [(2, 8, 16, 16), (2, 8, 8, 8), (2, 8, 4, 4)]
     assert net(x).shape == (2, 10)
     assert net.embed(x).shape == (2, 8 * 4 * 4)
+    # the embedding is the last block flattened channel-major; the head is one fc layer on it
+    torch.testing.assert_close(net.embed(x)[:, 17], feats[-1][:, 1, 0, 1])
+    w, b = net.classifier.weight, net.classifier.bias
+    torch.testing.assert_close(net(x), net.embed(x) @ w.T + b)
 
 
 @pytest.mark.parametrize(
@@ -75,6 +85,8 @@ def test_feature_shapes_match_forward(channels, size, params):
     # the classifier was sized by arithmetic; the forward pass must agree
     assert net.classifier.in_features == feats[-1][0].numel()
     assert net(x).shape == (2, 10)
+    w, b = net.classifier.weight, net.classifier.bias
+    torch.testing.assert_close(net(x), feats[-1].flatten(1) @ w.T + b)
 
 
 def test_instance_norm_is_per_sample():
@@ -151,6 +163,12 @@ def test_mlp_reference_layout_and_shapes():
     assert small.feature_shapes() == [tuple(f.shape[1:]) for f in feats]
     assert small(x).shape == (5, 4)
     assert (feats[0] >= 0).all()  # blocks end in a ReLU
+    # the same map written out from the weights: flatten, 3 x (fc, ReLU), fc
+    h = x.reshape(5, 3 * 8 * 6)
+    for k, block in enumerate(small.blocks):
+        h = (h @ block[0].weight.T + block[0].bias).clamp(min=0)
+        torch.testing.assert_close(feats[k], h)
+    torch.testing.assert_close(small(x), h @ small.classifier.weight.T + small.classifier.bias)
     with pytest.raises(ValueError):
         MLP.Params(depth=0)
     with pytest.raises(ValueError):

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mim4dd_kit.backbones.lenet import LeNet
 from mim4dd_kit.config.registry import default_registry
@@ -26,6 +27,16 @@ def test_output_and_block_shapes(channels, size):
     assert net(x).shape == (2, 10)
     torch.testing.assert_close(net(x), net.classify(feats[-1]))
     assert net.embed(x).shape == (2, 84)
+    # LeNet-5 written out with the network's weights: conv-relu-pool twice, three fc layers
+    conv1, conv2 = net.blocks[0][0], net.blocks[1][0]
+    fc1, fc2, head = net.blocks[2][1], net.blocks[3][0], net.classifier
+    h = F.max_pool2d(F.relu(F.conv2d(x, conv1.weight, conv1.bias, padding=2 if channels == 1
+                                     else 0)), 2)
+    h = F.max_pool2d(F.relu(F.conv2d(h, conv2.weight, conv2.bias)), 2)
+    h = F.relu(F.linear(F.relu(F.linear(h.flatten(1), fc1.weight, fc1.bias)), fc2.weight,
+                        fc2.bias))
+    torch.testing.assert_close(net.embed(x), h)
+    torch.testing.assert_close(net(x), F.linear(h, head.weight, head.bias))
 
 
 @pytest.mark.parametrize(("channels", "classes"), [(1, 10), (3, 10), (3, 100)])

@@ -46,6 +46,11 @@ def test_shapes_through_registry(name, params, channels, size, shapes):
     logits = net.classify(feats[-1])
     assert logits.shape == (2, 7)
     torch.testing.assert_close(net(x), logits)
+    # the head by hand: one fc layer on the flattened last block (ResNet: on its channel
+    # means, the global average pool)
+    last = feats[-1].mean(dim=(2, 3)) if name == "resnet18" else feats[-1].reshape(2, -1)
+    fc = net.classifier
+    torch.testing.assert_close(logits, last @ fc.weight.T + fc.bias)
 
 
 def test_registered_classes_and_defaults():

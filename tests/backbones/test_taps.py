@@ -80,7 +80,10 @@ def test_convnet_pre_activation_is_conv_then_norm():
     torch.testing.assert_close(pre[1], net.blocks[1][1](net.blocks[1][0](block1_in)))
     assert pre[0].min() < 0  # before the ReLU
     # pre_pool of a 3x3/pad-3 first conv on 28x28 is 32x32, pooled to 16x16
-    assert net.features(x, tap="pre_pool")[0].shape == (2, 6, 32, 32)
+    pre_pool = net.features(x, tap="pre_pool")[0]
+    assert pre_pool.shape == (2, 6, 32, 32)
+    torch.testing.assert_close(pre_pool, pre[0].clamp(min=0))  # the default ReLU
+    torch.testing.assert_close(F.avg_pool2d(pre_pool, 2), net.features(x)[0])
 
 
 def test_taps_leave_parameters_and_gradients_alone():

@@ -187,3 +187,95 @@ def test_missing_expert_and_too_short_training_are_errors(tmp_path):
     with pytest.raises(ValidationError, match="train_epochs must be at least"):
         MTT.Params(max_start_epoch=5, expert_epochs=2, train_epochs=5)
     MTT.Params(max_start_epoch=5, expert_epochs=2, train_epochs=6)  # the latest target
+
+
+# ------------------------------------------------------- mdk buffer for any trajectory loss
+
+_TRAJ_MODULE = '''
+import torch
+from mim4dd_kit.api import DDLoss, ExpertBuffers, Params
+
+class Trajectories(DDLoss):
+    """A third-party loss that matches trajectories of its own experts."""
+    needs_expert_buffers = True
+
+    class Params(Params):
+        experts: int = 2
+
+    @classmethod
+    def build_expert_buffers(cls, params, *, ctx, progress=False):
+        folder = ctx.cache_dir / "traj" / ctx.data.identity["sha256"][:8]
+        folder.mkdir(parents=True, exist_ok=True)
+        trained = 0
+        for i in range(params.experts):
+            path = folder / f"{i}.pt"
+            if not path.exists():
+                torch.save(ctx.make_backbone().state_dict(), path)
+                trained += 1
+        return ExpertBuffers(path=folder, experts=params.experts, trained=trained, epochs=0)
+
+class Forgetful(DDLoss):
+    """Says it needs buffers but cannot build them."""
+    needs_expert_buffers = True
+
+    class Params(Params):
+        pass
+'''
+
+
+def test_mdk_buffer_serves_any_loss_that_needs_expert_buffers(tmp_path, monkeypatch):
+    import sys
+
+    import yaml
+    from helpers import TINY
+
+    from mim4dd_kit.config.registry import Registry
+    from mim4dd_kit.core.errors import PluginError, RecipeError
+    from mim4dd_kit.run.buffer import buffer_for_recipe
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "fake_traj.py").write_text(_TRAJ_MODULE)
+    info = site / "fake_traj-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-traj\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[mdk.dd_losses]\ntraj = fake_traj:Trajectories\nforgetful = fake_traj:Forgetful\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("MDK_CACHE", str(tmp_path / "cache"))
+    reg = Registry(path=[str(site), *sys.path])
+
+    def recipe(loss):
+        path = tmp_path / f"{loss['name']}.yaml"
+        path.write_text(yaml.safe_dump({**TINY, "dd_loss": loss}, sort_keys=False))
+        return path
+
+    first = buffer_for_recipe(recipe({"name": "traj", "experts": 3}), registry=reg)
+    assert first["experts"] == 3 and first["trained"] == 3 and first["epochs"] == 0
+    assert first["path"].startswith(str(tmp_path / "cache"))
+    assert sorted(p.name for p in tmp_path.joinpath(first["path"]).iterdir()) == [
+        "0.pt", "1.pt", "2.pt"]
+    again = buffer_for_recipe(recipe({"name": "traj", "experts": 4}), registry=reg)
+    assert again["trained"] == 1 and again["path"] == first["path"]
+    with pytest.raises(PluginError, match="'forgetful'.*build_expert_buffers"):
+        buffer_for_recipe(recipe({"name": "forgetful"}), registry=reg)
+    with pytest.raises(RecipeError, match="dd_loss is 'dm'"):
+        buffer_for_recipe(recipe({"name": "dm"}), registry=reg)
+
+
+def test_conformance_check_asks_a_buffer_loss_for_its_builder(make_ctx):
+    from mim4dd_kit import testing
+    from mim4dd_kit.api import DDLoss
+    from mim4dd_kit.api import Params as BaseParams
+
+    class Forgetful(DDLoss):
+        needs_expert_buffers = True
+
+        class Params(BaseParams):
+            pass
+
+    ctx = make_ctx()
+    with pytest.raises(AssertionError, match="implement build_expert_buffers"):
+        testing.check_builds_from_params(Forgetful, "dd_losses", ctx=ctx)
+    built = testing.check_builds_from_params(MTT, "dd_losses", PARAMS, ctx=ctx)
+    assert built.needs_expert_buffers and not DDLoss.needs_expert_buffers

@@ -154,6 +154,12 @@ def test_baseline_file_loads_with_provenance(tmp_path):
     s = load_synthetic(out)
     assert s.images.shape == (30, 1, 8, 8)
     assert s.labels.tolist() == [c for c in range(10) for _ in range(3)]
+    # herding's first pick in each class is the training image nearest the class mean
+    data = default_registry().build("datasets", {"name": "digits"}).load()
+    for c in range(10):
+        members = data.train_images[data.train_labels == c].flatten(1)
+        nearest = (members - members.mean(0)).norm(dim=1).argmin()
+        assert torch.equal(s.images[3 * c].flatten(), members[nearest])
     meta = s.metadata
     assert meta["coreset"]["method"] == "herding"
     assert meta["coreset"]["params"] == {"normalize": False}

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from mim4dd_kit.cli import app
 from mim4dd_kit.cli_logging import hoist_global_options, level_of
+from mim4dd_kit.core import plots
 from mim4dd_kit.run.engine import run
 from mim4dd_kit.run.runlog import ProgressLines, format_seconds
 
@@ -60,6 +61,33 @@ def test_a_crash_keeps_the_rows_and_resume_drops_those_after_the_checkpoint(tiny
     rows = _rows(out / "losses.jsonl")
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5, 6]  # 5 again, from iteration 4
     assert rows[:4] == crashed[:4]  # the kept rows keep their times
+
+
+def test_loss_curves_are_drawn_once_when_the_loop_ends(tiny_recipe, tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(plots, "have_matplotlib", lambda: True)
+    monkeypatch.setattr(plots, "save_loss_curves",
+                        lambda rows, path, title: drawn.append((list(rows), path, title)))
+    out = tmp_path / "run"
+    recipe = tiny_recipe()  # 6 iterations, checkpoint every 2
+
+    def crash(iteration, logs):
+        if iteration == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(recipe, out=out, progress=False, evaluate=False, callbacks=[crash])
+    assert drawn == []  # an interrupted loop draws nothing
+    seen = []
+    run(recipe, out=out, progress=False, evaluate=False, resume=True,
+        callbacks=[lambda it, logs: seen.append({"iteration": it, **logs})])
+    assert len(drawn) == 1
+    rows, path, title = drawn[0]
+    assert path == out / "losses.png" and title == recipe.name
+    # the checkpoint's rows, then this run's, exactly as the callbacks saw them
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5, 6] and rows[4:] == seen
+    written = _rows(out / "losses.jsonl")
+    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in written])
 
 
 def test_plain_progress_lines_through_logging(tiny_recipe, tmp_path, caplog):

@@ -49,6 +49,7 @@ def test_factor_one_is_the_identity_and_labels_follow_their_image():
     assert same_x is x and same_y is y
     images, labels = formation.decode(x, y, 3)
     assert images.shape == (27, 2, 6, 6)
+    torch.testing.assert_close(images, _crop_loop(x, 3, 0.0))  # 6 = 3 tiles of 2, no padding
     assert labels.tolist() == [0] * 9 + [1] * 18
     with pytest.raises(ValueError, match="factor"):
         formation.decode(x, y, 0)
@@ -83,6 +84,7 @@ def test_provenance_round_trip_and_old_files(tmp_path):
     assert s.metadata["formation"] == {"factor": 2} and s.formation == 2
     images, labels = s.decoded()
     assert images.shape == (16, 1, 8, 8) and labels.bincount().tolist() == [8, 8]
+    torch.testing.assert_close(images, _crop_loop(x, 2, 0.0))  # the saved tensors, decoded
     old = load_synthetic(save_synthetic(tmp_path / "old.safetensors", x, y))
     assert old.formation == 1 and old.decoded()[0] is old.images
     bad = save_synthetic(tmp_path / "bad.safetensors", x, y, None, {"formation": {"factor": 0}})

@@ -39,8 +39,14 @@ def test_grid_array_shape_and_range():
     # 3 class rows, 3 columns (largest class), 1 pixel of padding between cells
     assert grid.shape == (3 * 5 - 1, 3 * 6 - 1, 3)
     assert grid.min() >= 0.0 and grid.max() <= 1.0
+    # the padding lines between cells and the empty cells of classes 0 and 2 are white
+    assert (grid[[4, 9]] == 1).all() and (grid[:, [5, 11]] == 1).all()
+    assert (grid[0:4, 12:17] == 1).all() and (grid[10:14, 6:17] == 1).all()
     wrapped = grid_array(images, labels, 0.0, 1.0, ncols=2, pad=0)
     assert wrapped.shape == ((1 + 2 + 1) * 4, 2 * 5, 3)  # class 1 wraps onto two rows
+    # class 1's third image (images[4]) opens the second row of its block
+    cell = torch.from_numpy(wrapped[8:12, 0:5]).permute(2, 0, 1)
+    torch.testing.assert_close(cell, images[4].clamp(0, 1).to(cell.dtype))
 
 
 def test_grid_array_round_trips_normalised_images():
@@ -59,6 +65,8 @@ def test_grid_array_round_trips_normalised_images():
     assert torch.equal(cells[1, 1:], torch.ones_like(cells[1, 1:]))
     grey = grid_array(normed[:, :1], labels, [0.49], [0.25], pad=0)
     assert grey.shape[2] == 1
+    grey_cells = torch.from_numpy(grey).reshape(3, 4, 3, 4).permute(0, 2, 1, 3)  # (row, col, H, W)
+    assert torch.allclose(grey_cells[0, 1], originals[4, 0], atol=1e-6)  # class 0's 2nd image
 
 
 def test_grid_array_clips_and_rescales():

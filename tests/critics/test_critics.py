@@ -9,6 +9,16 @@ from mim4dd_kit.critics.linear import LinearCritic
 from mim4dd_kit.critics.mlp import MLPCritic
 
 
+def _by_hand(critic, x):
+    """The critic's map written out from its weights: fc layers with a ReLU between them."""
+    fcs = [m for m in critic.modules() if isinstance(m, torch.nn.Linear)]
+    for k, fc in enumerate(fcs):
+        x = x @ fc.weight.T + (0.0 if fc.bias is None else fc.bias)
+        if k < len(fcs) - 1:
+            x = x.clamp(min=0)
+    return x
+
+
 def test_identity_returns_its_input_and_has_no_parameters():
     critic = IdentityCritic(IdentityCritic.Params(), in_features=12)
     x = torch.randn(4, 12)
@@ -31,6 +41,7 @@ def test_trainable_critics_shape_and_gradients(critic):
     x = torch.randn(4, 10, requires_grad=True)
     out = critic(x)
     assert out.shape == (4, 6) and critic.out_dim == 6
+    torch.testing.assert_close(out, _by_hand(critic, x))
     out.square().sum().backward()
     params = list(critic.parameters())
     assert params and all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
@@ -71,4 +82,7 @@ def test_registry_builds_each_critic():
         ref = {"name": name} if name == "identity" else {"name": name, "out_dim": 5}
         critic = registry.build("critics", ref, in_features=7)
         assert critic.out_dim == expected
-        assert critic(torch.randn(3, 7)).shape == (3, expected)
+        x = torch.randn(3, 7)
+        out = critic(x)
+        assert out.shape == (3, expected)
+        torch.testing.assert_close(out, _by_hand(critic, x))  # identity: no fc layer, x itself

@@ -100,6 +100,11 @@ def test_sample_per_class_draws_each_class(tmp_path):
     x, y = d.sample_per_class(7)
     assert x.shape == (70, 1, 8, 8) and y.tolist() == sorted(y.tolist())
     assert y.bincount().tolist() == [7] * 10
+    # every drawn image is a training image of its label, and no image is drawn twice
+    same = (x.flatten(1)[:, None] == d.train_images.flatten(1)[None]).all(-1)  # (70, N)
+    same &= y[:, None] == d.train_labels[None]
+    assert same.any(1).all()
+    assert len({tuple(row) for row in x.flatten(1).tolist()}) == 70
 
 
 def test_tensor_file_layouts(tmp_path):

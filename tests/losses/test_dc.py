@@ -162,6 +162,16 @@ def test_class_gradients_without_graph_for_real_data():
     assert [g.shape[1:] for g in grads] == [p.shape for p in net.parameters()]
     assert all(g.shape[0] == 2 and not g.requires_grad for g in grads)
     assert feats[0].shape == (2, 3, 4, 4, 4) and not feats[0].requires_grad
+    # the slow formulation: one ordinary backward pass per class
+    params = [p.detach().clone().requires_grad_(True) for p in net.parameters()]
+    for c in range(2):
+        logits = torch.func.functional_call(
+            net, dict(zip((k for k, _ in net.named_parameters()), params, strict=True)),
+            (x[c],))
+        want = torch.autograd.grad(F.cross_entropy(logits, y[c]), params)
+        for g, w in zip(grads, want, strict=True):
+            torch.testing.assert_close(g[c], w, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(feats[0][c], net.features(x[c])[0])
 
 
 # ------------------------------------------------------------------ plugin behaviour
@@ -179,6 +189,11 @@ def test_gradients_reach_images_and_features_for_mim4dd(tiny_recipe, tmp_path, n
         assert f_s.requires_grad and not f_r.requires_grad
     assert torch.equal(out.syn_labels, r.syn.labels)  # the engine's set is class-grouped
     assert torch.equal(out.real_labels, torch.arange(10).repeat_interleave(8))
+    if name == "dc":  # no augmentation: the matched network's blocks on the set itself
+        with torch.no_grad():
+            want = r.loss.net.features(r.syn.images)
+        for got, w in zip(out.syn_feats, want, strict=True):
+            torch.testing.assert_close(got.detach(), w, rtol=1e-5, atol=1e-6)
     value = r.reg(out.syn_feats, out.syn_labels, out.real_feats, out.real_labels)
     (out.loss + value).backward()
     assert r.syn.images.grad is not None and r.syn.images.grad.abs().sum() > 0

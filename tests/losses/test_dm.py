@@ -25,6 +25,11 @@ def test_batched_dm_equals_per_class_loop(tiny_recipe, tmp_path):
     torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-6)
     assert len(out.syn_feats) == 2 and out.syn_feats[0].shape[0] == len(r.syn.labels)
     assert out.real_feats[0].shape[0] == len(real_y) and not out.real_feats[0].requires_grad
+    # the handed-out features are the replayed network's block outputs on the same batches
+    for got, want in zip(out.syn_feats, net.features(r.syn.images), strict=True):
+        torch.testing.assert_close(got, want)
+    for got, want in zip(out.real_feats, net.features(real), strict=True):
+        torch.testing.assert_close(got, want)
 
 
 def test_dm_gradient_reaches_images(tiny_recipe, tmp_path):

@@ -70,8 +70,14 @@ def test_kmeans_is_vectorised_over_groups():
         alone = kmeans(x[g : g + 1], 3, 15, valid[g : g + 1], init=init[g : g + 1])
         torch.testing.assert_close(batched[g : g + 1], alone, rtol=1e-5, atol=1e-6)
     torch.manual_seed(2)
-    drawn = kmeans(x, 3, 15, valid)  # random distinct valid initial points
+    drawn = kmeans(x, 3, 50, valid)  # random distinct valid initial points
     assert drawn.shape == (4, 3, 5) and torch.isfinite(drawn).all()
+    # a Lloyd fixed point: each centre is the mean of the valid points nearest to it
+    for g in range(4):
+        pts = x[g][valid[g]]
+        nearest = ((pts[:, None] - drawn[g][None]) ** 2).sum(-1).argmin(1)
+        for j in range(3):
+            torch.testing.assert_close(drawn[g, j], pts[nearest == j].mean(0))
     with pytest.raises(ValueError, match="at least 31 points"):
         kmeans(x, 31, 2)
 
@@ -115,6 +121,9 @@ def test_default_clusters_follow_batch_real_and_pool_limits_the_clustered_set(
     r = make_run(tiny_recipe, tmp_path, dd_loss={"name": "dsa_kmeans", "kmeans_iters": 5})
     r.loss.compute(r.syn, 0, False)
     assert r.loss.selection.shape == (10, 8)  # clusters None: synthetic.batch_real
+    assert torch.equal(r.data.train_labels[r.loss.selection],
+                       torch.arange(10)[:, None].expand(10, 8))
+    assert all(len(set(row)) == 8 for row in r.loss.selection.tolist())  # distinct members
     shapes = []
     real_kmeans = kmeans_module.kmeans
     monkeypatch.setattr(kmeans_module, "kmeans",

@@ -39,7 +39,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 from torch.func import functional_call
 
-from ...api import DDLoss, LossOutput, Params, RunContext, SyntheticState
+from ...api import DDLoss, ExpertBuffers, LossOutput, Params, RunContext, SyntheticState
 from ...core.errors import DataError
 from ...core.runtime import isolated_rng
 from ...training.unroll import (
@@ -49,7 +49,15 @@ from ...training.unroll import (
     segment_length,
     unroll,
 )
-from .buffers import ensure_buffer, expert_layout, load_expert, load_expert_buffers
+from .buffers import (
+    buffer_dir,
+    ensure_buffer,
+    expert_layout,
+    expert_path,
+    load_expert,
+    load_expert_buffers,
+    train_epochs,
+)
 
 _PREFIX = "net."  # parameter names of the wrapper module that returns (features, logits)
 
@@ -58,6 +66,7 @@ class MTT(DDLoss):
     """Matching training trajectories of experts trained on real data (MTT)."""
 
     learns_lr: ClassVar[bool] = True
+    needs_expert_buffers: ClassVar[bool] = True
 
     class Params(Params):
         syn_steps: int = Field(
@@ -107,6 +116,17 @@ class MTT(DDLoss):
                     f"{need} (the latest target epoch), got {self.train_epochs}"
                 )
             return self
+
+    @classmethod
+    def build_expert_buffers(cls, params: MTT.Params, *, ctx: RunContext,
+                             progress: bool = False) -> ExpertBuffers:
+        """The experts under ``<cache>/buffers/<key>/`` (:mod:`.buffers`), the missing
+        ones trained (``mdk buffer``)."""
+        folder = buffer_dir(ctx, params)
+        missing = sum(not expert_path(folder, i).exists() for i in range(params.num_experts))
+        ensure_buffer(ctx, params, progress=progress)
+        return ExpertBuffers(path=folder, experts=params.num_experts, trained=missing,
+                             epochs=train_epochs(params))
 
     def __init__(self, params: MTT.Params, *, ctx: RunContext):
         self.params = params

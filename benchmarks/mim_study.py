@@ -1,8 +1,8 @@
 """The MIM4DD study: paired runs of base methods with and without the regularizer.
 
 A *cell* is (data set, IPC, method); each cell runs every variant (``base``: no
-regularizer, ``literal``: the paper's literal objective as the shipped ``*_mim`` recipes
-set it, and candidate settings) for several distillation seeds. Runs with the same seed
+regularizer, ``literal``: the paper's literal objective, ``preset: literal``, and
+candidate settings) for several distillation seeds. Runs with the same seed
 start from the same images and draw the same real batches and networks (the engine builds
 the regularizer on an isolated random stream; ``tests/regularizers/test_pairing.py``), so
 the per-seed difference variant − base isolates the regularizer.
@@ -13,6 +13,7 @@ candidate settings are chosen on it; the test split scores only ``base``, ``lite
 the chosen setting (``shipped``).
 
     python benchmarks/mim_study.py run      # the queue, resumable; writes the JSON
+    python benchmarks/mim_study.py score    # choose on validation; score it on test
     python benchmarks/mim_study.py page     # docs/mim_study.md from the JSON and the runs
     python benchmarks/mim_study.py status   # what is finished
 
@@ -83,7 +84,7 @@ METHOD_SETS = {
     ("mtt", 10): ["dd_loss.num_experts=3", "dd_loss.train_epochs=6",
                   "dd_loss.max_start_epoch=4"],
 }
-#: the MIM4DD block of the shipped *_mim recipes (the paper's literal Eq. 2.15-2.17)
+#: the paper's literal Eq. 2.15-2.17 (what the *_mim recipes shipped before critic_free)
 LITERAL = {"name": "mim4dd", "lambda": 0.8, "beta": 2.0, "tau": 0.07,
            "critic": {"name": "linear", "out_dim": 128}}
 SEEDS = [0, 1, 2]
@@ -638,6 +639,8 @@ def main_run(args) -> None:
     if choice is not None:
         atomic_json(OUT / "choice.json", choice)
         say(f"chosen on the validation split: {choice['chosen']} ({choice['score']})")
+    elif cands:
+        (OUT / "choice.json").unlink(missing_ok=True)  # a stale choice must not label rows
     chosen = [choice["chosen"]] if choice and choice["chosen"] else []
     run_cells(rest, [*args.variants, *chosen], args.seeds, {"base", "literal", *chosen},
               args.iterations)
@@ -650,6 +653,31 @@ def main_run(args) -> None:
     say("study: queue done")
 
 
+def main_score(args) -> None:
+    """Choose on the validation split from the runs so far (choice.json), then score base,
+    literal and the chosen setting on the test split in every cell where the chosen
+    setting has run."""
+    import torch
+
+    torch.set_num_threads(1)
+    CANDIDATES.update(candidates())
+    choice = choose_setting(collect_rows())
+    if choice is None:
+        (OUT / "choice.json").unlink(missing_ok=True)
+        say("score: no finalist has run on every choosing cell yet")
+        return
+    atomic_json(OUT / "choice.json", choice)
+    chosen = choice["chosen"]
+    say(f"score: chosen on the validation split: {chosen} ({choice['score']})")
+    if not chosen:
+        return
+    for record in sorted(OUT.glob(f"*/ipc*/*/{chosen}/seed*/cell.json")):
+        rec = read_json(record)
+        for variant in ("base", "literal", chosen):
+            score_test(rec["dataset"], rec["ipc"], rec["method"], variant, rec["seed"])
+    write_rows()
+
+
 def main_status(args) -> None:
     rows = collect_rows()
     for r in rows:
@@ -660,7 +688,7 @@ def main_status(args) -> None:
 def main() -> None:
     global OUT, JSON, PAGE, FIGS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=["run", "page", "status", "verify"])
+    ap.add_argument("mode", choices=["run", "score", "page", "status", "verify"])
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     ap.add_argument("--ipc", nargs="+", type=int, default=[1, 10])
     ap.add_argument("--methods", nargs="+", default=["dm", "dsa"], choices=list(MILESTONES))
@@ -686,6 +714,8 @@ def main() -> None:
     FIGS = PAGE.parent / PAGE.stem
     if args.mode == "run":
         main_run(args)
+    elif args.mode == "score":
+        main_score(args)
     elif args.mode == "status":
         main_status(args)
     elif args.mode == "verify":

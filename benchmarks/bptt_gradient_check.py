@@ -18,7 +18,8 @@ images and real batch on both sides.
 
 The toolkit's ConvNet receives the reference network's parameters in order (conv weight,
 conv bias, norm weight, norm bias per block, classifier), checked by shape. Everything
-runs in float64 (``--float32`` for single precision).
+runs in float64 (``--float32`` for single precision). The network is drawn by the
+reference's ``get_network`` (seeded from the clock), so each run checks another one.
 
     NET_WIDTH=32 .venv/bin/python benchmarks/bptt_gradient_check.py \\
         --ref-dir /work/refs/sidebyside/bptt --images INIT.pt --steps 150

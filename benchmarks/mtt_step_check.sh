@@ -7,7 +7,9 @@
 # order), so the first image update of the two sides must agree up to float rounding.
 # The first SGD step (momentum 0.5, empty buffer) moves the images by -lr_img x gradient:
 # comparing image_1 - image_0 compares the gradients of the two implementations. The
-# learned lr's first step is compared the same way.
+# learned lr's first step is compared the same way. The reference's student steps go
+# unaugmented by `--no_aug True` (distill.py:358); `--dsa False` would do the same but
+# stops at its evaluation print, which then reads an unset `args.dc_aug_param`.
 #
 #   bash benchmarks/mtt_step_check.sh        # environment as reference_compare_mtt_bptt.sh
 set -euo pipefail
@@ -48,7 +50,7 @@ torch.save(load_synthetic(sys.argv[1]).images.clone(), sys.argv[2])" \
 (cd "$D/ref" && env WANDB_MODE=disabled INIT_IMAGES="$D/init.pt" PYTHONPATH="$REF_PYTHONPATH" \
     "$PY" -W ignore "$MTT_DIR/distill.py" --dataset FashionMNIST --model "ConvNetW$WIDTH" \
     --ipc 1 --syn_steps 50 --expert_epochs 2 --max_start_epoch 1 --lr_img 1000 \
-    --lr_lr 1e-07 --lr_teacher 0.01 --dsa False --Iteration 1 --eval_it 1 --num_eval 0 \
+    --lr_lr 1e-07 --lr_teacher 0.01 --no_aug True --Iteration 1 --eval_it 1 --num_eval 0 \
     --buffer_path "$D/buffers" --data_path "$REF_DATA" > "$D/ref.log" 2>&1)
 
 "$PY" - "$D" <<'EOF'

@@ -1,4 +1,4 @@
-"""Export the synthetic sets of the DC/DSA/DM reference code to the toolkit's file format.
+"""Export the synthetic sets of the authors' reference code to the toolkit's file format.
 
 VICO-UoE/DatasetCondensation (``main.py``, ``main_DM.py``) saves
 ``res_<method>_<dataset>_<model>_<ipc>ipc.pt`` holding ``{'data': [[images, labels], ...],
@@ -13,6 +13,16 @@ carries no ``recipe``, because no toolkit recipe made it, so ``mdk evaluate`` ne
     .venv/bin/python benchmarks/export_reference_set.py RESULT.pt --out-dir DIR \\
         --commit SHA --script main_DM.py --command "python main_DM.py ..." \\
         --patch /work/refs/patches/networks_reshape.diff --data-root /work/refs/data
+
+``--format`` names the reference's output (default ``dc``, the above):
+
+- ``mtt``: GeorgeCazenavette/mtt-distillation ``distill.py`` saves ``images_<it>.pt`` and
+  ``labels_<it>.pt`` under ``logged_files/<dataset>/<run>/``; RESULT is the images file,
+  the labels file beside it is read, and so is ``syn_lr_<it>.pt`` (the learned lr, which
+  the copy used here saves beside them), stored as the set's learned ``lr``;
+- ``bptt``: princetonvisualai/RememberThePast-DatasetDistillation keeps its images in the
+  compressor (``compressors/imgs_embedding_minibatch.py``); the copy used here saves
+  ``{'images': (N, C, H, W), 'labels': (N,)}`` at the end of training, which is RESULT.
 
 The data set's content hash is recorded when ``--data-root`` names the folder the
 reference read (the torchvision ``FashionMNIST/raw`` layout), so that ``mdk evaluate``
@@ -30,7 +40,11 @@ import torch
 
 from mim4dd_kit.io.synthetic import load_synthetic, save_synthetic
 
-REPOSITORY = "https://github.com/VICO-UoE/DatasetCondensation"
+REPOSITORIES = {
+    "dc": "https://github.com/VICO-UoE/DatasetCondensation",
+    "mtt": "https://github.com/GeorgeCazenavette/mtt-distillation",
+    "bptt": "https://github.com/princetonvisualai/RememberThePast-DatasetDistillation",
+}
 
 
 def _sha256(path: Path) -> str:
@@ -51,23 +65,45 @@ def dataset_identity(name: str, root: Path | None) -> dict:
             "std": list(info.std)}
 
 
+def read_sets(result: Path, fmt: str) -> list[tuple[torch.Tensor, torch.Tensor, float | None]]:
+    """(images, labels, learned lr or None) for each set in a reference output file."""
+    saved = torch.load(result, map_location="cpu", weights_only=False)
+    if fmt == "dc":
+        pairs = saved.get("data") if isinstance(saved, dict) else None
+        if not pairs:
+            raise SystemExit(f"{result}: no 'data' list of [images, labels] pairs; is this a "
+                             "res_*.pt file of main.py / main_DM.py?")
+        return [(images, labels, None) for images, labels in pairs]
+    if fmt == "mtt":
+        if not (isinstance(saved, torch.Tensor) and result.stem.startswith("images_")):
+            raise SystemExit(f"{result}: not an images_<it>.pt tensor of distill.py")
+        it = result.stem.removeprefix("images_")
+        labels_path = result.with_name(f"labels_{it}.pt")
+        if not labels_path.exists():
+            raise SystemExit(f"{result}: no {labels_path.name} beside it")
+        labels = torch.load(labels_path, map_location="cpu")
+        lr_path = result.with_name(f"syn_lr_{it}.pt")
+        lr = float(torch.load(lr_path, map_location="cpu")) if lr_path.exists() else None
+        return [(saved, labels, lr)]
+    if not (isinstance(saved, dict) and {"images", "labels"} <= set(saved)):
+        raise SystemExit(f"{result}: not a {{'images', 'labels'}} dict saved from the BPTT "
+                         "compressor")
+    return [(saved["images"], saved["labels"], None)]
+
+
 def export(result: Path, out_dir: Path, *, commit: str, script: str, command: str,
            patches: list[Path], dataset: str, data_root: Path | None,
-           prefix: str | None = None) -> list[Path]:
+           prefix: str | None = None, fmt: str = "dc") -> list[Path]:
     """Write one set per experiment of ``result``; returns the paths written."""
-    saved = torch.load(result, map_location="cpu", weights_only=False)
-    pairs = saved.get("data") if isinstance(saved, dict) else None
-    if not pairs:
-        raise SystemExit(f"{result}: no 'data' list of [images, labels] pairs; is this a "
-                         "res_*.pt file of main.py / main_DM.py?")
+    pairs = read_sets(result, fmt)
     identity = dataset_identity(dataset, data_root)
     stem = prefix or result.stem
     written = []
-    for i, (images, labels) in enumerate(pairs):
+    for i, (images, labels, lr) in enumerate(pairs):
         meta = {
             "source": {
                 "producer": "reference implementation (not mim4dd_kit)",
-                "repository": REPOSITORY,
+                "repository": REPOSITORIES[fmt],
                 "commit": commit,
                 "script": script,
                 "command": command,
@@ -82,7 +118,7 @@ def export(result: Path, out_dir: Path, *, commit: str, script: str, command: st
             "ipc": int(torch.bincount(labels.long()).max()),
         }
         path = out_dir / f"{stem}_exp{i}.safetensors"
-        save_synthetic(path, images.float(), labels.long(), None, meta)
+        save_synthetic(path, images.float(), labels.long(), lr, meta)
         load_synthetic(path)  # read back: shapes, dtypes and the tensor hash check out
         written.append(path)
     return written
@@ -90,10 +126,13 @@ def export(result: Path, out_dir: Path, *, commit: str, script: str, command: st
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("result", type=Path, help="res_*.pt written by main.py / main_DM.py")
+    ap.add_argument("result", type=Path, help="the reference's output file (see --format)")
+    ap.add_argument("--format", choices=sorted(REPOSITORIES), default="dc",
+                    help="dc: res_*.pt of main.py / main_DM.py; mtt: images_<it>.pt of "
+                    "distill.py; bptt: the images/labels dict of the BPTT compressor")
     ap.add_argument("--out-dir", type=Path, required=True)
     ap.add_argument("--commit", required=True, help="the reference repository's commit")
-    ap.add_argument("--script", required=True, help="main.py or main_DM.py")
+    ap.add_argument("--script", required=True, help="the reference script that was run")
     ap.add_argument("--command", required=True, help="the exact command that was run")
     ap.add_argument("--patch", type=Path, action="append", default=[],
                     help="a diff applied to the reference copy (repeatable)")
@@ -104,7 +143,7 @@ def main() -> None:
     a = ap.parse_args()
     paths = export(a.result, a.out_dir, commit=a.commit, script=a.script, command=a.command,
                    patches=a.patch, dataset=a.dataset, data_root=a.data_root,
-                   prefix=a.prefix)
+                   prefix=a.prefix, fmt=a.format)
     print(json.dumps([str(p) for p in paths]))
 
 

@@ -12,7 +12,7 @@ images and real batch on both sides.
   ``torch.optim.SGD`` without a graph, then the backward pass by Hessian-vector products),
   with its ``get_network`` replaced by a function that returns a copy of the given network
   (the reference builds a clock-seeded one);
-- toolkit: ``mim4dd_kit.losses.bptt.unroll`` (plain autograd through the steps, or
+- toolkit: ``mim4dd_kit.training.unroll.unroll`` (plain autograd through the steps, or
   ``--checkpoint`` for the replayed segments the recipes use) and the cross-entropy of the
   trained network on the real batch, differentiated with ``torch.autograd.grad``.
 
@@ -42,13 +42,13 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from mim4dd_kit.backbones.convnet import ConvNet
-from mim4dd_kit.losses.bptt import unroll
+from mim4dd_kit.training.unroll import unroll
 
 
 def real_batch(per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``per_class`` normalised Fashion-MNIST training images of every class."""
-    from mim4dd_kit.contracts import DatasetRef
-    from mim4dd_kit.registry import default_registry
+    from mim4dd_kit.api import DatasetRef
+    from mim4dd_kit.config.registry import default_registry
 
     data = default_registry().build("datasets", DatasetRef.model_validate(
         {"name": "fashion_mnist"})).load()

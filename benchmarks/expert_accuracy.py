@@ -1,9 +1,9 @@
 """Test accuracy of a toolkit expert buffer's networks at every recorded epoch.
 
-Loads each row of each expert (``mim4dd_kit.buffers.load_expert``) into the backbone the
-buffer was trained with (``buffer.json``: the backbone spec; ConvNet only) and scores it
-on the data set's test split, in eval mode, as the MTT reference's ``buffer.py`` prints
-"Test Acc" after every epoch of its own experts (``buffer.py:87-90``). Used to compare the
+Loads each row of each expert (``mim4dd_kit.dd_losses.mtt.buffers.load_expert``) into the
+backbone the buffer was trained with (``buffer.json``: the backbone spec; ConvNet only) and
+scores it on the data set's test split, in eval mode, as the MTT reference's ``buffer.py``
+prints "Test Acc" after every epoch of its own experts (``buffer.py:87-90``). Used to compare the
 toolkit's expert training with the reference's at the same settings.
 
     .venv/bin/python benchmarks/expert_accuracy.py BUFFER_DIR [--experts K]
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from mim4dd_kit.backbones.convnet import ConvNet
-from mim4dd_kit.buffers import expert_layout, load_expert
+from mim4dd_kit.dd_losses.mtt.buffers import expert_layout, load_expert
 
 
 def main() -> None:
@@ -36,8 +36,8 @@ def main() -> None:
     if spec.pop("name") != "convnet":
         raise SystemExit(f"{a.buffer}: only ConvNet buffers are supported")
     ds = info["inputs"]["dataset"]["spec"]
-    from mim4dd_kit.contracts import DatasetRef
-    from mim4dd_kit.registry import default_registry
+    from mim4dd_kit.api import DatasetRef
+    from mim4dd_kit.config.registry import default_registry
 
     data = default_registry().build("datasets", DatasetRef.model_validate(ds)).load()
     x, y = data.test_images, data.test_labels

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from mim4dd_kit.buffers import expert_layout, load_expert
+from mim4dd_kit.dd_losses.mtt.buffers import expert_layout, load_expert
 
 
 def reference_trajectories(folder: Path, experts: int | None) -> list[list[list[torch.Tensor]]]:

@@ -37,13 +37,13 @@ BUF=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['path'])" "$
 
 "$MDK" run "$RECIPE" --overwrite --set seed=$SEED "${SETS[@]}" --set 'evaluators=[]' \
     --set synthetic.iterations=1 --set "output.dir=$D/mdk" > "$D/mdk.log" 2>&1
-"$PY" -c "import sys, torch; from mim4dd_kit.synthetic import load_synthetic; \
+"$PY" -c "import sys, torch; from mim4dd_kit.io.synthetic import load_synthetic; \
 torch.save(load_synthetic(sys.argv[1]).images.clone(), sys.argv[2])" \
     "$D/mdk/synthetic.safetensors" "$D/mdk_after.pt"
 # the starting images: the same seed's draw with 0 updates
 "$MDK" run "$RECIPE" --overwrite --set seed=$SEED "${SETS[@]}" --set 'evaluators=[]' \
     --set synthetic.iterations=0 --set "output.dir=$D/init" > "$D/init.log" 2>&1
-"$PY" -c "import sys, torch; from mim4dd_kit.synthetic import load_synthetic; \
+"$PY" -c "import sys, torch; from mim4dd_kit.io.synthetic import load_synthetic; \
 torch.save(load_synthetic(sys.argv[1]).images.clone(), sys.argv[2])" \
     "$D/init/synthetic.safetensors" "$D/init.pt"
 
@@ -57,7 +57,7 @@ torch.save(load_synthetic(sys.argv[1]).images.clone(), sys.argv[2])" \
 import glob, json, sys
 import torch
 import torch.nn.functional as F
-from mim4dd_kit.synthetic import load_synthetic
+from mim4dd_kit.io.synthetic import load_synthetic
 d = sys.argv[1]
 run = glob.glob(f"{d}/ref/logged_files/FashionMNIST/*/")[0]
 x0 = torch.load(f"{d}/init.pt")

@@ -83,7 +83,7 @@ for ((s = 0; s < SEEDS; s++)); do
     # 1. the toolkit's initial images for this seed (a run of 0 iterations)
     $RUN "$MDK" run "$RECIPE" --overwrite --set seed=$s "${MDK_SET[@]}" "${MDK_EXTRA[@]}" \
         --set synthetic.iterations=0 --set "output.dir=$D/init_s$s" > "$D/init_s$s.log" 2>&1
-    "$PY" -c "import sys, torch; from mim4dd_kit.synthetic import load_synthetic; \
+    "$PY" -c "import sys, torch; from mim4dd_kit.io.synthetic import load_synthetic; \
 torch.save(load_synthetic(sys.argv[1]).images.clone(), sys.argv[2])" \
         "$D/init_s$s/synthetic.safetensors" "$D/init_s$s.pt"
 

@@ -17,7 +17,7 @@ import re
 import statistics
 from pathlib import Path
 
-from mim4dd_kit.synthetic import load_synthetic
+from mim4dd_kit.io.synthetic import load_synthetic
 
 
 def _time_fields(path: Path) -> dict[str, float]:

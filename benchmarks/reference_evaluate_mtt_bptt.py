@@ -41,7 +41,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from mim4dd_kit.synthetic import load_synthetic
+from mim4dd_kit.io.synthetic import load_synthetic
 
 DATASETS = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST"}
 

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from mim4dd_kit.backbones.convnet import ConvNet
-from mim4dd_kit.synthetic import load_synthetic
+from mim4dd_kit.io.synthetic import load_synthetic
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 

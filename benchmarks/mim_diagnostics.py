@@ -1,8 +1,8 @@
 """MIM4DD's per-iteration diagnostics on short CPU runs, and the figures of its docs page.
 
-For each base method (dm, dsa, mtt, bptt) and each regularizer setting (``literal``: the
-shipped recipe's Eq. 2.15-2.17 as printed; ``stable``: ``preset: stable``; ``base``: no
-regularizer) this runs the shipped Fashion-MNIST IPC-10 ``*_mim`` recipe with a CPU budget
+For each base method (dm, dsa, mtt, bptt) and each regularizer setting (``literal``:
+``preset: literal``, Eq. 2.15-2.17 as printed; ``stable``: ``preset: stable``;
+``critic_free``: the default preset; ``base``: no regularizer) this runs the shipped Fashion-MNIST IPC-10 ``*_mim`` recipe with a CPU budget
 (ConvNet width 32, the first 500 training images of each class, a short schedule) and
 ``diagnostics_every`` set, so ``losses.jsonl`` holds the image-gradient norms of L_DD and
 of the regularizer, each layer's NCE and Eq. 2.14 bound, the critics' score means and the
@@ -33,7 +33,7 @@ VARIANTS = ["literal", "stable", "base"]
 #: MTT's own (1,000 here); run with --variants literal_lr0.1 base_lr0.1 --methods mtt
 PAPER_LR = ["synthetic.lr=0.1", "synthetic.schedule.milestones=[1800,2800]",
             "synthetic.schedule.gamma=0.5"]
-EXTRA = ["literal_lr0.1", "base_lr0.1", "stable_lr0.1"]
+EXTRA = ["literal_lr0.1", "base_lr0.1", "stable_lr0.1", "critic_free", "critic_free_lr0.1"]
 COMMON = ["backbone.width=32", "evaluators=[]", "output.checkpoint_every=20"]
 #: per method: iterations, diagnostic cadence and CPU-sized knobs
 PER_METHOD = {
@@ -58,10 +58,8 @@ def variant_sets(method: str, variant: str) -> list[str]:
         return [*variant_sets(method, variant.removesuffix("_lr0.1")), *PAPER_LR]
     if variant == "base":
         return ["regularizer=null"]
-    if variant == "literal":
-        return [every]
-    if variant == "stable":
-        return [every, "regularizer.preset=stable"]
+    if variant in ("literal", "stable", "critic_free"):
+        return [every, f"regularizer.preset={variant}"]
     raise SystemExit(f"unknown variant {variant!r}")
 
 

@@ -33,7 +33,8 @@ VARIANTS = ["literal", "stable", "base"]
 #: MTT's own (1,000 here); run with --variants literal_lr0.1 base_lr0.1 --methods mtt
 PAPER_LR = ["synthetic.lr=0.1", "synthetic.schedule.milestones=[1800,2800]",
             "synthetic.schedule.gamma=0.5"]
-EXTRA = ["literal_lr0.1", "base_lr0.1", "stable_lr0.1", "critic_free", "critic_free_lr0.1"]
+EXTRA = ["literal_lr0.1", "base_lr0.1", "stable_lr0.1", "critic_free",
+         "critic_free_lr0.1"]
 COMMON = ["backbone.width=32", "evaluators=[]", "output.checkpoint_every=20"]
 #: per method: iterations, diagnostic cadence and CPU-sized knobs
 PER_METHOD = {

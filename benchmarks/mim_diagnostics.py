@@ -2,7 +2,8 @@
 
 For each base method (dm, dsa, mtt, bptt) and each regularizer setting (``literal``:
 ``preset: literal``, Eq. 2.15-2.17 as printed; ``stable``: ``preset: stable``;
-``critic_free``: the default preset; ``base``: no regularizer) this runs the shipped Fashion-MNIST IPC-10 ``*_mim`` recipe with a CPU budget
+``critic_free``: the default preset; ``base``: no regularizer) this runs the shipped
+Fashion-MNIST IPC-10 ``*_mim`` recipe with a CPU budget
 (ConvNet width 32, the first 500 training images of each class, a short schedule) and
 ``diagnostics_every`` set, so ``losses.jsonl`` holds the image-gradient norms of L_DD and
 of the regularizer, each layer's NCE and Eq. 2.14 bound, the critics' score means and the

@@ -10,19 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-TINY = {
-    "name": "tiny",
-    "seed": 0,
-    "device": "cpu",
-    "dataset": {"name": "digits"},
-    "synthetic": {"ipc": 3, "iterations": 6, "lr": 1.0, "batch_real": 24},
-    "backbone": {"name": "convnet", "width": 8, "depth": 2},
-    "dd_loss": {"name": "dm"},
-    "augmentation": {"name": "dsa"},
-    "evaluators": [],
-    "output": {"checkpoint_every": 2},
-}
+from mim4dd_kit import testing
 
+#: the conformance checks' tiny recipe (digits, ConvNet width 8 depth 2, 6 iterations)
+TINY = {**copy.deepcopy(testing.TINY), "name": "tiny"}
 
 
 def merged(base: dict, changes: dict) -> dict:

@@ -573,6 +573,11 @@ def _run(
     if final.parent != run_dir or recipe.output.file in RESERVED_NAMES:
         raise RecipeError(f"output.file {recipe.output.file!r} must be a file name inside the "
                           f"run folder, other than {', '.join(sorted(RESERVED_NAMES))}")
+    if recipe.output.evaluate_every is not None and not recipe.evaluators:
+        raise RecipeError(f"output.evaluate_every is {recipe.output.evaluate_every} but "
+                          "the recipe lists no evaluators to score the checkpoints with; "
+                          "add one (e.g. evaluators: [{name: train_from_scratch}]) or set "
+                          "output.evaluate_every to null")
     r = Run(recipe, run_dir, dev, registry)
     main = ddp.is_main()
     lock = RunLock(run_dir) if main else None
@@ -664,6 +669,8 @@ def _distill(
     legacy = run_dir / LEGACY_CHECKPOINT
     t0 = time.perf_counter()
     r.setup()
+    if not resuming and ddp.is_main():  # no checkpoint scores of an earlier run stay
+        (run_dir / best_of.ROWS).unlink(missing_ok=True)
     r.score_checkpoints = bool(evaluate and recipe.evaluators
                                and recipe.output.evaluate_every is not None)
     start = r.load_checkpoint() if resuming else 0

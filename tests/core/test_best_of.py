@@ -185,3 +185,49 @@ def test_an_evaluator_drawing_from_the_global_streams_moves_nothing(tiny_recipe,
     assert torch.equal(load_synthetic(plain.synthetic_path).images,
                        load_synthetic(scored.synthetic_path).images)
     assert len(before) == 6 and before == after
+
+
+def test_mdk_run_shows_best_of_under_its_label(tmp_path):
+    import yaml
+    from helpers import TINY, merged
+    from typer.testing import CliRunner
+
+    from mim4dd_kit.cli import app
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(merged(TINY, {
+        "synthetic": {**TINY["synthetic"], "iterations": 2}, "evaluators": EVAL,
+        "output": {"evaluate_every": 1}})))
+    cli = CliRunner()
+    res = cli.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "a")],
+                     env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    assert "train_from_scratch best_of acc %" in res.output
+    assert "max over 3 evaluation checkpoints (MTT's reporting), at iteration" in res.output
+    res = cli.invoke(app, ["run", str(recipe), "--out", str(tmp_path / "b"), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert [r["iteration"] for r in summary["evaluation_checkpoints"]] == [0, 1, 2]
+    best = summary["best_of"]["train_from_scratch"]
+    assert best["accuracy_mean"] == max(
+        r["evaluations"]["train_from_scratch"]["accuracy_mean"]
+        for r in summary["evaluation_checkpoints"])
+    assert summary["evaluations"]["train_from_scratch"]["accuracy_mean"] == \
+        summary["evaluation_checkpoints"][-1]["evaluations"]["train_from_scratch"][
+            "accuracy_mean"]
+
+
+def test_evaluate_every_without_evaluators_is_refused(tiny_recipe, tmp_path):
+    from mim4dd_kit.core.errors import RecipeError
+
+    recipe = tiny_recipe(output={"evaluate_every": 2})  # TINY has evaluators: []
+    with pytest.raises(RecipeError, match=r"output.evaluate_every is 2 .* no evaluators"):
+        run(recipe, out=tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_fresh_run_leaves_no_earlier_checkpoint_scores(tiny_recipe, tmp_path):
+    run(_recipe(tiny_recipe, every=2), out=tmp_path / "r", progress=False)
+    assert (tmp_path / "r" / "evaluations.jsonl").exists()
+    run(_recipe(tiny_recipe), out=tmp_path / "r", progress=False, overwrite=True)
+    assert not (tmp_path / "r" / "evaluations.jsonl").exists()

@@ -95,8 +95,12 @@ def best_of_entries(metadata: Any) -> dict[str, dict[str, Any]]:
 
 
 def best_of_text(entry: dict[str, Any]) -> str:
-    """``max over K evaluation checkpoints (MTT's reporting), at iteration N``."""
-    return f"{entry['label']}, at iteration {entry.get('iteration', '?')}"
+    """``max over K evaluation checkpoints (MTT's reporting), at iteration N`` and the
+    budget of the checkpoint evaluations (``protocol mim4dd × 5 nets × 300 ep``), which
+    may differ from a final evaluation stored later by ``mdk evaluate --save``."""
+    budget = budget_of(entry)
+    return (f"{entry['label']}, at iteration {entry.get('iteration', '?')}"
+            + (f"; {budget}" if budget else ""))
 
 
 def best_of_columns(metadata: Any) -> dict[str, dict[str, Any]]:

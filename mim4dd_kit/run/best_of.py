@@ -24,8 +24,10 @@ from typing import Any
 from ..core.files import atomic_write
 
 ROWS = "evaluations.jsonl"
-#: the keys of an evaluator result a checkpoint keeps
-KEPT = ("accuracy_mean", "accuracy_std", "accuracies")
+#: the keys of an evaluator result a checkpoint keeps: its accuracies and its budget
+KEPT = ("accuracy_mean", "accuracy_std", "accuracies", "protocol", "models", "epochs")
+#: the budget keys ``best_of`` copies from its checkpoint (how the score was made)
+BUDGET = ("protocol", "models", "epochs")
 
 
 def label(checkpoints: int) -> str:
@@ -40,8 +42,9 @@ def due(iteration: int, every: int | None, total: int) -> bool:
 
 
 def summary(evaluations: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """What a checkpoint keeps of each evaluator's result: its accuracies (evaluators
-    that report none are left out)."""
+    """What a checkpoint keeps of each evaluator's result: its accuracies and the
+    protocol, networks and epochs behind them (evaluators that report no accuracy are
+    left out)."""
     out: dict[str, dict[str, Any]] = {}
     for key, result in evaluations.items():
         if not isinstance(result, dict) or not _finite(result.get("accuracy_mean")):
@@ -64,7 +67,8 @@ def best_of(checkpoints: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             if key not in best or mean > best[key]["accuracy_mean"]:
                 best[key] = {"accuracy_mean": float(mean),
                              "accuracy_std": result.get("accuracy_std"),
-                             "iteration": int(row["iteration"])}
+                             "iteration": int(row["iteration"]),
+                             **{k: result[k] for k in BUDGET if k in result}}
     for key, entry in best.items():
         entry["checkpoints"] = counts[key]
         entry["label"] = label(counts[key])

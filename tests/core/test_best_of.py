@@ -39,6 +39,7 @@ def test_checkpoint_scores_leave_the_trajectory_and_give_best_of(tiny_recipe, tm
     assert best["accuracy_mean"] == max(means)
     assert best["iteration"] == rows[means.index(max(means))]["iteration"]
     assert best["checkpoints"] == 4
+    assert (best["protocol"], best["models"], best["epochs"]) == ("mim4dd", 2, 3)
     assert best["label"] == "max over 4 evaluation checkpoints (MTT's reporting)"
     assert b.metadata["best_of"] == scored.best_of
     assert b.metadata["evaluation_checkpoints"] == rows
@@ -111,7 +112,8 @@ def _set_with_best_of(tmp_path):
     from mim4dd_kit.io.synthetic import save_synthetic
 
     rows = [{"iteration": it, "evaluations": {"train_from_scratch": {
-        "accuracy_mean": m, "accuracy_std": 1.5, "accuracies": [m - 1.5, m + 1.5]}}}
+        "accuracy_mean": m, "accuracy_std": 1.5, "accuracies": [m - 1.5, m + 1.5],
+        "protocol": "mim4dd", "models": 2, "epochs": 3}}}
         for it, m in ((0, 20.0), (2, 61.25), (4, 40.0))]
     final = {"train_from_scratch": {"accuracy_mean": 40.0, "accuracy_std": 1.5,
                                     "accuracies": [38.5, 41.5], "models": 2, "epochs": 3}}
@@ -137,7 +139,8 @@ def test_best_of_is_labelled_beside_the_final_accuracy(tmp_path):
     cols = row["columns"]
     assert cols["train_from_scratch acc %"] == {"mean": 40.0, "std": 1.5}  # the headline
     assert cols["train_from_scratch best_of acc %"] == {"mean": 61.25, "std": 1.5}
-    assert cols["train_from_scratch best_of protocol"]["text"] == f"{label}, at iteration 2"
+    assert cols["train_from_scratch best_of protocol"]["text"] == \
+        f"{label}, at iteration 2; protocol mim4dd × 2 nets × 3 ep"
     table = format_compare([row])
     head = table.splitlines()[0]
     assert head.index("train_from_scratch acc %") < head.index("train_from_scratch best_of")

@@ -196,13 +196,16 @@ def run(
         "final_losses": result.final_losses,
         "evaluations": result.evaluations,
     }
+    if result.best_of:  # output.evaluate_every: MTT's reporting, beside the headline
+        summary["evaluation_checkpoints"] = result.evaluation_checkpoints
+        summary["best_of"] = result.best_of
     if as_json:
         _print_json(summary)
         return
     out.print(f"synthetic set written to [bold]{safe_markup(result.synthetic_path)}[/]")
     out.print("final losses: " + ", ".join(f"{k}={v:.5g}" for k, v in
                                           result.final_losses.items() if k.startswith("loss")))
-    _print_evaluations(result.evaluations)
+    _print_evaluations(result.evaluations, {"best_of": result.best_of})
 
 
 @app.command()
@@ -276,13 +279,16 @@ def _number(value: Any) -> str:
             else plain(value)[:40])
 
 
-def _print_evaluations(evaluations: Any) -> None:
+def _print_evaluations(evaluations: Any, metadata: Any = None) -> None:
     """One row per headline number of every evaluation (``compare.headlines``: accuracy
     mean ± std, one accuracy per backbone, the numbers a result lists as ``headline``),
-    with the training budget behind it."""
+    with the training budget behind it; after each evaluator's rows, its ``best_of`` from
+    ``metadata`` (output.evaluate_every), labelled as MTT's reporting."""
     if not evaluations or not isinstance(evaluations, dict):
         return  # a file's metadata may hold anything: show what has the expected shape
-    from .analysis.compare import budget_of, headlines
+    from .analysis.compare import best_of_entries, best_of_text, budget_of, headlines
+
+    best = best_of_entries(metadata)
 
     table = Table(title="evaluation")
     for col in ("evaluator", "result", "per model", "budget"):
@@ -304,6 +310,12 @@ def _print_evaluations(evaluations: Any) -> None:
             if label == f"{name} acc %" and isinstance(res.get("accuracies"), list):
                 each = ", ".join(_number(a) for a in res["accuracies"])
             table.add_row(cell(label), cell(text), cell(each), cell(budget))
+        if name in best:
+            b = best[name]
+            std = b.get("accuracy_std")
+            table.add_row(cell(f"{name} best_of acc %"),
+                          cell(f"{_number(b['accuracy_mean'])} ± {_number(std or 0.0)}"),
+                          cell(""), cell(best_of_text(b)))
     out.print(table)
 
 
@@ -431,7 +443,7 @@ def show(
         table.add_row(cell(f"component {c.get('key')}"),
                       cell(f"{c.get('name')} ({c.get('package')} {c.get('version')})"))
     out.print(table)
-    _print_evaluations(s.metadata.get("evaluations") or {})
+    _print_evaluations(s.metadata.get("evaluations") or {}, s.metadata)
 
 
 @app.command()

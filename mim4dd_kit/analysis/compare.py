@@ -83,6 +83,38 @@ def headlines(name: str, result: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+def best_of_entries(metadata: Any) -> dict[str, dict[str, Any]]:
+    """A set's ``best_of`` entries that have the expected shape (``output.evaluate_every``,
+    mim4dd_kit/run/best_of.py): per evaluator, the max over the evaluation checkpoints
+    with its ``iteration`` and its ``label``."""
+    best = metadata.get("best_of") if isinstance(metadata, dict) else None
+    if not isinstance(best, dict):
+        return {}
+    return {str(k): v for k, v in best.items() if isinstance(v, dict)
+            and _num(v.get("accuracy_mean")) is not None and isinstance(v.get("label"), str)}
+
+
+def best_of_text(entry: dict[str, Any]) -> str:
+    """``max over K evaluation checkpoints (MTT's reporting), at iteration N`` and the
+    budget of the checkpoint evaluations (``protocol mim4dd × 5 nets × 300 ep``), which
+    may differ from a final evaluation stored later by ``mdk evaluate --save``."""
+    budget = budget_of(entry)
+    return (f"{entry['label']}, at iteration {entry.get('iteration', '?')}"
+            + (f"; {budget}" if budget else ""))
+
+
+def best_of_columns(metadata: Any) -> dict[str, dict[str, Any]]:
+    """Comparison columns of a set's best-of entries: ``<evaluator> best_of acc %`` and,
+    beside it, ``<evaluator> best_of protocol`` naming what it is. They come after the
+    final accuracy, which stays the headline."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, entry in best_of_entries(metadata).items():
+        out[f"{key} best_of acc %"] = {"mean": float(entry["accuracy_mean"]),
+                                       "std": _num(entry.get("accuracy_std")) or 0.0}
+        out[f"{key} best_of protocol"] = {"text": best_of_text(entry)}
+    return out
+
+
 #: result keys that describe how much training a score took, and how they are shown
 BUDGET_KEYS = (("protocol", "protocol {}"), ("models", "{} nets"), ("epochs", "{} ep"),
                ("real_epochs", "real {} ep"), ("critic_steps", "{} critic steps"))
@@ -132,6 +164,7 @@ def compare_row(path: Path, s: SyntheticSet) -> dict[str, Any]:
     columns: dict[str, dict[str, Any]] = {}
     for name, result in evaluations.items():
         columns.update(headlines(name, result))
+    columns.update(best_of_columns(meta))
     return {
         "file": str(path),
         "method": method_of(meta),

@@ -39,7 +39,7 @@ from ..core.plots import (
     save_loss_curves,
 )
 from ..io.synthetic import SyntheticSet, load_synthetic
-from .compare import budget_of, headlines
+from .compare import best_of_entries, best_of_text, budget_of, headlines
 
 HISTORY = "losses.jsonl"
 RECIPE = "recipe.yaml"
@@ -312,6 +312,25 @@ def _evaluation_blocks(name: str, result: Any, pictures: _Pictures) -> list[Bloc
     return blocks
 
 
+def _best_of_blocks(name: str, entry: dict[str, Any], checkpoints: Any) -> list[Block]:
+    """The ``best_of`` entry (output.evaluate_every) under its label, after the final
+    accuracy, with the score of every evaluation checkpoint."""
+    std = entry.get("accuracy_std")
+    blocks = [Block("p", f"Best of: {float(entry['accuracy_mean']):.2f} ± "
+                         f"{float(std or 0):.2f} %, {best_of_text(entry)}. This selects on "
+                         "test accuracy; the set's accuracy is the final one above.")]
+    rows = []
+    for row in checkpoints if isinstance(checkpoints, list) else []:
+        result = ((row.get("evaluations") or {}).get(name) if isinstance(row, dict)
+                  else None)
+        if isinstance(result, dict) and isinstance(result.get("accuracy_mean"), (int, float)):
+            rows.append([_s(row.get("iteration")), f"{float(result['accuracy_mean']):.2f} ± "
+                         f"{float(result.get('accuracy_std') or 0):.2f}"])
+    if rows:
+        blocks.append(Block("table", head=["iteration", "accuracy (%)"], rows=rows))
+    return blocks
+
+
 class _Pictures:
     """Draws pictures into a folder; remembers what failed so the page can say so."""
 
@@ -410,9 +429,13 @@ def _sections(target: Path, pictures: _Pictures, ncols: int | None
         eval_section.blocks.append(Block("p", "No evaluation is stored in the set "
                                               "(mdk evaluate FILE --save adds one)."))
         warnings.append("the set has no stored evaluation")
+    best = best_of_entries(meta)
     for name, result in evaluations.items():
         eval_section.blocks.append(Block("h3", name))
         eval_section.blocks += _evaluation_blocks(name, result, pictures)
+        if name in best:
+            eval_section.blocks += _best_of_blocks(name, best[name],
+                                                   meta.get("evaluation_checkpoints"))
         if isinstance(result, dict) and isinstance(result.get("warnings"), list):
             warnings += [f"{name}: {_s(w)}" for w in result["warnings"]]
     sections.append(eval_section)

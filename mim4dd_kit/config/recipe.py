@@ -75,6 +75,12 @@ class OutputSettings(_Strict):
     file: str = Field("synthetic.safetensors", description="synthetic set file name, "
                       "inside the run folder (no folder part)")
     checkpoint_every: int = Field(100, ge=0, description="iterations between checkpoints")
+    evaluate_every: int | None = Field(
+        None, ge=1, description="score the set with the recipe's evaluators at iteration 0 "
+        "and every this many iterations (the final evaluation is the last checkpoint) and "
+        "record best_of, the max over the checkpoints (MTT's reporting; never the headline); "
+        "null: only the final evaluation"
+    )
     log_every: int = Field(
         0, ge=0, description="iterations between plain progress lines when no progress bar "
         "is shown (stderr not a terminal); 0: about 20 lines per run"

@@ -17,7 +17,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from ..core.runtime import (
 )
 from ..io import formation
 from ..io.synthetic import save_synthetic, update_metadata
-from . import runlog, tracking
+from . import best_of, runlog, tracking
 from .context import build_context
 from .evaluate import run_evaluators
 from .regularizer_steps import RegularizerSteps, RunGuard
@@ -54,7 +54,7 @@ CHECKPOINT = "checkpoint.safetensors"
 #: where earlier versions kept a pickled checkpoint: never read (a pickle can run code)
 LEGACY_CHECKPOINT = "checkpoint.pt"
 #: what a run writes next to its set
-LOG_NAMES = ("losses.jsonl", "losses.png", "recipe.yaml")
+LOG_NAMES = ("losses.jsonl", "losses.png", "recipe.yaml", best_of.ROWS)
 #: names output.file may not take
 RESERVED_NAMES = frozenset({CHECKPOINT, LEGACY_CHECKPOINT, LOCK_NAME, *LOG_NAMES})
 Callback = Callable[[int, dict[str, float]], None]
@@ -67,6 +67,10 @@ class RunResult:
     iterations: int
     final_losses: dict[str, float]
     evaluations: dict[str, Any]
+    #: scores at the evaluation checkpoints (``output.evaluate_every``), in order
+    evaluation_checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    #: per evaluator, the max over the checkpoints (MTT's reporting; not the headline)
+    best_of: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _feature_shapes(make_backbone, info, device, tap: str = "output") -> list[tuple[int, ...]]:
@@ -97,6 +101,11 @@ class Run(RegularizerSteps):
     def __init__(self, recipe: Recipe, run_dir: Path, device: torch.device, registry: Registry):
         self.recipe, self.run_dir, self.device, self.registry = recipe, run_dir, device, registry
         self.history: list[dict[str, float]] = []
+        #: scores at the evaluation checkpoints (run/best_of.py); kept in the checkpoint
+        self.checkpoint_scores: list[dict[str, Any]] = []
+        #: whether the loop scores evaluation checkpoints (set by the run: evaluation on
+        #: and ``output.evaluate_every`` set)
+        self.score_checkpoints = False
         self.started = provenance.now()
         self.shard: Shard = current_shard()
         self.trackers = tracking.Trackers()  # the recipe's loggers, on rank 0 (_run_locked)
@@ -264,6 +273,7 @@ class Run(RegularizerSteps):
             "rng_device": (torch.cuda.get_rng_state(self.device)
                            if self.device.type == "cuda" else None),
             "history": self.history,
+            "checkpoint_scores": self.checkpoint_scores,
         }
         header = {"fingerprint": self.recipe.fingerprint()}
         atomic_write(self.checkpoint_path, lambda tmp: save_state(tmp, state, header))
@@ -322,6 +332,13 @@ class Run(RegularizerSteps):
         if self.device.type == "cuda" and state.get("rng_device") is not None:
             torch.cuda.set_rng_state(state["rng_device"].cpu(), self.device)
         self.history = list(state["history"])
+        scores = state.get("checkpoint_scores") or []  # none in older checkpoints
+        if not isinstance(scores, list) or not all(
+                isinstance(row, dict) and isinstance(row.get("iteration"), int)
+                and isinstance(row.get("evaluations"), dict) for row in scores):
+            raise CheckpointError(f"checkpoint {path}: 'checkpoint_scores' must be a list of "
+                                  "{iteration, evaluations} rows; pass --overwrite to start over")
+        self.checkpoint_scores = list(scores)
         self.started = str(state["started"])
         return int(state["iteration"])
 
@@ -388,11 +405,14 @@ class Run(RegularizerSteps):
         every = self.recipe.output.checkpoint_every
         with contextlib.ExitStack() as outputs:
             observers = [*self.observers(outputs, start, progress), *callbacks]
+            if start == 0:
+                self.maybe_score(0)
             for it in range(start, total):
                 logs = self.iterate(it)
                 self.history.append({"iteration": it + 1, **logs})
                 for observe in observers:
                     observe(it + 1, logs)
+                self.maybe_score(it + 1)  # before the checkpoint, which keeps the score
                 if every and (it + 1) % every == 0:
                     self.save_checkpoint(it + 1)
         self.save_checkpoint(total)
@@ -428,6 +448,42 @@ class Run(RegularizerSteps):
                 observers.append(lambda it, logs: lines.update(it, runlog.format_losses(logs)))
         observers.append(lambda it, logs: self.trackers.iteration(it, logs, self.image_grid))
         return observers
+
+    # -- evaluation checkpoints (run/best_of.py) ------------------------------------------
+    def maybe_score(self, iteration: int) -> None:
+        """Score the set at ``iteration`` when it is an evaluation checkpoint."""
+        every = self.recipe.output.evaluate_every
+        if not self.score_checkpoints or not best_of.due(
+                iteration, every, self.recipe.synthetic.iterations):
+            return
+        if any(row["iteration"] == iteration for row in self.checkpoint_scores):
+            return  # scored before the run was resumed
+        self.record_score(iteration, self.score())
+
+    def score(self) -> dict[str, Any]:
+        """The recipe's evaluators on the current set, as the final evaluation runs them
+        (same seeds, hence the same networks), inside a fork of every random stream: the
+        distillation continues exactly as it would without this evaluation."""
+        r = self.recipe
+        lr = None if self.syn.lr is None else float(self.syn.lr.detach())
+        saved = rng_state()
+        try:
+            with isolated_rng(r.seed, self.device):
+                return run_evaluators(
+                    r.evaluators, self.syn.images.detach().clone(), self.syn.labels, lr,
+                    self.data, device=self.device, seed=r.seed, backbone=r.backbone,
+                    augmentation=r.augmentation, registry=self.registry,
+                    formation=r.synthetic.formation,
+                )
+        finally:
+            set_rng_state(saved)  # also the Python and NumPy streams, which fork_rng leaves
+
+    def record_score(self, iteration: int, evaluations: dict[str, Any]) -> None:
+        """Keep one checkpoint's scores and rewrite ``evaluations.jsonl`` (rank 0)."""
+        self.checkpoint_scores.append(
+            {"iteration": iteration, "evaluations": best_of.summary(evaluations)})
+        if ddp.is_main():
+            best_of.write_rows(self.run_dir, self.checkpoint_scores)
 
     # -- outputs --------------------------------------------------------------------------
     def image_grid(self):
@@ -517,6 +573,11 @@ def _run(
     if final.parent != run_dir or recipe.output.file in RESERVED_NAMES:
         raise RecipeError(f"output.file {recipe.output.file!r} must be a file name inside the "
                           f"run folder, other than {', '.join(sorted(RESERVED_NAMES))}")
+    if recipe.output.evaluate_every is not None and not recipe.evaluators:
+        raise RecipeError(f"output.evaluate_every is {recipe.output.evaluate_every} but "
+                          "the recipe lists no evaluators to score the checkpoints with; "
+                          "add one (e.g. evaluators: [{name: train_from_scratch}]) or set "
+                          "output.evaluate_every to null")
     r = Run(recipe, run_dir, dev, registry)
     main = ddp.is_main()
     lock = RunLock(run_dir) if main else None
@@ -608,6 +669,10 @@ def _distill(
     legacy = run_dir / LEGACY_CHECKPOINT
     t0 = time.perf_counter()
     r.setup()
+    if not resuming and ddp.is_main():  # no checkpoint scores of an earlier run stay
+        (run_dir / best_of.ROWS).unlink(missing_ok=True)
+    r.score_checkpoints = bool(evaluate and recipe.evaluators
+                               and recipe.output.evaluate_every is not None)
     start = r.load_checkpoint() if resuming else 0
     r.trackers.start(tracking.TrackedRun(run_dir, recipe.name, recipe.to_dict(), start,
                                          recipe.synthetic.iterations))
@@ -628,15 +693,22 @@ def _distill(
             augmentation=recipe.augmentation, registry=registry,
             formation=recipe.synthetic.formation, progress_bar=progress,
         )
+        extra: dict[str, Any] = {}
+        if r.score_checkpoints:  # the final evaluation is the last checkpoint
+            r.record_score(iterations, evaluations)
+            extra = {"evaluation_checkpoints": r.checkpoint_scores,
+                     "best_of": best_of.best_of(r.checkpoint_scores)}
         if main:
-            update_metadata(final, evaluations=evaluations)
+            update_metadata(final, evaluations=evaluations, **extra)
     r.trackers.evaluations(iterations, evaluations)
     if main:
         r.checkpoint_path.unlink(missing_ok=True)
         if overwrite:  # the run was started over past an old pickle checkpoint
             legacy.unlink(missing_ok=True)
     ddp.barrier()  # the outputs are complete before any rank returns
-    return RunResult(run_dir, final, iterations, meta["final_losses"], evaluations)
+    best = best_of.best_of(r.checkpoint_scores) if r.score_checkpoints else {}
+    return RunResult(run_dir, final, iterations, meta["final_losses"], evaluations,
+                     list(r.checkpoint_scores) if r.score_checkpoints else [], best)
 
 
 def current_shard() -> Shard:

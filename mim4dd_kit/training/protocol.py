@@ -4,12 +4,14 @@ networks on a synthetic set (``train_from_scratch``, ``cross_arch``, ``cka``,
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
 from pydantic import Field
 
 from ..api import AugmentationRef, BackboneRef, EvalRequest, Params
+from ..core.errors import SyntheticSetError
 
 
 class ProtocolParams(Params):
@@ -40,8 +42,20 @@ class ProtocolParams(Params):
         return registry.build("augmentations", self.augmentation, data_info=info)
 
     def lr_for(self, request: EvalRequest) -> float:
-        """The training lr: the set's learned lr when it has one and it is wanted."""
-        return request.lr if (self.use_learned_lr and request.lr is not None) else self.lr
+        """The training lr: the set's learned lr when it has one and it is wanted. A learned
+        lr that is not a positive number (a distillation whose lr went through zero) is
+        refused with what to do instead."""
+        if not (self.use_learned_lr and request.lr is not None):
+            return self.lr
+        lr = float(request.lr)
+        if not (math.isfinite(lr) and lr > 0):
+            raise SyntheticSetError(
+                f"the set's learned lr is {lr:.4g}, not a positive number: the distillation "
+                "that made it drove its lr through zero (lower synthetic.lr or "
+                "synthetic.lr_lr and distill again), or score it at a fixed lr with "
+                "--set <evaluator>.use_learned_lr=false (and <evaluator>.lr=...)"
+            )
+        return lr
 
 
 def backbone_for(choice: BackboneRef | None, request: EvalRequest) -> BackboneRef:

@@ -154,3 +154,17 @@ def test_cli_protocol_is_recorded_and_shown_by_compare(tmp_path):
     res = runner.invoke(app, ["evaluate", str(f), "--dataset", "digits", "--protocol", "dc",
                               "--evaluator", "cka"])
     assert res.exit_code != 0 and "--protocol applies to the train_from_scratch" in res.output
+
+
+@pytest.mark.parametrize("lr", [-6.2e-05, 0.0, float("nan")])
+def test_a_learned_lr_that_is_not_positive_is_refused_with_the_way_out(lr):
+    from types import SimpleNamespace
+
+    from mim4dd_kit.core.errors import SyntheticSetError
+    from mim4dd_kit.training.protocol import ProtocolParams
+
+    with pytest.raises(SyntheticSetError, match="use_learned_lr=false"):
+        ProtocolParams().lr_for(SimpleNamespace(lr=lr))
+    # a fixed lr, or a positive learned one, is used as it is
+    assert ProtocolParams(use_learned_lr=False).lr_for(SimpleNamespace(lr=lr)) == 0.01
+    assert ProtocolParams().lr_for(SimpleNamespace(lr=0.02)) == 0.02

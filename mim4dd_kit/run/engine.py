@@ -14,6 +14,7 @@ alone writes checkpoints, logs and the set.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -275,8 +276,22 @@ class Run(RegularizerSteps):
             "history": self.history,
             "checkpoint_scores": self.checkpoint_scores,
         }
-        header = {"fingerprint": self.recipe.fingerprint()}
+        header = {"fingerprint": self.recipe.fingerprint(),
+                  "resolved": json.dumps(self._resolved(), sort_keys=True)}
         atomic_write(self.checkpoint_path, lambda tmp: save_state(tmp, state, header))
+
+    def _resolved(self) -> dict[str, Any]:
+        """Every parameter of the components that shape the images, defaults and presets
+        expanded: what the recipe as written (the fingerprint) means with this version."""
+        out: dict[str, Any] = {}
+        for key, ref in self.recipe.components():
+            if key in ("backbone", "dd_loss", "regularizer", "augmentation"):
+                kind = {"dd_loss": "dd_losses", "regularizer": "regularizers",
+                        "augmentation": "augmentations", "backbone": "backbones"}[key]
+                params = self.registry.validate(kind, ref)
+                out[key] = {"name": ref.name,
+                            "params": json.loads(params.model_dump_json(by_alias=True))}
+        return out
 
     def load_checkpoint(self) -> int:
         path = self.checkpoint_path
@@ -286,6 +301,33 @@ class Run(RegularizerSteps):
                 f"checkpoint {path} was made by a different recipe; resume "
                 "with the recipe (and --set overrides) that started the run, or pass "
                 "--overwrite to start over"
+            )
+        made_text = read_header(path).get("resolved")  # absent in older checkpoints
+        try:
+            made = None if made_text is None else json.loads(made_text)
+            if made is not None and not (isinstance(made, dict) and all(
+                    isinstance(v, dict) and isinstance(v.get("params"), dict)
+                    for v in made.values())):
+                raise ValueError
+        except ValueError:
+            raise CheckpointError(
+                f"checkpoint {path}: its 'resolved' header entry is not the toolkit's "
+                "JSON record of component settings; pass --overwrite to start over"
+            ) from None
+        now = json.loads(json.dumps(self._resolved(), sort_keys=True))
+        if made is not None and made != now:
+            changed = sorted(
+                f"{k}.{p}" for k in set(made) | set(now)
+                for p in set((made.get(k) or {}).get("params", {}))
+                | set((now.get(k) or {}).get("params", {}))
+                if (made.get(k) or {}).get("params", {}).get(p)
+                != (now.get(k) or {}).get("params", {}).get(p)
+            ) or sorted(k for k in set(made) | set(now) if made.get(k) != now.get(k))
+            raise CheckpointError(
+                f"checkpoint {path} was made with other component settings than this "
+                f"recipe gives now ({', '.join(changed[:8])}): the toolkit's defaults "
+                "changed since (a preset, say). Resume it with the version that started "
+                "it, or pass --overwrite to start over"
             )
         # the RNG states stay on the CPU; the rest goes where the run's tensors are
         state = load_state(path, lambda key: "cpu" if key.startswith("rng") else self.device)

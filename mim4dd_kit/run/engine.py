@@ -61,6 +61,36 @@ RESERVED_NAMES = frozenset({CHECKPOINT, LEGACY_CHECKPOINT, LOCK_NAME, *LOG_NAMES
 Callback = Callable[[int, dict[str, float]], None]
 
 
+#: the recipe keys whose resolved settings a checkpoint records (they shape the images)
+SHAPING_COMPONENTS = ("backbone", "dd_loss", "regularizer", "augmentation")
+
+
+def _flat_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """``{"regularizer.rho": 1.0, "regularizer.name": "mim4dd", ...}`` of a settings record."""
+    flat = {f"{key}.name": comp["name"] for key, comp in record.items()}
+    flat.update({f"{key}.{name}": value for key, comp in record.items()
+                 for name, value in comp["params"].items()})
+    return flat
+
+
+def _settings_record(path: Path, text: str | None) -> dict[str, Any] | None:
+    """A checkpoint header's record of resolved settings, flattened; None if it has none."""
+    if text is None:
+        return None
+    try:
+        record = json.loads(text)
+        if not (isinstance(record, dict) and all(
+                isinstance(c, dict) and isinstance(c.get("params"), dict)
+                for c in record.values())):
+            raise ValueError
+        return _flat_settings(record)
+    except (ValueError, KeyError):
+        raise CheckpointError(
+            f"checkpoint {path}: its 'resolved' header entry is not the toolkit's JSON "
+            "record of component settings; pass --overwrite to start over"
+        ) from None
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -283,52 +313,31 @@ class Run(RegularizerSteps):
     def _resolved(self) -> dict[str, Any]:
         """Every parameter of the components that shape the images, defaults and presets
         expanded: what the recipe as written (the fingerprint) means with this version."""
-        out: dict[str, Any] = {}
-        for key, ref in self.recipe.components():
-            if key in ("backbone", "dd_loss", "regularizer", "augmentation"):
-                kind = {"dd_loss": "dd_losses", "regularizer": "regularizers",
-                        "augmentation": "augmentations", "backbone": "backbones"}[key]
-                params = self.registry.validate(kind, ref)
-                out[key] = {"name": ref.name,
-                            "params": json.loads(params.model_dump_json(by_alias=True))}
-        return out
+        return {key: {"name": ref.name, "params": json.loads(
+                    self.registry.validate(ref.kind, ref).model_dump_json(by_alias=True))}
+                for key, ref in self.recipe.components() if key in SHAPING_COMPONENTS}
 
     def load_checkpoint(self) -> int:
         path = self.checkpoint_path
+        header = read_header(path)
         # the recipe check reads the header alone: no tensor is used before it passes
-        if read_header(path).get("fingerprint") != self.recipe.fingerprint():
+        if header.get("fingerprint") != self.recipe.fingerprint():
             raise CheckpointError(
                 f"checkpoint {path} was made by a different recipe; resume "
                 "with the recipe (and --set overrides) that started the run, or pass "
                 "--overwrite to start over"
             )
-        made_text = read_header(path).get("resolved")  # absent in older checkpoints
-        try:
-            made = None if made_text is None else json.loads(made_text)
-            if made is not None and not (isinstance(made, dict) and all(
-                    isinstance(v, dict) and isinstance(v.get("params"), dict)
-                    for v in made.values())):
-                raise ValueError
-        except ValueError:
-            raise CheckpointError(
-                f"checkpoint {path}: its 'resolved' header entry is not the toolkit's "
-                "JSON record of component settings; pass --overwrite to start over"
-            ) from None
-        now = json.loads(json.dumps(self._resolved(), sort_keys=True))
-        if made is not None and made != now:
-            changed = sorted(
-                f"{k}.{p}" for k in set(made) | set(now)
-                for p in set((made.get(k) or {}).get("params", {}))
-                | set((now.get(k) or {}).get("params", {}))
-                if (made.get(k) or {}).get("params", {}).get(p)
-                != (now.get(k) or {}).get("params", {}).get(p)
-            ) or sorted(k for k in set(made) | set(now) if made.get(k) != now.get(k))
-            raise CheckpointError(
-                f"checkpoint {path} was made with other component settings than this "
-                f"recipe gives now ({', '.join(changed[:8])}): the toolkit's defaults "
-                "changed since (a preset, say). Resume it with the version that started "
-                "it, or pass --overwrite to start over"
-            )
+        made = _settings_record(path, header.get("resolved"))  # None in older checkpoints
+        if made is not None:
+            now = _flat_settings(json.loads(json.dumps(self._resolved(), sort_keys=True)))
+            changed = sorted(k for k in made.keys() | now.keys() if made.get(k) != now.get(k))
+            if changed:
+                raise CheckpointError(
+                    f"checkpoint {path} was made with other component settings than this "
+                    f"recipe gives now ({', '.join(changed[:8])}): the toolkit's defaults "
+                    "changed since (a preset, say). Resume it with the version that "
+                    "started it, or pass --overwrite to start over"
+                )
         # the RNG states stay on the CPU; the rest goes where the run's tensors are
         state = load_state(path, lambda key: "cpu" if key.startswith("rng") else self.device)
         try:

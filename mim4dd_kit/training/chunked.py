@@ -14,6 +14,16 @@ NHWC kernels run the 1-channel first convolution ~20x and 2x2 average pooling ~1
 faster than NCHW, with forward values equal up to float rounding. (Passes with gradients
 stay NCHW, where the GroupNorm backward is accurate; see ``mim4dd_kit/config/performance.py``.)
 
+On a CPU with several threads, the chunks are spread over that many worker threads, each
+running its chunks on one thread, rather than every small kernel being split across all
+threads. A split kernel ends at a barrier where each thread waits for the others; on a
+shared node, where another job can take a thread's core at any moment, those waits
+dominate (docs/performance.md, "Running on a shared node": 2.25x slower than the
+baseline formulation at four busy processes per core). Whole chunks on single threads
+never wait for each other, and every chunk's arithmetic is the same however many workers
+run: the results do not depend on the thread count or the load. Partial results are
+combined in chunk order.
+
 Chunking is exact only for networks that treat samples independently. A BatchNorm layer
 in training mode normalises with statistics of the whole batch, so such networks are
 never chunked.
@@ -23,6 +33,11 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +46,49 @@ from .networks import couples_samples
 
 #: activation bytes per chunk on a CPU (per-core L2 plus a share of L3 on current parts)
 CPU_CHUNK_BYTES = 8 * 2**20
+
+T = TypeVar("T")
+_pool_lock = threading.Lock()
+_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, executor)
+
+
+def _single_thread() -> None:
+    torch.set_num_threads(1)  # per OS thread under OpenMP: the caller's count is unchanged
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """The process's pool of ``workers`` one-thread workers (rebuilt after a fork)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[:2] != (os.getpid(), workers):
+            if _pool is not None and _pool[0] == os.getpid():
+                _pool[2].shutdown(wait=False)
+            _pool = (os.getpid(), workers, ThreadPoolExecutor(
+                workers, thread_name_prefix="mdk-chunks", initializer=_single_thread))
+        return _pool[2]
+
+
+def map_chunks(fn: Callable[[int, int], T], n: int, chunk: int,
+               workers: int | None = None) -> Iterator[T]:
+    """``fn(i, j)`` for the chunks ``[i, j)`` of ``range(n)``, results in chunk order.
+
+    Each call runs on one thread without autograd, under the caller's CPU autocast
+    state; ``workers`` (default: torch's thread count) run them concurrently. With one
+    thread the calls run in the caller's thread.
+    """
+    bounds = [(i, min(i + chunk, n)) for i in range(0, n, chunk)]
+    workers = workers or torch.get_num_threads()
+    if workers <= 1 and torch.get_num_threads() == 1:
+        yield from (fn(i, j) for i, j in bounds)
+        return
+    cast = torch.is_autocast_enabled("cpu")
+    dtype = torch.get_autocast_dtype("cpu")
+
+    def call(bound: tuple[int, int]) -> T:
+        with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=cast):
+            return fn(*bound)
+
+    yield from _executor(max(workers, 1)).map(call, bounds)
 
 
 def chunk_size(net: nn.Module, x: Tensor, budget: int = CPU_CHUNK_BYTES) -> int:
@@ -69,13 +127,16 @@ def features(
     if chunk >= len(x):
         return net.features(x)
     net = _fast_twin(net)
-    out: list[Tensor] = []
-    for i in range(0, len(x), chunk):
-        feats = net.features(x[i:i + chunk])
-        if not out:  # one buffer per block, filled while each chunk is still in cache
-            out = [f.new_empty((len(x), *f.shape[1:])) for f in feats]
-        for buf, f in zip(out, feats, strict=True):
-            buf[i:i + len(f)] = f
+    first = next(map_chunks(lambda i, j: net.features(x[i:j]), chunk, chunk))
+    # one buffer per block, each chunk's features written by its worker while in cache
+    out = [f.new_empty((len(x), *f.shape[1:])) for f in first]
+
+    def fill(i: int, j: int) -> None:
+        for buf, f in zip(out, first if i == 0 else net.features(x[i:j]), strict=True):
+            buf[i:j] = f
+
+    for _ in map_chunks(fill, len(x), chunk):
+        pass
     return out
 
 
@@ -89,17 +150,20 @@ def class_sums(
     Nothing but the running sums is kept, so the real batch's features are never
     concatenated.
     """
+    if len(x) == 0:
+        raise ValueError("class_sums needs at least one image")
     chunk = chunk or chunk_size(net, x, budget)
     if chunk < len(x):
         net = _fast_twin(net)
-    sums: Tensor | None = None
-    for i in range(0, len(x), chunk):
-        f = net.features(x[i:i + chunk])[layer].flatten(1)
-        if sums is None:
-            sums = f.new_zeros(num_classes, f.shape[1])
-        sums.index_add_(0, labels[i:i + chunk], f)
-    if sums is None:
-        raise ValueError("class_sums needs at least one image")
+
+    def partial(i: int, j: int) -> Tensor:
+        f = net.features(x[i:j])[layer].flatten(1)
+        return f.new_zeros(num_classes, f.shape[1]).index_add_(0, labels[i:j], f)
+
+    parts = map_chunks(partial, len(x), chunk)
+    sums = next(parts)
+    for p in parts:  # chunk order: the same sums for any number of workers
+        sums += p
     return sums
 
 
@@ -109,9 +173,10 @@ def logits(
 ) -> Tensor:
     """``net(x)`` without autograd, computed chunk by chunk."""
     chunk = chunk or chunk_size(net, x, budget)
-    if chunk < len(x):
-        net = _fast_twin(net)
-    return torch.cat([net(x[i:i + chunk]) for i in range(0, len(x), chunk)])
+    if chunk >= len(x):
+        return net(x)
+    net = _fast_twin(net)
+    return torch.cat(list(map_chunks(lambda i, j: net(x[i:j]), len(x), chunk)))
 
 
 class ChunkedPasses:

@@ -1,3 +1,6 @@
+import contextlib
+import os
+
 import pytest
 import torch
 
@@ -71,3 +74,90 @@ def test_chunked_passes_run_a_channels_last_twin_and_leave_the_network_alone():
     whole = chunked.features(net, x, chunk=len(x))  # one chunk: the network itself
     torch.testing.assert_close(chunked.features(net, x, chunk=8)[0], whole[0],
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_chunked_passes_give_the_same_bits_for_any_number_of_workers(workers):
+    """Each chunk runs on one thread and partial results combine in chunk order, so the
+    results do not depend on how many workers (threads, load) computed them."""
+    net = _net()
+    x = torch.randn(50, 1, 8, 8)
+    y = torch.arange(50) % 3
+    ref_sums, ref_feats = _one_thread_reference(net, x, y)
+    sums = torch.zeros_like(ref_sums)
+    for p in chunked.map_chunks(
+            lambda i, j: torch.zeros_like(ref_sums).index_add_(
+                0, y[i:j], chunked._fast_twin(net).features(x[i:j])[-1].flatten(1)),
+            len(x), 7, workers=workers):
+        sums += p
+    assert torch.equal(sums, ref_sums)
+    with _threads(2):  # the passes themselves, with their default workers
+        assert torch.equal(chunked.class_sums(net, x, y, 3, chunk=7), ref_sums)
+        for got, want in zip(chunked.features(net, x, chunk=7), ref_feats, strict=True):
+            assert torch.equal(got, want)
+
+
+def _one_thread_reference(net, x, y):
+    """class_sums / features computed chunk by chunk in this thread, one torch thread."""
+    twin = chunked._fast_twin(net)
+    with _threads(1), torch.no_grad():
+        chunks = [twin.features(x[i:i + 7]) for i in range(0, len(x), 7)]
+        parts = [torch.zeros(3, f[-1][0].numel()).index_add_(0, y[i * 7:i * 7 + 7],
+                                                             f[-1].flatten(1))
+                 for i, f in enumerate(chunks)]
+        sums = parts[0]
+        for p in parts[1:]:
+            sums += p
+        feats = [torch.cat(f) for f in zip(*chunks, strict=True)]
+    return sums, feats
+
+
+@contextlib.contextmanager
+def _threads(n):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_chunk_workers_run_one_thread_without_autograd_under_the_callers_autocast():
+    with _threads(2):
+        seen = list(chunked.map_chunks(
+            lambda i, j: (torch.get_num_threads(), torch.is_grad_enabled(),
+                          torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")),
+            10, 5))
+        assert seen == [(1, False, False, torch.get_autocast_dtype("cpu"))] * 2
+        assert torch.get_num_threads() == 2  # the caller's thread count is its own
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            seen = list(chunked.map_chunks(
+                lambda i, j: (torch.is_autocast_enabled("cpu"),
+                              torch.get_autocast_dtype("cpu")), 10, 5))
+        assert seen == [(True, torch.bfloat16)] * 2
+
+
+def test_chunk_results_come_back_in_order_and_errors_reach_the_caller():
+    with _threads(2):
+        assert list(chunked.map_chunks(lambda i, j: (i, j), 10, 3)) == [
+            (0, 3), (3, 6), (6, 9), (9, 10)]
+
+        def fail(i, j):
+            if i == 6:
+                raise RuntimeError("chunk 6 failed")
+            return i
+
+        with pytest.raises(RuntimeError, match="chunk 6 failed"):
+            list(chunked.map_chunks(fail, 10, 3))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_chunk_pool_is_rebuilt_in_a_forked_child():
+    with _threads(2):
+        list(chunked.map_chunks(lambda i, j: i, 4, 2))  # the parent's pool exists
+        pid = os.fork()
+        if pid == 0:  # child: the parent's worker threads do not exist here
+            code = 0 if list(chunked.map_chunks(lambda i, j: i, 4, 2)) == [0, 2] else 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -149,6 +149,11 @@ def candidates() -> dict[str, dict[str, Any]]:
     # the same with one row per class on the synthetic side (its class mean): identical
     # to identity_rho1 at IPC 1; at IPC 10 it moves a class's mean only
     out["identity_classmean_rho1"] = {**ident, "rho": 1.0, "synthetic_side": "class_mean"}
+    if "rho_window" in fields:
+        # the same with the DD norm that rho multiplies capped at the median of the last 9
+        # (one outlying DD gradient, e.g. of one DSA network, no longer doubles the step)
+        out["identity_classmean_rho1_w9"] = {**out["identity_classmean_rho1"],
+                                             "rho_window": 9}
     return out
 
 

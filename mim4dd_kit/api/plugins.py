@@ -163,6 +163,11 @@ class Regularizer(nn.Module):
         of the DD loss's (docs/components/mim4dd.md)."""
         return None
 
+    def reference_norm(self, dd_norm: Tensor) -> Tensor:
+        """Under :meth:`image_scale`: the DD image-gradient norm the scale multiplies,
+        given this iteration's (called once per iteration; default: that norm)."""
+        return dd_norm
+
 
 def _declared(plugin: Any, name: str, default: Any) -> Any:
     """Field ``name`` of ``plugin.params`` where its parameters model declares it."""

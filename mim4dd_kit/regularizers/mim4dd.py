@@ -201,6 +201,13 @@ class MIM4DD(Regularizer):
             "rescaled each iteration to rho times the DD gradient's norm (replaces lambda); "
             "null = weight by lambda",
         )
+        rho_window: int = Field(
+            1, ge=1,
+            description="with rho: the DD gradient norm that rho multiplies is the smaller "
+            "of this iteration's and the median of the last rho_window iterations' (this "
+            "one included), so one outlying DD gradient does not enlarge the "
+            "regularizer's step; 1 = this iteration's own",
+        )
         lr_gradient: bool = Field(
             False,
             description="with rho: let the (rescaled) regularizer gradient reach a learned "
@@ -276,6 +283,9 @@ class MIM4DD(Regularizer):
         )
         # log Z per layer (crd); NaN until the first call sets it. Saved with the state.
         self.register_buffer("log_z", torch.full((len(self.layers),), math.nan))
+        # the last rho_window DD gradient norms (rho), oldest first; NaN: not yet seen
+        self.register_buffer("dd_norms", torch.full((params.rho_window,), math.nan,
+                                                    dtype=torch.float64))
         self.lr = params.critic_lr
         self.last_logs: dict[str, float] = {}
         #: detached (scores, positive, counts, offsets) of the last call, for diagnostics
@@ -328,6 +338,19 @@ class MIM4DD(Regularizer):
         if self.params.rho is None:
             return None
         return self.params.rho * ramp_factor(self.iteration, self.params.ramp)
+
+    def reference_norm(self, dd_norm: Tensor) -> Tensor:
+        """The DD gradient norm ``rho`` multiplies at this iteration: the smaller of
+        ``dd_norm`` and the median of the last ``rho_window`` norms (this one included),
+        each recorded once per call."""
+        if self.params.rho_window == 1:
+            return dd_norm
+        with torch.no_grad():
+            history = torch.cat([self.dd_norms[1:],
+                                 dd_norm.detach().to(self.dd_norms).reshape(1)])
+            self.dd_norms.copy_(history)
+            median = history[~history.isnan()].median()  # the lower middle for even counts
+        return torch.minimum(dd_norm, median.to(dd_norm))
 
     def _offsets(self, scores: list[Tensor]) -> list[Tensor | float]:
         """``log B`` per layer; for crd, sets (first call) or tracks ``log Z``."""

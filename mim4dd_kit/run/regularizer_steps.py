@@ -173,7 +173,8 @@ class RegularizerSteps:
     def _rho_backward(self, dd: torch.Tensor, r: torch.Tensor, scale: float,
                       logs: dict[str, float], partial: list[str], diagnose: bool) -> None:
         """Gradient-relative weight: the regularizer's image gradient is rescaled to
-        ``scale`` times the DD image gradient's norm; the critics get the regularizer's
+        ``scale`` times the DD image gradient's norm (as the regularizer's
+        ``reference_norm`` gives it); the critics get the regularizer's
         own, unscaled gradient; a learned lr gets the DD gradient, plus the rescaled
         regularizer one only with ``lr_gradient``."""
         targets = self._image_targets()
@@ -196,7 +197,8 @@ class RegularizerSteps:
             logs.update(zip(partial, values, strict=True))
         n_dd = torch.linalg.vector_norm(g_dd[0])
         n_reg = torch.linalg.vector_norm(g_reg[0])
-        factor = torch.where(n_reg > 0, scale * n_dd / n_reg.clamp_min(1e-30),
+        n_ref = self.reg.reference_norm(n_dd)
+        factor = torch.where(n_reg > 0, scale * n_ref / n_reg.clamp_min(1e-30),
                              torch.zeros_like(n_reg))
         applied = [g * factor for g in g_reg[:len(targets)]]
         self.syn.images.grad = g_dd[0] + applied[0]

@@ -86,6 +86,24 @@ def test_rho_sets_the_gradient_ratio(tiny_recipe, tmp_path):
     assert ratios[2:] == pytest.approx([0.25] * (len(ratios) - 2), rel=1e-5)
 
 
+def test_rho_window_caps_the_step_at_the_median_of_recent_dd_norms(tiny_recipe, tmp_path):
+    reg = {**MIM, "rho": 0.5, "ramp": 0, "rho_window": 3, "diagnostics_every": 1}
+    distilled(tiny_recipe(regularizer=reg), tmp_path / "w")
+    logs = _history(tmp_path / "w")
+    dd = [h["grad_dd"] for h in logs]
+    for t, h in enumerate(logs):  # rho x min(this norm, median of the last three)
+        window = sorted(dd[max(0, t - 2):t + 1])
+        reference = min(dd[t], window[(len(window) - 1) // 2])
+        assert h["grad_reg"] == pytest.approx(0.5 * reference, rel=1e-5)
+    assert any(h["grad_reg"] < 0.5 * h["grad_dd"] * (1 - 1e-3) for h in logs)  # it capped
+
+
+def test_rho_window_survives_a_resume(tiny_recipe, tmp_path):
+    reg = {**MIM, "rho": 0.5, "ramp": 0, "rho_window": 3}
+    assert_resume_is_exact(tiny_recipe(regularizer=reg, synthetic={"iterations": 6}), tmp_path,
+                           stop_after=4)
+
+
 def test_rho_with_zero_ramp_step_equals_the_base_step(tiny_recipe, tmp_path):
     # at the ramp's first iteration the rescaled regularizer gradient is 0: one iteration
     # gives the base method's images exactly

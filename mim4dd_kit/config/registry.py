@@ -234,9 +234,9 @@ class Registry:
     def params_entry(self, kind: str, ep: entrypoints.EntryPoint) -> entrypoints.EntryPoint | None:
         """The ``mdk.params.<kind>`` entry of the same name and distribution as ``ep``
         (the component's parameters model), or None when its package declares none."""
-        pkg = _pkg_of(ep)[0]
         for pep in self._group(PARAMS_GROUPS[kind]):
-            if pep.name == ep.name and _pkg_of(pep)[0] == pkg:
+            # one walk made both entries: the same distribution is the same object
+            if pep.name == ep.name and pep.distro is ep.distro:
                 return pep
         return None
 

@@ -256,11 +256,17 @@ def schema(
 def list_plugins_cmd(
     kind: Annotated[str | None, typer.Option(help="Only this kind, e.g. backbones.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    check: Annotated[bool, typer.Option(
+        "--check", help="Import every component to find broken plugins (slower: imports "
+        "torch).")] = False,
 ) -> None:
-    """List every installed component; broken plugins are shown with their error."""
+    """List every installed component. Descriptions are read from the sources without
+    importing them; with --check every component is imported and broken plugins are shown
+    with their error."""
     from .config.registry import default_registry
 
-    infos = default_registry().describe(kind)
+    registry = default_registry()
+    infos = registry.describe(kind, check=True) if check else registry.describe(kind)
     if as_json:
         _print_json([i.as_dict() for i in infos])
         return

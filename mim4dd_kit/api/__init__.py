@@ -18,38 +18,84 @@ keyword-only context that depends on its kind:
 The toolkit's own layers are private: ``mim4dd_kit.training`` (shared training
 machinery), the plugin packages, and the orchestration above them. See docs/plugins.md
 and docs/architecture.md.
+
+Names resolve lazily (PEP 562): ``from mim4dd_kit.api import Params`` imports only the
+module that defines ``Params``, so the recipe models (:mod:`.params`) load without torch
+(``mdk validate``, ``mdk list-plugins``); ``Backbone``, ``RunContext`` and the other
+torch-based names import torch when first asked for.
 """
 
-from ..core.distributed import gather_indexed, local_indices
-from ..core.errors import (
-    BuildError,
-    DataError,
-    MdkError,
-    PluginError,
-    RecipeError,
-    RunError,
-)
-from ..core.progress import epochs_done
-from ..core.runtime import isolated_rng
-from .backbone import TAPS, Backbone, Tap, check_tap, tapped_features
-from .context import NoGradPasses, RunContext, Shard, SyntheticState
-from .data import DataInfo, RealData, class_table
-from .features import for_regularizer
-from .params import (
-    AugmentationRef,
-    BackboneRef,
-    ComponentRef,
-    CriticRef,
-    DatasetRef,
-    EvaluatorRef,
-    LoggerRef,
-    LossRef,
-    NumbersModel,
-    Params,
-    RegularizerRef,
-)
-from .plugins import Augmentation, DDLoss, Evaluator, Regularizer, conform, trait
-from .results import EvalRequest, EvalResult, ExpertBuffers, LossOutput
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..core.distributed import gather_indexed, local_indices
+    from ..core.errors import (
+        BuildError,
+        DataError,
+        MdkError,
+        PluginError,
+        RecipeError,
+        RunError,
+    )
+    from ..core.progress import epochs_done
+    from ..core.runtime import isolated_rng
+    from .backbone import TAPS, Backbone, Tap, check_tap, tapped_features
+    from .context import NoGradPasses, RunContext, Shard, SyntheticState
+    from .data import DataInfo, RealData, class_table
+    from .features import for_regularizer
+    from .params import (
+        AugmentationRef,
+        BackboneRef,
+        ComponentRef,
+        CriticRef,
+        DatasetRef,
+        EvaluatorRef,
+        LoggerRef,
+        LossRef,
+        NumbersModel,
+        Params,
+        RegularizerRef,
+    )
+    from .plugins import Augmentation, DDLoss, Evaluator, Regularizer, conform, trait
+    from .results import EvalRequest, EvalResult, ExpertBuffers, LossOutput
+
+#: the module (relative to this package) that defines each public name
+_WHERE: dict[str, str] = {
+    **dict.fromkeys(("gather_indexed", "local_indices"), "..core.distributed"),
+    **dict.fromkeys(("BuildError", "DataError", "MdkError", "PluginError", "RecipeError",
+                     "RunError"), "..core.errors"),
+    "epochs_done": "..core.progress",
+    "isolated_rng": "..core.runtime",
+    **dict.fromkeys(("TAPS", "Tap"), ".params"),
+    **dict.fromkeys(("Backbone", "check_tap", "tapped_features"), ".backbone"),
+    **dict.fromkeys(("NoGradPasses", "RunContext", "Shard", "SyntheticState"), ".context"),
+    **dict.fromkeys(("DataInfo", "RealData", "class_table"), ".data"),
+    "for_regularizer": ".features",
+    **dict.fromkeys(("AugmentationRef", "BackboneRef", "ComponentRef", "CriticRef",
+                     "DatasetRef", "EvaluatorRef", "LoggerRef", "LossRef", "NumbersModel",
+                     "Params", "RegularizerRef"), ".params"),
+    **dict.fromkeys(("Augmentation", "DDLoss", "Evaluator", "Regularizer", "conform",
+                     "trait"), ".plugins"),
+    **dict.fromkeys(("EvalRequest", "EvalResult", "ExpertBuffers", "LossOutput"),
+                    ".results"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value  # the next lookup is a plain global
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "TAPS", "Augmentation", "AugmentationRef", "Backbone", "BackboneRef", "BuildError",

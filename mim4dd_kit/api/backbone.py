@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import inspect
-from typing import Literal
 
 from torch import Tensor, nn
 
-#: where ``Backbone.features`` takes each block's tensor (see :class:`Backbone`)
-Tap = Literal["output", "pre_pool", "pre_activation"]
-TAPS: tuple[str, ...] = ("output", "pre_pool", "pre_activation")
+# where ``Backbone.features`` takes each block's tensor (see :class:`Backbone`); defined
+# with the parameters models, which must not need torch
+from .params import TAPS, Tap
 
 #: modules recognised as a block's closing nonlinearity / pooling in a Sequential block
 _ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.GELU, nn.ELU, nn.SiLU)

@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field
 
 from ..core.errors import PluginError
-from .params import Params
+from .params import TrackerParams as TrackerParams  # defined there: needs neither numpy nor torch
 
 
 @dataclass(frozen=True)
@@ -44,15 +43,6 @@ class TrackedRun:
     recipe: dict[str, Any]
     start: int
     iterations: int
-
-
-class TrackerParams(Params):
-    """Parameters every built-in tracker has."""
-
-    images_every: int = Field(
-        100, ge=0, description="iterations between image grids of the synthetic set; 0: "
-        "only the grid after the last iteration"
-    )
 
 
 def missing_package(logger: str, module: str, extra: str) -> PluginError:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+#: where a backbone block's features may be taken (``Backbone.features``'s ``tap``)
+Tap = Literal["output", "pre_pool", "pre_activation"]
+TAPS: tuple[str, ...] = ("output", "pre_pool", "pre_activation")
 
 
 def _numbers_only(annotation: Any) -> bool:
@@ -40,6 +44,16 @@ class Params(NumbersModel):
     finite and never booleans."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class TrackerParams(Params):
+    """Parameters every built-in tracker (``mdk.loggers``) has; re-exported by
+    :mod:`mim4dd_kit.api.loggers`."""
+
+    images_every: int = Field(
+        100, ge=0, description="iterations between image grids of the synthetic set; 0: "
+        "only the grid after the last iteration"
+    )
 
 
 class ComponentRef(BaseModel):

@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..api import DataInfo, Params
+from ..api import DataInfo
+from .params import NoAugmentParams
 
 
 class NoAugment:
     """No augmentation: returns its inputs unchanged."""
 
-    class Params(Params):
-        pass
+    Params = NoAugmentParams
 
     def __init__(self, params: NoAugment.Params, *, data_info: DataInfo):
         self.params = params

@@ -20,15 +20,13 @@ Feature taps: ``pre_activation`` is a stage's last conv(+norm) before its ReLU,
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field
 from torch import nn
 
-from ..api import Backbone, Params
+from ..api import Backbone
 from ..core.errors import BuildError
 from ._checks import check_context
 from .convnet import make_norm
+from .params import AlexNetParams
 
 #: (out channels, kernel, padding, max-pool after) of each conv; the first conv's
 #: padding is 4 instead of 2 on 1-channel input
@@ -39,12 +37,7 @@ _LAYERS = ((128, 5, 2, True), (192, 5, 2, True), (256, 3, 1, False), (192, 3, 1,
 class AlexNet(Backbone):
     """Small AlexNet, 5 convs in 3 max-pooled stages + fc (DatasetCondensation AlexNet)."""
 
-    class Params(Params):
-        norm: Literal["none", "instance", "batch"] = Field(
-            "none",
-            description="after every conv: none (reference AlexNet), batch (AlexNetBN) or "
-            "instance (GroupNorm(C, C, affine=True))",
-        )
+    Params = AlexNetParams
 
     def __init__(
         self,

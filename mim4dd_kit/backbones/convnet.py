@@ -23,18 +23,12 @@ output, ``pre_pool`` its activation output before the 2x2 pool (the output itsel
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field, model_validator
 from torch import nn
 
-from ..api import Backbone, Params
+from ..api import Backbone
 from ..core.errors import BuildError
 from ._checks import check_context
-
-NormKind = Literal["instance", "batch", "layer", "group", "none"]
-ActKind = Literal["relu", "leakyrelu", "sigmoid"]
-PoolKind = Literal["avg", "max", "none"]
+from .params import ConvNetD4Params, ConvNetParams
 
 
 def make_norm(kind: str, width: int) -> nn.Module | None:
@@ -81,28 +75,7 @@ def make_pool(kind: str) -> nn.Module | None:
 class ConvNet(Backbone):
     """DD-standard ConvNet, depth x [Conv3x3-Norm-Act-Pool2] + fc (DatasetCondensation)."""
 
-    class Params(Params):
-        width: int = Field(128, gt=0, description="output channels of every conv (paper: 128)")
-        depth: int = Field(3, gt=0, description="number of conv blocks K (paper: 3)")
-        norm: NormKind = Field(
-            "instance",
-            description="instance (paper), batch, layer (GroupNorm 1 group), group "
-            "(GroupNorm 4 groups) or none",
-        )
-        activation: ActKind = Field(
-            "relu", description="relu (paper), leakyrelu (slope 0.01) or sigmoid"
-        )
-        pooling: PoolKind = Field(
-            "avg", description="2x2 stride-2 pooling closing each block: avg (paper), max, none"
-        )
-
-        @model_validator(mode="after")
-        def _groups_divide_width(self) -> ConvNet.Params:
-            # caught at recipe validation rather than when the network is first built
-            if self.norm == "group" and self.width % 4:
-                raise ValueError(f"norm 'group' uses 4 groups; width {self.width} is not a "
-                                 f"multiple of 4")
-            return self
+    Params = ConvNetParams
 
     def __init__(
         self,
@@ -154,7 +127,4 @@ class ConvNet(Backbone):
 class ConvNetD4(ConvNet):
     """ConvNet with 4 blocks by default, for 64x64 inputs (DatasetCondensation ConvNetD4)."""
 
-    class Params(ConvNet.Params):
-        depth: int = Field(
-            4, gt=0, description="number of conv blocks K (ConvNetD4: 4, for 64x64 images)"
-        )
+    Params = ConvNetD4Params

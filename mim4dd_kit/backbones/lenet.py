@@ -20,14 +20,12 @@ max-pool in the conv stages; the output itself in the fc blocks).
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field
 from torch import nn
 
-from ..api import Backbone, Params
+from ..api import Backbone
 from ..core.errors import BuildError
 from ._checks import check_context
+from .params import LeNetParams
 
 
 def _activation(kind: str) -> nn.Module:
@@ -43,10 +41,7 @@ def _conv_pool_size(n: int, pad: int) -> int:
 class LeNet(Backbone):
     """LeNet-5: 2 conv stages + 2 hidden fc layers (DatasetCondensation networks.py)."""
 
-    class Params(Params):
-        activation: Literal["relu", "sigmoid", "tanh"] = Field(
-            "relu", description="activation after every conv and hidden fc (reference: relu)"
-        )
+    Params = LeNetParams
 
     def __init__(
         self,

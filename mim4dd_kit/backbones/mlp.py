@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import math
 
-from pydantic import Field
 from torch import Tensor, nn
 
-from ..api import Backbone, Params, Tap
+from ..api import Backbone, Tap
 from ..core.errors import BuildError
+from .params import MLPParams
 
 
 class MLP(Backbone):
     """Fully connected net, flatten -> depth x [fc-ReLU] -> fc (DatasetCondensation MLP)."""
 
-    class Params(Params):
-        width: int = Field(128, gt=0, description="units of every hidden layer (reference: 128)")
-        depth: int = Field(2, gt=0, description="hidden layers, i.e. blocks K (reference: 2)")
+    Params = MLPParams
 
     def __init__(
         self,

@@ -20,16 +20,14 @@ stays the flattened last block (512 x 4 x 4 at 32x32), as for every backbone her
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..api import Backbone, Params, Tap
+from ..api import Backbone, Tap
 from ..core.errors import BuildError
 from ._checks import check_context
 from .convnet import make_norm
+from .params import ResNet18Params
 
 _WIDTHS = (64, 128, 256, 512)
 _STRIDES = (1, 2, 2, 2)
@@ -77,12 +75,7 @@ class BasicBlock(nn.Module):
 class ResNet18(Backbone):
     """CIFAR-style ResNet-18, stem + 4 stages of 2 BasicBlocks + GAP + fc (DC ResNet18)."""
 
-    class Params(Params):
-        norm: Literal["instance", "batch"] = Field(
-            "instance",
-            description="after every conv: instance (GroupNorm(C, C, affine=True), "
-            "reference ResNet18) or batch (BatchNorm2d, reference ResNet18BN)",
-        )
+    Params = ResNet18Params
 
     def __init__(
         self,

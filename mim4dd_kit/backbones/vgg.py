@@ -16,15 +16,13 @@ ReLU's output before the max-pool.
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field
 from torch import nn
 
-from ..api import Backbone, Params
+from ..api import Backbone
 from ..core.errors import BuildError
 from ._checks import check_context
 from .convnet import make_norm
+from .params import VGG11Params
 
 #: convs per stage; each stage ends with a 2x2 max-pool
 _STAGES: tuple[tuple[int, ...], ...] = ((64,), (128,), (256, 256), (512, 512), (512, 512))
@@ -33,12 +31,7 @@ _STAGES: tuple[tuple[int, ...], ...] = ((64,), (128,), (256, 256), (512, 512), (
 class VGG11(Backbone):
     """VGG11, 5 stages of [Conv3x3-Norm-ReLU]+MaxPool2 + fc (DatasetCondensation VGG11)."""
 
-    class Params(Params):
-        norm: Literal["instance", "batch"] = Field(
-            "instance",
-            description="after every conv: instance (GroupNorm(C, C, affine=True), "
-            "reference VGG11) or batch (BatchNorm2d, reference VGG11BN)",
-        )
+    Params = VGG11Params
 
     def __init__(
         self,

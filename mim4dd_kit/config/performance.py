@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
-import torch
 from pydantic import ConfigDict, Field
-from torch import nn
 
 from ..api import NumbersModel
+
+if TYPE_CHECKING:  # torch is imported where a run applies the settings, not to validate them
+    import torch
+    from torch import nn
 
 
 class PerformanceSettings(NumbersModel):
@@ -51,6 +54,8 @@ class PerformanceSettings(NumbersModel):
 def configure_backends(settings: PerformanceSettings, device: torch.device) -> None:
     """Process-wide switches (TF32); a no-op off CUDA."""
     if device.type == "cuda":
+        import torch
+
         torch.backends.cuda.matmul.allow_tf32 = settings.tf32
         torch.backends.cudnn.allow_tf32 = settings.tf32
         torch.backends.cudnn.benchmark = True
@@ -65,6 +70,8 @@ def backbone_factory(
         return make
 
     def build() -> nn.Module:
+        import torch
+
         net = make()
         if layout:
             net = net.to(memory_format=torch.channels_last)
@@ -80,6 +87,8 @@ def backbone_factory(
 @contextlib.contextmanager
 def autocast(settings: PerformanceSettings, device: torch.device) -> Iterator[None]:
     """bfloat16 autocast around the loss computation when ``bf16`` is set."""
+    import torch
+
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=settings.bf16):
         yield
 

@@ -7,23 +7,31 @@ the ``entrypoints`` package; keeping it behind this module makes a move to
 
 Two packages registering the same name in one group is an error that names both; the
 qualified form ``package:name`` picks one. Importing is lazy: a run imports only the
-components its recipe names, while :meth:`Registry.describe` imports everything to
-report broken plugins without failing.
+components its recipe names. Validating parameters imports only a component's
+parameters model where its package names one in the optional group ``mdk.params.<kind>``
+(entry ``name = module:Model``, a module that does not import torch), else the
+component itself; :meth:`Registry.describe` reads descriptions from the sources without
+importing, and with ``check=True`` imports everything to report broken plugins without
+failing. The installed distributions are read once for every group.
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
 import functools
+import importlib.util
 import reprlib
+import sys
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import entrypoints
 from pydantic import BaseModel, ValidationError
 
-from ..api import ComponentRef, conform
+from ..api.params import ComponentRef
 from ..core.errors import PluginError, RecipeError
 
 KINDS: dict[str, str] = {
@@ -37,6 +45,8 @@ KINDS: dict[str, str] = {
     "coresets": "mdk.coresets",
     "loggers": "mdk.loggers",
 }
+#: the optional group of each kind naming the components' parameters models (torch-free)
+PARAMS_GROUPS: dict[str, str] = {kind: "mdk.params." + kind for kind in KINDS}
 #: how messages name one plugin of each kind
 SINGULAR: dict[str, str] = {
     "datasets": "dataset", "backbones": "backbone", "critics": "critic",
@@ -113,9 +123,78 @@ def _pkg_of(ep: entrypoints.EntryPoint) -> tuple[str, str]:
     return name, ver
 
 
-def _first_doc_line(obj: Any) -> str:
-    doc = (getattr(obj, "__doc__", None) or "").strip()
+def _first_line(doc: str | None) -> str:
+    doc = (doc or "").strip()
     return doc.splitlines()[0].strip() if doc else ""
+
+
+def _first_doc_line(obj: Any) -> str:
+    return _first_line(getattr(obj, "__doc__", None))
+
+
+def _module_source(module: str) -> Path | None:
+    """The ``.py`` file of ``module``, found without executing it or its packages."""
+    parts = module.split(".")
+    try:
+        spec = importlib.util.find_spec(parts[0])  # a top-level name: nothing is executed
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if len(parts) == 1:
+        return Path(spec.origin) if spec.origin and spec.origin.endswith(".py") else None
+    dirs = [Path(d) for d in spec.submodule_search_locations or []]
+    for i, part in enumerate(parts[1:], start=2):
+        last = i == len(parts)
+        for d in dirs:
+            if (d / part / "__init__.py").is_file():
+                if last:
+                    return d / part / "__init__.py"
+                dirs = [d / part]
+                break
+            if last and (d / f"{part}.py").is_file():
+                return d / f"{part}.py"
+        else:
+            dirs = [d / part for d in dirs if (d / part).is_dir()]  # namespace packages
+            if last or not dirs:
+                return None
+    return None
+
+
+def _source_doc_line(module: str, name: str, depth: int = 0) -> str | None:
+    """First docstring line of class (or function) ``name`` of ``module``, read from its
+    source without importing; a name the module imports from another module is followed
+    there. None when the source or the definition is not found."""
+    if module in sys.modules:  # imported already: ask the object itself
+        obj = getattr(sys.modules[module], name, None)
+        return None if obj is None else _first_doc_line(obj)
+    path = _module_source(module)
+    if path is None or depth > 4:
+        return None
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef | ast.FunctionDef) and node.name == name:
+            return _first_line(ast.get_docstring(node, clean=False))
+    for node in tree.body:
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        for alias in node.names:
+            if (alias.asname or alias.name) != name:
+                continue
+            base = module.split(".")
+            if node.level:  # relative to this module's package
+                keep = len(base) - (node.level - (path.name == "__init__.py"))
+                if keep < 1:
+                    return None
+                base = base[:keep]
+                target = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                target = node.module or ""
+            return _source_doc_line(target, alias.name, depth + 1) if target else None
+    return None
 
 
 class Registry:
@@ -127,16 +206,39 @@ class Registry:
 
     def __init__(self, path: list[str] | None = None):
         self._path = path
-        self._cache: dict[str, list[entrypoints.EntryPoint]] = {}
+        self._groups: dict[str, list[entrypoints.EntryPoint]] | None = None
+
+    def _group(self, group: str) -> list[entrypoints.EntryPoint]:
+        """The entry points of ``group``; the first call reads every ``mdk.`` group of
+        every installed distribution in one walk."""
+        if self._groups is None:
+            groups: dict[str, list[entrypoints.EntryPoint]] = {}
+            wanted = {*KINDS.values(), *PARAMS_GROUPS.values()}
+            for config, distro in entrypoints.iter_files_distros(path=self._path):
+                for name in wanted.intersection(config.sections()):
+                    for key, text in config[name].items():
+                        # as entrypoints.get_group_all: a malformed entry is a warning
+                        with entrypoints.BadEntryPoint.err_to_warnings():
+                            groups.setdefault(name, []).append(
+                                entrypoints.EntryPoint.from_string(text, key, distro))
+            self._groups = groups
+        return self._groups.get(group, [])
 
     def entries(self, kind: str) -> list[entrypoints.EntryPoint]:
         if kind not in KINDS:
             raise PluginError(
                 f"unknown plugin kind {kind!r}; kinds are: {', '.join(KINDS)}"
             )
-        if kind not in self._cache:
-            self._cache[kind] = entrypoints.get_group_all(KINDS[kind], path=self._path)
-        return self._cache[kind]
+        return self._group(KINDS[kind])
+
+    def params_entry(self, kind: str, ep: entrypoints.EntryPoint) -> entrypoints.EntryPoint | None:
+        """The ``mdk.params.<kind>`` entry of the same name and distribution as ``ep``
+        (the component's parameters model), or None when its package declares none."""
+        for pep in self._group(PARAMS_GROUPS[kind]):
+            # one walk made both entries: the same distribution is the same object
+            if pep.name == ep.name and pep.distro is ep.distro:
+                return pep
+        return None
 
     def names(self, kind: str) -> list[str]:
         return sorted({ep.name for ep in self.entries(kind)})
@@ -171,41 +273,53 @@ class Registry:
         ep = self.resolve(kind, name)
         return self._load_ep(kind, ep)
 
-    def _load_ep(self, kind: str, ep: entrypoints.EntryPoint) -> type:
-        pkg, ver = _pkg_of(ep)
+    def _import(self, kind: str, ep: entrypoints.EntryPoint) -> Any:
         try:
-            obj = ep.load()
+            return ep.load()
         except Exception as exc:  # any import-time failure of third-party code
+            pkg, ver = _pkg_of(ep)
             raise PluginError(
                 f"plugin {ep.name!r} ({kind}) from package {pkg} {ver} failed to import "
                 f"{ep.module_name}:{ep.object_name}: {type(exc).__name__}: {exc}"
             ) from exc
-        params = getattr(obj, "Params", None)
-        ok = isinstance(params, type) and issubclass(params, BaseModel)
-        try:
-            if ok:
-                params.model_json_schema()
-        except Exception as exc:
-            ok = False
-            detail = f"{type(exc).__name__}: {exc}"
-        else:
-            detail = "it has no nested Pydantic model called Params"
-        if not ok:
-            raise PluginError(
-                f"plugin {ep.name!r} ({kind}) from package {pkg} {ver} has a broken "
-                f"parameters model: {detail}"
-            )
+
+    def _load_ep(self, kind: str, ep: entrypoints.EntryPoint, schema: bool = False) -> type:
+        """Import the component; ``schema`` also builds its parameters' JSON Schema, which
+        finds models that load but cannot describe themselves (``describe(check=True)``)."""
+        obj = self._import(kind, ep)
+        _check_model(kind, ep, getattr(obj, "Params", None),
+                     "it has no nested Pydantic model called Params", schema)
         return obj
 
-    def describe(self, kind: str | None = None) -> list[PluginInfo]:
-        """Import every plugin (of ``kind``) and report it, broken ones with their error."""
+    def params_model(self, kind: str, name: str) -> type[BaseModel]:
+        """The parameters model of component ``name``: imported from its ``mdk.params``
+        entry where its package declares one (without importing the component), else the
+        component's ``Params``."""
+        ep = self.resolve(kind, name)
+        pep = self.params_entry(kind, ep)
+        if pep is None:
+            return self._load_ep(kind, ep).Params
+        model = self._import(kind, pep)
+        _check_model(kind, pep, model, f"{pep.module_name}:{pep.object_name}, its "
+                     f"{PARAMS_GROUPS[kind]} entry, is not a Pydantic model", False)
+        return model
+
+    def describe(self, kind: str | None = None, check: bool = False) -> list[PluginInfo]:
+        """Report every plugin (of ``kind``): name, package and the first line of its
+        docstring, read from its source without importing it (a plugin whose source is not
+        found is imported). ``check`` imports every plugin and builds its parameters'
+        JSON Schema instead, reporting broken ones with their error."""
         out = []
         for k in [kind] if kind else list(KINDS):
             for ep in self.entries(k):
                 pkg, ver = _pkg_of(ep)
                 target = f"{ep.module_name}:{ep.object_name}"
+                doc = None if check else _source_doc_line(ep.module_name, ep.object_name)
+                if doc is not None:
+                    out.append(PluginInfo(k, ep.name, pkg, ver, target, doc))
+                    continue
                 try:
-                    obj = self._load_ep(k, ep)
+                    obj = self._load_ep(k, ep, schema=True)
                 except PluginError as exc:
                     out.append(PluginInfo(k, ep.name, pkg, ver, target, error=str(exc)))
                 else:
@@ -226,9 +340,9 @@ class Registry:
         """
         if isinstance(ref, dict):
             ref = ComponentRef.model_validate(ref)
-        cls = self.load(kind, ref.name)
+        model = self.params_model(kind, ref.name)
         try:
-            params = cls.Params.model_validate(ref.params)
+            params = model.model_validate(ref.params)
         except ValidationError as exc:
             raise ParamsError(
                 [Problem(tuple(e["loc"]), _pretty(e)) for e in exc.errors()]
@@ -259,8 +373,19 @@ class Registry:
         """Validate ``ref`` and construct the component with the kind's context."""
         if isinstance(ref, dict):
             ref = ComponentRef.model_validate(ref)
+        from ..api.plugins import conform  # torch: only a build needs it
+
         params = self.validate(kind, ref)
         cls = self.load(kind, ref.name)
+        if type(params) is not cls.Params:
+            ep = self.resolve(kind, ref.name)
+            pkg, ver = _pkg_of(ep)
+            raise PluginError(
+                f"plugin {ep.name!r} ({kind}) from package {pkg} {ver}: its "
+                f"{PARAMS_GROUPS[kind]} entry names {type(params).__module__}."
+                f"{type(params).__qualname__}, but the class's Params is "
+                f"{cls.Params.__module__}.{cls.Params.__qualname__}; they must be one model"
+            )
         try:
             return conform(cls(params, **context), kind)
         except (ValueError, TypeError) as exc:
@@ -268,6 +393,25 @@ class Registry:
             raise PluginError(
                 f"{singular(kind)} {ref.name!r} could not be built: {exc}"
             ) from exc
+
+
+def _check_model(kind: str, ep: entrypoints.EntryPoint, model: Any, missing: str,
+                 schema: bool) -> None:
+    """Refuse a parameters model that is not a Pydantic model or (``schema``) cannot build
+    its JSON Schema."""
+    ok = isinstance(model, type) and issubclass(model, BaseModel)
+    detail = missing
+    if ok and schema:
+        try:
+            model.model_json_schema()
+        except Exception as exc:
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+    if not ok:
+        pkg, ver = _pkg_of(ep)
+        raise PluginError(
+            f"plugin {ep.name!r} ({kind}) from package {pkg} {ver} has a broken "
+            f"parameters model: {detail}"
+        )
 
 
 def _refs(value: Any) -> list[tuple[tuple[str | int, ...], ComponentRef]]:

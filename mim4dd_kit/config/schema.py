@@ -66,7 +66,7 @@ def component_schema(registry: Registry, kind: str, defs: dict[str, Any],
                      warnings: list[str]) -> dict[str, Any] | None:
     """The schema of one component field of ``kind``: a plugin name, or a mapping whose
     ``name`` picks the plugin's parameters; None when no plugin of ``kind`` loads."""
-    infos = [i for i in registry.describe(kind) if not i.error]
+    infos = [i for i in registry.describe(kind, check=True) if not i.error]
     counts = Counter(i.name for i in infos)
     names: list[str] = []
     branches = []

@@ -14,11 +14,10 @@ block of classes per step; the loop runs over the ``ipc`` steps only.
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
-from ..api import Params
 from ._common import PerClassSelector, masked_mean
+from .params import HerdingParams
 
 
 class Herding(PerClassSelector):
@@ -26,10 +25,7 @@ class Herding(PerClassSelector):
 
     name = "herding"
 
-    class Params(Params):
-        normalize: bool = Field(
-            False, description="L2-normalise every feature first (as iCaRL does)"
-        )
+    Params = HerdingParams
 
     def __init__(self, params: Herding.Params | None = None):
         self.params = params or Herding.Params()

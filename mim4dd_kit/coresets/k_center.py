@@ -17,14 +17,11 @@ batched matrix-vector product per step, on mean-centred features (less cancellat
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 from torch import Tensor
 
-from ..api import Params
 from ._common import PerClassSelector, masked_mean, random_keys
+from .params import KCenterParams
 
 
 class KCenter(PerClassSelector):
@@ -32,11 +29,7 @@ class KCenter(PerClassSelector):
 
     name = "k_center"
 
-    class Params(Params):
-        first: Literal["mean", "random"] = Field(
-            "mean", description="first centre: the sample closest to the class mean, or a "
-            "random sample (seeded)"
-        )
+    Params = KCenterParams
 
     def __init__(self, params: KCenter.Params | None = None):
         self.params = params or KCenter.Params()

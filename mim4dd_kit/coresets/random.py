@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..api import Params
 from ._common import PerClassSelector, random_keys
+from .params import RandomSubsetParams
 
 
 class RandomSubset(PerClassSelector):
@@ -21,8 +21,7 @@ class RandomSubset(PerClassSelector):
     name = "random"
     needs_features = False
 
-    class Params(Params):
-        pass
+    Params = RandomSubsetParams
 
     def __init__(self, params: RandomSubset.Params | None = None):
         self.params = params or RandomSubset.Params()

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..api import Params
+from .params import IdentityCriticParams
 
 
 class IdentityCritic(nn.Module):
     """No critic network: the flattened features are the embedding (MIM4DD Table 2)."""
 
-    class Params(Params):
-        """The identity critic has no parameters."""
+    Params = IdentityCriticParams
 
     def __init__(self, params: IdentityCritic.Params, *, in_features: int):
         super().__init__()

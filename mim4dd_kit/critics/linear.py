@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import Field
 from torch import Tensor, nn
 
-from ..api import Params
+from .params import LinearCriticParams
 
 
 class LinearCritic(nn.Module):
     """One fc layer into the contrastive space (MIM4DD Table 2 "1 fc-layer", its best)."""
 
-    class Params(Params):
-        out_dim: int = Field(128, gt=0, description="size E of the contrastive embedding")
-        bias: bool = Field(True, description="learn an additive bias")
+    Params = LinearCriticParams
 
     def __init__(self, params: LinearCritic.Params, *, in_features: int):
         super().__init__()

@@ -6,18 +6,15 @@ choice and a parameter.
 
 from __future__ import annotations
 
-from pydantic import Field
 from torch import Tensor, nn
 
-from ..api import Params
+from .params import MLPCriticParams
 
 
 class MLPCritic(nn.Module):
     """Two fc layers with a ReLU between them (MIM4DD Table 2 "2 fc-layer")."""
 
-    class Params(Params):
-        hidden: int = Field(256, gt=0, description="hidden units (not given by the paper)")
-        out_dim: int = Field(128, gt=0, description="size E of the contrastive embedding")
+    Params = MLPCriticParams
 
     def __init__(self, params: MLPCritic.Params, *, in_features: int):
         super().__init__()

@@ -9,24 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import Field
 
-from ..api import DataInfo, Params, RealData
+from ..api import DataInfo, RealData
 from ..core.errors import DataError
+from .params import ZCAParams as ZCAParams  # defined there, without torch
 from .zca import fit_zca
-
-
-class ZCAParams(Params):
-    """Parameters shared by the image data sets that offer ZCA whitening (MTT's CIFAR)."""
-
-    zca: bool = Field(
-        False, description="ZCA-whiten train and test images with a transform fitted on the "
-        "training images, instead of mean/std normalisation (MTT's CIFAR setting)"
-    )
-    zca_eps: float = Field(
-        0.1, gt=0, description="eps added to the covariance eigenvalues (MTT: kornia "
-        "ZCAWhitening(eps=0.1))"
-    )
 
 
 def data_roots(root: Path | None, *subdirs: str, download: bool = False) -> list[Path]:

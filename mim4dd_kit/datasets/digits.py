@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import Field
 
 from ..api import RealData
-from ._common import ZCAParams, build_real_data, content_sha256
+from ._common import build_real_data, content_sha256
+from .params import DigitsParams
 
 
 class Digits:
     """scikit-learn's 8x8 digits (1,797 images, 10 classes), offline; for quick runs."""
 
-    class Params(ZCAParams):
-        test_fraction: float = Field(0.2, gt=0, lt=1, description="held-out test share")
-        split_seed: int = Field(0, description="seed of the stratified split")
+    Params = DigitsParams
 
     def __init__(self, params: Digits.Params):
         self.params = params

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
-
 from ..api import RealData
 from ..core.errors import DataError
-from ._common import ZCAParams, build_real_data, content_sha256, data_roots, to_float_nchw
+from ._common import build_real_data, content_sha256, data_roots, to_float_nchw
 from .idx import read_idx
+from .params import FashionMNISTParams
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -31,9 +30,7 @@ class FashionMNIST:
     #: normalisation of the DC/DSA/DM reference code (VICO-UoE/DatasetCondensation)
     MEAN, STD = (0.2861,), (0.3530,)
 
-    class Params(ZCAParams):
-        root: Path | None = Field(None, description="folder with the four IDX files")
-        download: bool = Field(False, description="download with torchvision if missing")
+    Params = FashionMNISTParams
 
     def __init__(self, params: FashionMNIST.Params):
         self.params = params

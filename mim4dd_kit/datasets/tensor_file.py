@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
-from pydantic import Field
 
-from ..api import Params, RealData
+from ..api import RealData
 from ..core.errors import DataError
 from ._common import build_real_data, content_sha256, to_float_nchw
+from .params import TensorFileParams
 
 
 class TensorFile:
     """Your own images and labels from a safetensors file (train_/test_ or images/labels)."""
 
-    class Params(Params):
-        path: Path = Field(description="safetensors file with the images and labels")
-        mean: list[float] | None = Field(None, description="per-channel mean; default: data")
-        std: list[float] | None = Field(None, description="per-channel std; default: data")
-        class_names: list[str] | None = None
-        test_fraction: float = Field(0.2, gt=0, lt=1, description="split share of images/labels")
-        split_seed: int = 0
-        flip_ok: bool = Field(True, description="may horizontal flips augment this data")
+    Params = TensorFileParams
 
     def __init__(self, params: TensorFile.Params):
         self.params = params

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import Field
 
 from ..api import RealData
 from ..core.errors import DataError
-from ._common import ZCAParams, build_real_data, content_sha256, data_roots, to_float_nchw
+from ._common import build_real_data, content_sha256, data_roots, to_float_nchw
+from .params import TorchvisionParams
 
 
 class _TorchvisionSet:
@@ -28,9 +28,7 @@ class _TorchvisionSet:
     #: the files torchvision reads under the root, for the missing-data message
     layout: ClassVar[str]
 
-    class Params(ZCAParams):
-        root: Path | None = Field(None, description="torchvision root folder")
-        download: bool = Field(False, description="download if missing (needs a network)")
+    Params = TorchvisionParams
 
     def __init__(self, params: Any):
         self.params = params

@@ -37,17 +37,15 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 from torch.func import functional_call
 
-from ..api import DDLoss, LossOutput, Params, RunContext, SyntheticState, for_regularizer
+from ..api import DDLoss, LossOutput, RunContext, SyntheticState, for_regularizer
 from ..training.unroll import (
-    CheckpointOption,
     FeaturesAndLogits,
-    checkpoint_field,
     segment_length,
     unroll,
 )
+from .params import BPTTParams
 
 
 class BPTT(DDLoss):
@@ -56,37 +54,7 @@ class BPTT(DDLoss):
     #: the inner lr is fixed (reference); ``synthetic.learn_lr: true`` learns it instead
     learns_lr: ClassVar[bool] = False
 
-    class Params(Params):
-        inner_steps: int = Field(
-            150, ge=1, description="unrolled SGD steps per call (the RememberThePast README "
-            "command: 150; its config default 20 is overridden there)"
-        )
-        inner_lr: float = Field(
-            0.01, gt=0, description="inner SGD lr, fixed (reference bptt_optim.lr 0.01); "
-            "with synthetic.learn_lr it is the learned lr's start instead"
-        )
-        momentum: float = Field(0.9, ge=0, lt=1, description="inner SGD momentum (reference 0.9)")
-        batch_syn: int | None = Field(
-            None, ge=1, description="synthetic images per inner step; None: the whole set"
-        )
-        augment: bool = Field(
-            False, description="apply the run's augmentation to the synthetic batch of every "
-            "inner step and to the real meta-batch (reference default: none)"
-        )
-        truncate: int | None = Field(
-            None, ge=1, description="keep the graph of only the last N inner steps; None: all"
-        )
-        random_window: bool = Field(
-            False, description="with truncate: unroll a random number of steps in "
-            "[truncate, inner_steps] each call (random truncated BPTT)"
-        )
-        checkpoint: CheckpointOption = checkpoint_field("kept inner steps")
-
-        @model_validator(mode="after")
-        def _window(self) -> BPTT.Params:
-            if self.random_window and self.truncate is None:
-                raise ValueError("random_window needs truncate")
-            return self
+    Params = BPTTParams
 
     def __init__(self, params: BPTT.Params, *, ctx: RunContext):
         self.params = params

@@ -25,18 +25,16 @@ whole state is in ``state_dict`` for exact resume.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 from torch import Tensor
 
 from ..api import (
     Backbone,
     DDLoss,
     LossOutput,
-    Params,
     RunContext,
     SyntheticState,
     Tap,
@@ -46,6 +44,7 @@ from ..api import (
 from ..training.loop import sgd_epochs, sgd_steps
 from ..training.networks import PersistentNetwork, TrainedNetwork
 from ..training.stats import class_means
+from .params import CAFEParams
 
 
 def alignment_loss(
@@ -219,81 +218,12 @@ class WatchedNetwork(TrainedNetwork):
         self._restore_net(state)
 
 
-_FIXED_ONLY = ("outer_loop", "inner_loop")
-_WATCHER_ONLY = ("lambda_1", "lambda_2", "window", "watch_per_class", "max_inner_epochs")
-
-
 class CAFE(DDLoss):
     """Layer-wise feature alignment plus discrimination loss (CAFE)."""
 
     learns_lr: ClassVar[bool] = False
 
-    class Params(Params):
-        tap: Tap = Field(
-            "pre_pool", description="where each block's aligned features are taken: "
-            "pre_pool (reference: after the ReLU, before the pool), output or pre_activation"
-        )
-        layer_weights: list[float] | None = Field(
-            None, description="weight of every block's alignment term at the tap (K values); "
-            "None: 0.1 on every block but the last and 1 on the last (reference 0.1/0.1/1)"
-        )
-        output_weight: float = Field(
-            1.0, ge=0, description="weight of the pooled final block output's alignment "
-            "(reference --first_weight 1)"
-        )
-        embed_weight: float = Field(
-            1.0, ge=0, description="weight of the second class-mean term on the final "
-            "embedding, the same flattened final output (reference loss_output, weight 1)"
-        )
-        disc_weight: float = Field(
-            0.01, ge=0, description="weight of the discrimination loss (reference inner_weight)"
-        )
-        temperature: float = Field(1.0, gt=0, description="divides the similarity logits")
-        schedule: Literal["watcher", "fixed"] = Field(
-            "watcher", description="network schedule: watcher (reference accuracy watchers, "
-            "lambda_1/lambda_2) or fixed (DC's outer_loop/inner_loop)"
-        )
-        lambda_1: float = Field(
-            0.04, gt=0, description="watcher: a network is replaced once its accuracy "
-            "range over the last `window` image updates is below this (reference lambda_1)"
-        )
-        lambda_2: float = Field(
-            0.03, gt=0, description="watcher: inner training stops once the accuracy range "
-            "over the last `window` epochs exceeds this (reference lambda_2)"
-        )
-        window: int = Field(10, ge=2, description="watcher: readings per window (reference 10)")
-        watch_per_class: int = Field(
-            128, ge=1, description="watcher: real training images per class in each "
-            "accuracy reading (reference 128)"
-        )
-        max_inner_epochs: int = Field(
-            1000, ge=1, description="watcher: at most this many inner epochs per image "
-            "update (the reference has no bound)"
-        )
-        outer_loop: int = Field(
-            10, ge=1, description="fixed: calls between network re-initialisations (DC "
-            "get_loops)"
-        )
-        inner_loop: int = Field(
-            50, ge=0, description="fixed: network SGD steps on the synthetic set before a call"
-        )
-        net_lr: float = Field(0.01, gt=0, description="network SGD lr (reference lr_net)")
-        net_momentum: float = Field(0.0, ge=0, lt=1, description="network SGD momentum")
-        batch_train: int | None = Field(
-            256, ge=1, description="synthetic images per network step; None: all"
-        )
-
-        @model_validator(mode="after")
-        def _schedule_fields(self) -> CAFE.Params:
-            unused = _WATCHER_ONLY if self.schedule == "fixed" else _FIXED_ONLY
-            given = sorted(set(unused) & self.model_fields_set)
-            if given:
-                other = "watcher" if self.schedule == "fixed" else "fixed"
-                verb = "applies" if len(given) == 1 else "apply"
-                raise ValueError(f"{', '.join(given)} {verb} only to schedule: {other}; "
-                                 f"remove {'it' if len(given) == 1 else 'them'} or set "
-                                 f"schedule: {other}")
-            return self
+    Params = CAFEParams
 
     def __init__(self, params: CAFE.Params, *, ctx: RunContext):
         self.params = params

@@ -33,14 +33,12 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
 from ..api import (
     Backbone,
     DDLoss,
     LossOutput,
-    Params,
     RunContext,
     Shard,
     SyntheticState,
@@ -50,13 +48,13 @@ from ..core.errors import RunError
 from ..training.loop import sgd_epochs
 from ..training.networks import PersistentNetwork
 from .gradient_matching import (
-    Distance,
     class_gradients,
     freeze_batchnorm,
     get_loops,
     has_batchnorm,
     match_distance,
 )
+from .params import DCParams, DSAParams
 
 BN_PER_CLASS = 16  # real images per class that set BatchNorm statistics (reference BNSizePC)
 
@@ -93,30 +91,7 @@ class DatasetCondensation(DDLoss):
     #: the recipe name, for error messages
     method: ClassVar[str] = "dc"
 
-    class Params(Params):
-        outer_loop: int | None = Field(
-            None, ge=1, description="image updates per network; None: reference get_loops "
-            "by IPC (1 -> 1, 10 -> 10, 20 -> 20, 30 -> 30, 40 -> 40, 50 -> 50)"
-        )
-        inner_loop: int | None = Field(
-            None, ge=0, description="epochs of network training on the synthetic set "
-            "between image updates; None: get_loops by IPC (1, 50, 25, 20, 15, 10)"
-        )
-        net_lr: float = Field(0.01, gt=0, description="network SGD lr (reference lr_net)")
-        net_momentum: float = Field(
-            0.0, ge=0, lt=1, description="network SGD momentum (reference: none)"
-        )
-        batch_train: int = Field(
-            256, ge=1, description="minibatch of the network's epochs (reference batch_train)"
-        )
-        distance: Distance = Field(
-            "ours", description="gradient distance: ours (layer-wise 1 - cos per output "
-            "unit), mse, cos (reference dis_metric)"
-        )
-        augment: bool = Field(
-            False, description="siamese augmentation of the matched batches and per-sample "
-            "augmentation of the network's epochs (DSA); DC uses none"
-        )
+    Params = DCParams
 
     def __init__(self, params: DatasetCondensation.Params, *, ctx: RunContext):
         self.params = params
@@ -206,11 +181,7 @@ class DifferentiableSiameseAugmentation(DatasetCondensation):
 
     method: ClassVar[str] = "dsa"
 
-    class Params(DatasetCondensation.Params):
-        augment: bool = Field(
-            True, description="siamese augmentation of the matched batches and per-sample "
-            "augmentation of the network's epochs (DSA)"
-        )
+    Params = DSAParams
 
     def __init__(self, params: DifferentiableSiameseAugmentation.Params, *, ctx: RunContext):
         if ctx.augment is None:

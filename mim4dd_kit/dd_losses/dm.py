@@ -21,12 +21,12 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from pydantic import Field
 
-from ..api import DDLoss, LossOutput, Params, RunContext, SyntheticState, for_regularizer
+from ..api import DDLoss, LossOutput, RunContext, SyntheticState, for_regularizer
 from ..core.runtime import isolated_rng
 from ..training.networks import couples_samples
 from ..training.stats import class_means, class_sums, means_over_ranks
+from .params import DMParams
 
 
 class DistributionMatching(DDLoss):
@@ -36,12 +36,7 @@ class DistributionMatching(DDLoss):
     #: the real batch may be split over ranks (docs/distributed.md)
     shardable: ClassVar[bool] = True
 
-    class Params(Params):
-        layer: int = Field(
-            -1,
-            description="block whose flattened output is the embedding; -1 is the last "
-            "block, the features before the classifier as in the DM paper",
-        )
+    Params = DMParams
 
     def __init__(self, params: DistributionMatching.Params, *, ctx: RunContext):
         self.params = params

@@ -46,16 +46,14 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import Tensor
 
-from ..api import Backbone, DDLoss, LossOutput, Params, RunContext, SyntheticState
+from ..api import Backbone, DDLoss, LossOutput, RunContext, SyntheticState
 from ..core.errors import DataError
 from .dc import BN_PER_CLASS
 from .gradient_matching import class_gradients, freeze_batchnorm, has_batchnorm
 from .kmeans import class_pool, representatives
-
-Metric = Literal["auto", "mse", "l1"]
+from .params import DREAMParams, Metric
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -149,70 +147,7 @@ class DREAM(DDLoss):
     shardable: ClassVar[bool] = False
     method: ClassVar[str] = "dream"
 
-    class Params(Params):
-        inner_loop: int = Field(
-            100, ge=1, description="engine iterations (reference inner iterations) per "
-            "matching network; a new network and a clamp follow each block of them "
-            "(reference --inner_loop 100, --fix_iter 1)"
-        )
-        clusters: int | None = Field(
-            None, ge=1, description="k-means centres = real images matched per class; None: "
-            "synthetic.batch_real (reference --batch_real 128)"
-        )
-        interval: int = Field(
-            10, ge=1, description="engine iterations between re-clusterings (reference "
-            "--interval 10, counted within each network's inner loop)"
-        )
-        kmeans_iters: int = Field(
-            100, ge=1, description="Lloyd iterations at most (fast_pytorch_kmeans max_iter)"
-        )
-        kmeans_input: Literal["pixel", "normalised"] = Field(
-            "pixel", description="images the network embeds for k-means: pixel values in "
-            "[0, 1] (reference: it embeds un-normalised images) or the normalised ones"
-        )
-        metric: Metric = Field(
-            "auto", description="gradient distance: mse, l1, or auto (l1 on MNIST-like "
-            "data, mse otherwise; reference misc/reproduce.py)"
-        )
-        match_bias: bool = Field(False, description="also match 1-D parameters (--bias)")
-        match_fc: bool = Field(False, description="also match linear weights (--fc)")
-        batch_syn_max: int = Field(
-            128, ge=1, description="decoded synthetic images of a class matched at most, a "
-            "random subset beyond it (reference --batch_syn_max)"
-        )
-        augment: bool = Field(
-            True, description="siamese augmentation of each class's real and synthetic "
-            "batch (one draw) and per-sample augmentation of the network's real batches"
-        )
-        net_lr: float = Field(0.01, gt=0, description="network SGD lr (reference --lr)")
-        net_momentum: float = Field(0.9, ge=0, lt=1, description="network SGD momentum")
-        net_weight_decay: float = Field(5e-4, ge=0, description="network SGD weight decay")
-        net_data: int = Field(
-            500, ge=0, description="real images the network trains on between inner "
-            "iterations (reference --n_data: 500, CIFAR 2000); 0: no training"
-        )
-        net_batch: int | None = Field(
-            None, ge=1, description="minibatch of that training; None: synthetic.batch_real "
-            "(the reference's real loader batch)"
-        )
-        mix_p: float = Field(
-            0.5, ge=0, le=1, description="cutmix probability per network batch (reference "
-            "mix_p 0.5 on CIFAR/SVHN/MNIST/Fashion-MNIST, --mixup_net cut)"
-        )
-        cutmix_beta: float = Field(1.0, gt=0, description="cutmix Beta(beta, beta) (--beta)")
-        init: Literal["kmeans", "engine"] = Field(
-            "kmeans", description="kmeans: the stored set starts as k-means representatives "
-            "(tiled by the formation factor; reference --init kmean / mix); engine: keep "
-            "synthetic.init"
-        )
-        clamp: bool = Field(
-            True, description="clamp the stored images to the [0, 1] pixel range at the "
-            "start and after every inner_loop engine iterations"
-        )
-        pixel_step: bool = Field(
-            True, description="scale the image gradient by 1/std^2 per channel, so that "
-            "synthetic.lr and momentum act in [0, 1] pixel space as the reference's lr_img"
-        )
+    Params = DREAMParams
 
     def __init__(self, params: DREAM.Params, *, ctx: RunContext):
         self.params, self.ctx = params, ctx

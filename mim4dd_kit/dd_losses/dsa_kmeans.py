@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
 from torch import Tensor
 
 from ..api import Backbone, RunContext, class_table
 from .dc import DifferentiableSiameseAugmentation
 from .kmeans import class_pool, kmeans, nearest_points, representatives
+from .params import DSAKMeansParams
 
 __all__ = ["DSAKMeans", "class_table", "kmeans", "nearest_points"]
 
@@ -34,20 +34,7 @@ class DSAKMeans(DifferentiableSiameseAugmentation):
 
     method = "dsa_kmeans"
 
-    class Params(DifferentiableSiameseAugmentation.Params):
-        clusters: int | None = Field(
-            None, ge=1, description="k-means centres = real images matched per class; None: "
-            "synthetic.batch_real"
-        )
-        interval: int = Field(
-            10, ge=1, description="calls between re-clusterings on one network; a new "
-            "network always re-clusters"
-        )
-        kmeans_iters: int = Field(100, ge=1, description="Lloyd iterations at most")
-        pool: int | None = Field(
-            None, ge=1, description="real images per class that are clustered, drawn at "
-            "random at each refresh; None: the whole class"
-        )
+    Params = DSAKMeansParams
 
     def __init__(self, params: DSAKMeans.Params, *, ctx: RunContext):
         super().__init__(params, ctx=ctx)

@@ -21,8 +21,6 @@ Distances (``match_distance``), each summed over parameter tensors (reference
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,8 +28,7 @@ from torch.func import functional_call, grad, vmap
 
 from ..api import Backbone
 from ..training.unroll import FeaturesAndLogits
-
-Distance = Literal["ours", "mse", "cos"]
+from .params import Distance
 
 #: (outer_loop, inner_loop) by IPC, reference ``get_loops`` (VICO-UoE/DatasetCondensation
 #: ``utils.py``)

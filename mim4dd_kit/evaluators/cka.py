@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 
 from ..api import BackboneRef, EvalRequest, EvalResult, Evaluator
 from ..core.errors import MissingExtraError
@@ -25,7 +24,8 @@ from ..core.runtime import isolated_rng
 from ..training.cka import choose_method, cka_matrix
 from ..training.features import network_features
 from ..training.loop import accuracy, train_network
-from ..training.protocol import ProtocolParams, backbone_for, build_backbone
+from ..training.protocol import backbone_for, build_backbone
+from .params import CKAParams
 
 #: offset between the seeds of the synthetic-trained and the real-trained network
 REAL_SEED_OFFSET = 104_729
@@ -46,21 +46,7 @@ def _make_dir(out: Path) -> None:
 class CKA(Evaluator):
     """Linear CKA between layers of a real-trained and a synthetic-trained network."""
 
-    class Params(ProtocolParams):
-        backbone: BackboneRef | None = Field(
-            None, description="network of both sides; default: the set's, else convnet"
-        )
-        real_epochs: int = Field(
-            20, ge=1, description="epochs of the real-trained network on the real training split"
-        )
-        probe: int = Field(1000, ge=2, description="real test images fed to both networks")
-        method: Literal["auto", "gram", "feature"] = Field(
-            "auto", description="CKA computation: Gram or feature form (same value)"
-        )
-        plot: bool = Field(True, description="draw cka.png when out_dir is given")
-        out_dir: str | None = Field(
-            None, description="directory for cka.json and cka.png; null writes nothing"
-        )
+    Params = CKAParams
 
     def __init__(self, params: CKA.Params):
         self.params = params

@@ -12,16 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
-
 from ..api import BackboneRef, EvalRequest, EvalResult, Evaluator
 from ..core import distributed
 from ..core.errors import PluginError
 from ..core.runtime import isolated_rng
-from ..training.protocol import BATCHED_HELP, Batched, ProtocolParams
+from .params import CrossArchParams
 from .train_from_scratch import TrainFromScratch
-
-DEFAULT_BACKBONES = ("convnet", "mlp", "lenet", "alexnet", "vgg11", "resnet18")
 
 
 def _label(ref: BackboneRef) -> str:
@@ -48,18 +44,7 @@ def markdown_table(rows: list[dict[str, Any]], skipped: list[dict[str, str]]) ->
 class CrossArch(Evaluator):
     """Train-from-scratch accuracy of the set on several backbones (cross-architecture)."""
 
-    class Params(ProtocolParams):
-        backbones: list[BackboneRef] = Field(
-            default_factory=lambda: [BackboneRef(name=n) for n in DEFAULT_BACKBONES],
-            min_length=1,
-            description="networks to train; uninstalled ones and those that cannot take "
-            "the image size are skipped",
-        )
-        models: int = Field(5, ge=1, description="networks trained per backbone (paper: 5)")
-        batched: Batched = Field("auto", description=BATCHED_HELP)
-        batch_models: int | None = Field(
-            None, ge=1, description="at most this many networks train together; null: all",
-        )
+    Params = CrossArchParams
 
     def __init__(self, params: CrossArch.Params):
         self.params = params

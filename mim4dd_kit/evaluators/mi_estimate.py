@@ -16,20 +16,20 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import Tensor, nn
 
-from ..api import BackboneRef, CriticRef, EvalRequest, EvalResult, Evaluator
+from ..api import EvalRequest, EvalResult, Evaluator
 from ..core import progress as meter
 from ..core.runtime import isolated_rng
 from ..training.features import network_features
 from ..training.loop import accuracy, train_network
 from ..training.mi import mi_lower_bound, nce_loss
-from ..training.protocol import ProtocolParams, backbone_for, build_backbone
+from ..training.protocol import backbone_for, build_backbone
+from .params import MIEstimateParams
 
 #: offset of the critics' random stream (initial weights, real batches) from the seed
 CRITIC_SEED_OFFSET = 1_000_003
@@ -43,26 +43,7 @@ def _embed(critic: nn.Module, feats: Tensor, normalize: bool) -> Tensor:
 class MIEstimate(Evaluator):
     """MIM4DD's MI lower bound (Eq. 2.14) per layer, with critics fitted on held-in data."""
 
-    class Params(ProtocolParams):
-        backbone: BackboneRef | None = Field(
-            None, description="network; default: the set's, else convnet"
-        )
-        network: Literal["trained", "random"] = Field(
-            "trained",
-            description="trained: fitted on the synthetic set by the evaluation protocol; "
-            "random: freshly initialised (as DM samples it)",
-        )
-        critic: CriticRef = Field(
-            default_factory=lambda: CriticRef(name="linear"),
-            description="critic head fitted per layer (MIM4DD's default: linear)",
-        )
-        tau: float = Field(0.07, gt=0, description="temperature of the scores")
-        normalize: bool = Field(True, description="L2-normalise critic embeddings")
-        critic_steps: int = Field(200, ge=0, description="Adam steps fitting the critics")
-        critic_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the critics")
-        batch_real: int = Field(
-            32, ge=1, description="real training images per class in each critic step"
-        )
+    Params = MIEstimateParams
 
     def __init__(self, params: MIEstimate.Params):
         self.params = params

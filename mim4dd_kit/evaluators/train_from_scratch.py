@@ -13,40 +13,19 @@ trained one by one; networks spread over the ranks of a ``torch.distributed`` ru
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
 
-from ..api import BackboneRef, EvalRequest, EvalResult, Evaluator
+from ..api import EvalRequest, EvalResult, Evaluator
 from ..core import distributed
 from ..training.batched import train_networks
-from ..training.protocol import BATCHED_HELP, Batched, ProtocolParams, backbone_for, build_backbone
+from ..training.protocol import backbone_for, build_backbone
 
-ProtocolName = Literal["mim4dd", "dc", "dsa", "dm", "mtt", "bptt"]
-
-#: each paper's own evaluation settings; a preset fills the fields a recipe leaves unset
-#: (sources, file:line, in docs/components/train_from_scratch.md)
-PROTOCOLS: dict[str, dict[str, Any]] = {
-    # MIM4DD paper sec. 3.1: 5 networks x 300 epochs (the toolkit's defaults)
-    "mim4dd": {},
-    # DatasetCondensation main.py: 20 networks, 300 epochs without augmentation
-    "dc": {"models": 20, "epochs": 300, "augmentation": None},
-    # main.py with --method DSA: 1000 epochs with DSA
-    "dsa": {"models": 20, "epochs": 1000},
-    # main_DM.py: 1000 epochs with DSA
-    "dm": {"models": 20, "epochs": 1000},
-    # mtt-distillation distill.py: 5 networks x 1000 epochs with DSA at the learned lr
-    "mtt": {"models": 5, "epochs": 1000, "use_learned_lr": True},
-    # RememberThePast: 10 networks x 300 epochs, lr 0.01 fixed, no augmentation, no weight
-    # decay, no lr schedule, batches of 640
-    "bptt": {"models": 10, "epochs": 300, "augmentation": None, "weight_decay": 0.0,
-             "lr": 0.01, "use_learned_lr": False, "lr_decay": False, "batch_size": 640},
-}
-#: the settings a protocol decides (what an evaluation record lists as resolved)
-PROTOCOL_FIELDS = ("models", "epochs", "lr", "use_learned_lr", "momentum", "weight_decay",
-                   "batch_size", "augmentation", "lr_decay")
+# the presets live with the parameters model, which imports no torch
+from .params import PROTOCOL_FIELDS, TrainFromScratchParams
+from .params import PROTOCOLS as PROTOCOLS
 
 
 def with_protocol(spec: dict[str, Any], protocol: str) -> dict[str, Any]:
@@ -60,43 +39,7 @@ class TrainFromScratch(Evaluator):
     """Train fresh networks on the synthetic set and test them on real images (the test
     split, or with ``split: validation`` the held-out training images)."""
 
-    class Params(ProtocolParams):
-        protocol: ProtocolName = Field(
-            "mim4dd", description="evaluation preset: mim4dd (paper: 5 x 300 epochs, DSA), "
-            "dc, dsa, dm, mtt or bptt (each paper's own protocol); fields set explicitly "
-            "override the preset"
-        )
-        lr_decay: bool = Field(
-            True, description="lr x0.1 after half the epochs (DC code base); false: a "
-            "constant lr (BPTT)"
-        )
-        models: int = Field(5, ge=1, description="networks trained (paper: 5)")
-        backbone: BackboneRef | None = Field(
-            None, description="network to train; default: the one the set was distilled "
-            "with, else convnet"
-        )
-        batched: Batched = Field("auto", description=BATCHED_HELP)
-        batch_models: int | None = Field(
-            None, ge=1, description="at most this many networks train together (memory "
-            "grows with it); null: all of this process's networks at once",
-        )
-
-        @model_validator(mode="before")
-        @classmethod
-        def _preset(cls, data: Any) -> Any:
-            # the preset's values stand in for fields the spec does not set
-            if isinstance(data, dict):
-                preset = PROTOCOLS.get(data.get("protocol", "mim4dd"))
-                if preset:  # an unknown name is left to the field's own check
-                    data = {**preset, **data}
-            return data
-
-        def resolved(self) -> dict[str, Any]:
-            """The settings the protocol decides, as used."""
-            out = {k: getattr(self, k) for k in PROTOCOL_FIELDS}
-            aug = self.augmentation
-            out["augmentation"] = None if aug is None else {"name": aug.name, **aug.params}
-            return out
+    Params = TrainFromScratchParams
 
     def __init__(self, params: TrainFromScratch.Params):
         self.params = params

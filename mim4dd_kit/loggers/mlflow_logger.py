@@ -8,9 +8,9 @@ import time
 from typing import Any
 
 import numpy as np
-from pydantic import Field
 
-from ..api.loggers import TrackedRun, TrackerParams, evaluation_scalars, flatten, missing_package
+from ..api.loggers import TrackedRun, evaluation_scalars, flatten, missing_package
+from .params import MLflowParams
 
 #: MLflow's limits: values of a parameter, entries of one batch call
 MAX_PARAM_CHARS = 6000
@@ -21,13 +21,7 @@ STATUS = {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 class MLflow:
     """MLflow: the recipe as parameters, losses as metrics, image grids and evaluations."""
 
-    class Params(TrackerParams):
-        tracking_uri: str | None = Field(
-            None, description="MLflow tracking URI (a server, sqlite:///..., file:...); "
-            "null: a file store in <run folder>/mlruns"
-        )
-        experiment: str = Field("mim4dd_kit", min_length=1, description="experiment name")
-        run_name: str | None = Field(None, description="MLflow run name; null: the recipe's")
+    Params = MLflowParams
 
     def __init__(self, params: MLflow.Params):
         self.params = params

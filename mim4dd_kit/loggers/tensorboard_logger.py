@@ -7,15 +7,14 @@ from typing import Any
 
 import numpy as np
 import yaml
-from pydantic import Field
 
 from ..api.loggers import (
     TrackedRun,
-    TrackerParams,
     evaluation_scalars,
     evaluations_json,
     missing_package,
 )
+from .params import TensorBoardParams
 
 
 def _code(text: str) -> str:
@@ -26,11 +25,7 @@ def _code(text: str) -> str:
 class TensorBoard:
     """TensorBoard: scalars, image grids, the recipe and the evaluations as event files."""
 
-    class Params(TrackerParams):
-        dir: str = Field(
-            "tensorboard", min_length=1, description="folder of the event files: relative "
-            "to the run folder, or absolute"
-        )
+    Params = TensorBoardParams
 
     def __init__(self, params: TensorBoard.Params):
         self.params = params

@@ -4,28 +4,18 @@ account; ``wandb sync <run folder>/wandb/offline-run-*`` uploads a run later."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import Field
 
-from ..api.loggers import TrackedRun, TrackerParams, evaluation_scalars, missing_package
+from ..api.loggers import TrackedRun, evaluation_scalars, missing_package
+from .params import WandBParams
 
 
 class WandB:
     """Weights & Biases: the recipe as config, losses, image grids and evaluations."""
 
-    class Params(TrackerParams):
-        project: str = Field("mim4dd_kit", min_length=1, description="W&B project")
-        entity: str | None = Field(None, description="W&B entity (user or team); null: "
-                                   "the account's default")
-        mode: Literal["offline", "online", "disabled"] = Field(
-            "offline", description="offline: files under the run folder only (sync later); "
-            "online: upload as the run runs (needs a login)"
-        )
-        run_name: str | None = Field(None, description="W&B run name; null: the recipe's")
-        dir: str = Field("wandb", min_length=1, description="W&B's folder: relative to the "
-                         "run folder, or absolute")
+    Params = WandBParams
 
     def __init__(self, params: WandB.Params):
         self.params = params

@@ -3,7 +3,10 @@
 - :mod:`.loop`: the one SGD training loop (``sgd_epochs``, ``sgd_steps``), the evaluation
   protocol's ``train_network`` and ``accuracy``;
 - :mod:`.batched`: several networks trained together under ``torch.func.vmap``;
-- :mod:`.protocol`: the evaluation protocol's ``ProtocolParams`` and ``build_backbone``;
+- :mod:`.params`: the parameters plugins' models share, without torch: the evaluation
+  protocol's ``ProtocolParams`` and the unrolling losses' ``checkpoint`` option;
+- :mod:`.protocol`: the evaluation protocol (``ProtocolParams`` re-exported) and
+  ``build_backbone``;
 - :mod:`.unroll`: unrolled inner training with a graph to the synthetic set and its
   checkpointing, ``FeaturesAndLogits``;
 - :mod:`.networks`: the network a DD loss trains between image updates;

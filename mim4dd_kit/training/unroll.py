@@ -26,34 +26,19 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BeforeValidator, Field
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils.checkpoint import get_device_states, set_device_states
 
 from ..api import Backbone, tapped_features
 
-
-def _check_checkpoint(value: Any) -> bool | int:
-    if isinstance(value, bool) or (isinstance(value, int) and value >= 1):
-        return value
-    raise ValueError("checkpoint must be false (off), true (segments of one step) or a "
-                     "segment length in unrolled steps, an integer >= 1")
-
-
-#: the ``checkpoint`` parameter of the unrolling losses (``bptt``, ``mtt``)
-CheckpointOption = Annotated[bool | int, BeforeValidator(_check_checkpoint)]
-
-
-def checkpoint_field(what: str) -> Any:
-    """The ``checkpoint`` field of a loss's ``Params``; ``what`` names the unrolled steps."""
-    return Field(False, description=f"gradient checkpointing of the {what}: false off, "
-                 "true or k recompute them in the backward pass in segments of k steps "
-                 "(true: 1), storing only parameters at segment borders")
+# defined without torch, for the losses' parameters models
+from .params import CheckpointOption as CheckpointOption
+from .params import checkpoint_field as checkpoint_field
 
 
 def segment_length(option: bool | int) -> int:

@@ -62,11 +62,17 @@ def fake_env(tmp_path, monkeypatch):
 
 
 def test_broken_plugins_are_listed_and_skipped(fake_env):
-    infos = {i.name: i for i in fake_env.describe("backbones")}
+    infos = {i.name: i for i in fake_env.describe("backbones", check=True)}
     assert "no_such_module_xyz" in infos["broken"].error
     assert "broken_pkg" in infos["broken"].error
     assert "no nested Pydantic model called Params" in infos["noparams"].error
     assert infos["convnet"].error is None  # the others keep working
+    # without check nothing is imported: a module that cannot be found is still reported
+    # (its import is tried), a class without Params is listed by its docstring
+    quick = {i.name: i for i in fake_env.describe("backbones")}
+    assert "no_such_module_xyz" in quick["broken"].error
+    assert quick["noparams"].error is None
+    assert quick["noparams"].description == "No parameters model."
     with pytest.raises(PluginError, match="failed to import"):
         fake_env.load("backbones", "broken")
 

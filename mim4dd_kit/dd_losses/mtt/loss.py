@@ -35,20 +35,18 @@ import sys
 from typing import Any, ClassVar
 
 import torch
-from pydantic import Field, model_validator
 from torch import Tensor
 from torch.func import functional_call
 
-from ...api import DDLoss, ExpertBuffers, LossOutput, Params, RunContext, SyntheticState
+from ...api import DDLoss, ExpertBuffers, LossOutput, RunContext, SyntheticState
 from ...core.errors import DataError
 from ...core.runtime import isolated_rng
 from ...training.unroll import (
-    CheckpointOption,
     FeaturesAndLogits,
-    checkpoint_field,
     segment_length,
     unroll,
 )
+from ..params import MTTParams
 from .buffers import (
     buffer_dir,
     ensure_buffer,
@@ -68,54 +66,7 @@ class MTT(DDLoss):
     learns_lr: ClassVar[bool] = True
     needs_expert_buffers: ClassVar[bool] = True
 
-    class Params(Params):
-        syn_steps: int = Field(
-            20, ge=1, description="student SGD steps on synthetic data per call (N; "
-            "distill.py default 20)"
-        )
-        expert_epochs: int = Field(
-            2, ge=1, description="expert epochs between start and target parameters (M; "
-            "2 in most published settings)"
-        )
-        max_start_epoch: int = Field(
-            20, ge=1, description="start epoch drawn uniformly from [0, max_start_epoch)"
-        )
-        batch_syn: int | None = Field(
-            None, ge=1, description="synthetic images per student step; None: all"
-        )
-        num_experts: int = Field(100, ge=1, description="expert trajectories (buffer.py: 100)")
-        train_epochs: int | None = Field(
-            None, ge=1, description="epochs each expert is trained; None: max_start_epoch "
-            "+ expert_epochs (mtt issue #4: later epochs are never used)"
-        )
-        expert_lr: float = Field(
-            0.01, gt=0, description="SGD lr the experts are trained at (buffer.py "
-            "--lr_teacher, default 0.01; the MTT README trains all its experts at this "
-            "default); part of the buffer key"
-        )
-        lr_teacher: float = Field(
-            0.01, gt=0, description="initial value of the learned synthetic lr (distill.py "
-            "--lr_teacher); synthetic.lr_init overrides it when set. Not the experts' lr"
-        )
-        expert_batch: int = Field(256, ge=1, description="expert training batch (buffer.py)")
-        expert_momentum: float = Field(
-            0.0, ge=0, lt=1, description="expert SGD momentum (buffer.py: 0)"
-        )
-        expert_weight_decay: float = Field(
-            0.0, ge=0, description="expert SGD weight decay (buffer.py: 0)"
-        )
-        buffer_seed: int = Field(0, description="seed of the expert trajectories")
-        checkpoint: CheckpointOption = checkpoint_field("student steps")
-
-        @model_validator(mode="after")
-        def _enough_epochs(self) -> MTT.Params:
-            need = self.max_start_epoch - 1 + self.expert_epochs
-            if self.train_epochs is not None and self.train_epochs < need:
-                raise ValueError(
-                    f"train_epochs must be at least max_start_epoch - 1 + expert_epochs = "
-                    f"{need} (the latest target epoch), got {self.train_epochs}"
-                )
-            return self
+    Params = MTTParams
 
     @classmethod
     def build_expert_buffers(cls, params: MTT.Params, *, ctx: RunContext,

@@ -150,10 +150,13 @@ def candidates() -> dict[str, dict[str, Any]]:
     # to identity_rho1 at IPC 1; at IPC 10 it moves a class's mean only
     out["identity_classmean_rho1"] = {**ident, "rho": 1.0, "synthetic_side": "class_mean"}
     if "rho_window" in fields:
-        # the same with the DD norm that rho multiplies capped at the median of the last 9
-        # (one outlying DD gradient, e.g. of one DSA network, no longer doubles the step)
+        # the same with the DD norm that rho multiplies capped by the median of the last
+        # 9 norms (one outlying DD gradient, e.g. of one DSA network, no longer doubles
+        # the step): at the median itself (w9), or at twice it (cap2: only outliers)
         out["identity_classmean_rho1_w9"] = {**out["identity_classmean_rho1"],
-                                             "rho_window": 9}
+                                             "rho_window": 9, "rho_cap": 1.0}
+        out["identity_classmean_rho1_cap2"] = {**out["identity_classmean_rho1"],
+                                               "rho_window": 9, "rho_cap": 2.0}
     return out
 
 

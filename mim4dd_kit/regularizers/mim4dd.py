@@ -167,9 +167,9 @@ class MIM4DD(Regularizer):
         return self.params.rho * ramp_factor(self.iteration, self.params.ramp)
 
     def reference_norm(self, dd_norm: Tensor) -> Tensor:
-        """The DD gradient norm ``rho`` multiplies at this iteration: the smaller of
-        ``dd_norm`` and the median of the last ``rho_window`` norms (this one included),
-        each recorded once per call."""
+        """The DD gradient norm ``rho`` multiplies at this iteration: ``dd_norm``, capped
+        at ``rho_cap`` times the median of the last ``rho_window`` norms (this one
+        included), each recorded once per call."""
         if self.params.rho_window == 1:
             return dd_norm
         with torch.no_grad():
@@ -177,7 +177,7 @@ class MIM4DD(Regularizer):
                                  dd_norm.detach().to(self.dd_norms).reshape(1)])
             self.dd_norms.copy_(history)
             median = history[~history.isnan()].median()  # the lower middle for even counts
-        return torch.minimum(dd_norm, median.to(dd_norm))
+        return torch.minimum(dd_norm, self.params.rho_cap * median.to(dd_norm))
 
     def _offsets(self, scores: list[Tensor]) -> list[Tensor | float]:
         """``log B`` per layer; for crd, sets (first call) or tracks ``log Z``."""

@@ -148,10 +148,15 @@ class MIM4DDParams(Params):
     )
     rho_window: int = Field(
         1, ge=1,
-        description="with rho: the DD gradient norm that rho multiplies is the smaller "
-        "of this iteration's and the median of the last rho_window iterations' (this "
-        "one included), so one outlying DD gradient does not enlarge the "
-        "regularizer's step; 1 = this iteration's own",
+        description="with rho: the DD gradient norm that rho multiplies is capped at "
+        "rho_cap times the median of the last rho_window iterations' norms (this one "
+        "included), so one outlying DD gradient does not enlarge the regularizer's step; "
+        "1 = no cap",
+    )
+    rho_cap: float = Field(
+        2.0, gt=0,
+        description="with rho_window > 1: the cap, as a multiple of that median (1 = "
+        "never above the median)",
     )
     lr_gradient: bool = Field(
         False,

@@ -87,7 +87,8 @@ def test_rho_sets_the_gradient_ratio(tiny_recipe, tmp_path):
 
 
 def test_rho_window_caps_the_step_at_the_median_of_recent_dd_norms(tiny_recipe, tmp_path):
-    reg = {**MIM, "rho": 0.5, "ramp": 0, "rho_window": 3, "diagnostics_every": 1}
+    reg = {**MIM, "rho": 0.5, "ramp": 0, "rho_window": 3, "rho_cap": 1.0,
+           "diagnostics_every": 1}
     distilled(tiny_recipe(regularizer=reg), tmp_path / "w")
     logs = _history(tmp_path / "w")
     dd = [h["grad_dd"] for h in logs]

@@ -322,12 +322,16 @@ def test_rho_leaves_the_value_unweighted_and_reports_the_image_scale():
     assert _build().image_scale() is None
 
 
-def test_reference_norm_is_the_smaller_of_this_norm_and_the_recent_median():
-    reg = _build(rho=1.0, rho_window=3, critic={"name": "identity"})
-    got = [reg.reference_norm(torch.tensor(n)).item() for n in (4.0, 1.0, 100.0, 2.0, 3.0)]
+def test_reference_norm_caps_this_norm_at_a_multiple_of_the_recent_median():
+    norms = (4.0, 1.0, 100.0, 2.0, 3.0)
     # windows [4] [4 1] [4 1 100] [1 100 2] [100 2 3]: medians 4 1 4 2 3 (lower middle)
-    assert got == [4.0, 1.0, 4.0, 2.0, 3.0]
-    assert reg.state_dict()["dd_norms"].tolist() == [100.0, 2.0, 3.0]  # resumes with it
+    at_median = _build(rho=1.0, rho_window=3, rho_cap=1.0, critic={"name": "identity"})
+    assert [at_median.reference_norm(torch.tensor(n)).item() for n in norms] == [
+        4.0, 1.0, 4.0, 2.0, 3.0]
+    assert at_median.state_dict()["dd_norms"].tolist() == [100.0, 2.0, 3.0]  # resumes
+    twice = _build(rho=1.0, rho_window=3, critic={"name": "identity"})  # rho_cap 2
+    assert [twice.reference_norm(torch.tensor(n)).item() for n in norms] == [
+        4.0, 1.0, 8.0, 2.0, 3.0]  # only the outlier is capped
     one = _build(rho=1.0, critic={"name": "identity"})  # rho_window 1: the norm itself
     assert one.reference_norm(torch.tensor(50.0)).item() == 50.0
 

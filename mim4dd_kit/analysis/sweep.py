@@ -35,7 +35,7 @@ from ..config.registry import Registry, _pretty, default_registry
 from ..core.errors import RecipeError, RunError
 from ..core.files import atomic_write
 from ..io.synthetic import load_synthetic
-from .compare import budget_of, headlines
+from .compare import best_of_entries, budget_of, headlines
 
 RESULTS_MD = "results.md"
 RESULTS_JSON = "results.json"
@@ -202,7 +202,8 @@ def _finished(final: Path, recipe: Recipe) -> dict[str, Any] | None:
 
 
 def _row(variant: Variant, path: Path, status: str, iterations: int | None,
-         losses: dict[str, float], evaluations: dict[str, Any]) -> dict[str, Any]:
+         losses: dict[str, float], evaluations: dict[str, Any],
+         best: dict[str, Any] | None = None) -> dict[str, Any]:
     accuracy = {
         name: {"mean": ev.get("accuracy_mean"), "std": ev.get("accuracy_std"),
                "budget": budget_of(ev)}
@@ -217,6 +218,11 @@ def _row(variant: Variant, path: Path, status: str, iterations: int | None,
         "status": status,
         "accuracy": accuracy,
         "headlines": numbers,
+        # output.evaluate_every: MTT's max over the checkpoints, beside (never instead of)
+        # the final accuracy, with its label
+        "best_of": {name: {"mean": e["accuracy_mean"], "std": e.get("accuracy_std"),
+                           "iteration": e.get("iteration"), "label": e["label"]}
+                    for name, e in best_of_entries({"best_of": best or {}}).items()},
         "iterations": iterations,
         "final_losses": dict(losses),
         "path": str(path),
@@ -259,7 +265,8 @@ def run_sweep(
         meta = _finished(final, v.recipe) if resume else None
         if meta is not None:
             rows.append(_row(v, final, "skipped", meta.get("iterations"),
-                             meta.get("final_losses") or {}, meta.get("evaluations") or {}))
+                             meta.get("final_losses") or {}, meta.get("evaluations") or {},
+                             meta.get("best_of")))
             continue
         # resume: continue a checkpoint, or redo a set whose evaluation never finished
         redo = resume and final.is_file() and not any(
@@ -269,7 +276,7 @@ def run_sweep(
         result = run(v.recipe, device=device, out=run_dir, resume=cont, overwrite=redo,
                      progress=progress, registry=registry)
         rows.append(_row(v, result.synthetic_path, "ran", result.iterations,
-                         result.final_losses, result.evaluations))
+                         result.final_losses, result.evaluations, result.best_of))
     if not dry_run:
         write_results(root, rows, sweep)
     return rows
@@ -283,11 +290,20 @@ def _fmt_acc(acc: dict[str, Any]) -> str:
     return f"{mean:.2f} ± {std or 0.0:.2f}" + (f" ({budget})" if budget else "")
 
 
+def _fmt_best(best: dict[str, Any] | None) -> str:
+    if not best:
+        return "–"
+    return (f"{best['mean']:.2f} ± {best.get('std') or 0.0:.2f} ({best['label']}, "
+            f"at iteration {best.get('iteration', '?')})")
+
+
 def format_table(rows: list[dict[str, Any]], fmt: str = "markdown") -> str:
     """Rows of :func:`run_sweep` as a table: ``markdown`` or ``json``.
 
     Markdown columns: variant, each grid key, each evaluator's accuracy (%, mean ± std over
-    its networks, with the protocol and budget that produced it), the headline numbers
+    its networks, with the protocol and budget that produced it), where a variant scored
+    evaluation checkpoints (``output.evaluate_every``) each evaluator's labelled best-of
+    beside it, the headline numbers
     other evaluators name (``compare.headlines``), iterations, each final loss.
     """
     if fmt == "json":
@@ -299,13 +315,15 @@ def format_table(rows: list[dict[str, Any]], fmt: str = "markdown") -> str:
     losses = list(dict.fromkeys(k for r in rows for k in r["final_losses"]
                                 if k.startswith("loss")))
     numbers = list(dict.fromkeys(k for r in rows for k in r.get("headlines", {})))
-    head = ["variant", *keys, *(f"{e} acc %" for e in evals), *numbers, "iterations",
-            *losses]
+    bests = list(dict.fromkeys(e for r in rows for e in r.get("best_of", {})))
+    head = ["variant", *keys, *(f"{e} acc %" for e in evals),
+            *(f"{e} best_of acc %" for e in bests), *numbers, "iterations", *losses]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["variant"]]
         cells += [format_value(r["values"].get(k, "")) for k in keys]
         cells += [_fmt_acc(r["accuracy"].get(e, {})) for e in evals]
+        cells += [_fmt_best(r.get("best_of", {}).get(e)) for e in bests]
         cells += [f"{r['headlines'][k]:.4g}" if k in r.get("headlines", {}) else "–"
                   for k in numbers]
         cells.append("–" if r["iterations"] is None else str(r["iterations"]))

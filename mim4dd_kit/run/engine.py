@@ -509,7 +509,9 @@ class Run(RegularizerSteps):
             return
         if any(row["iteration"] == iteration for row in self.checkpoint_scores):
             return  # scored before the run was resumed
-        self.record_score(iteration, self.score())
+        evaluations = self.score()
+        self.record_score(iteration, evaluations)
+        self.trackers.evaluations(iteration, evaluations)  # the checkpoint's scores, at its step
 
     def score(self) -> dict[str, Any]:
         """The recipe's evaluators on the current set, as the final evaluation runs them
@@ -752,6 +754,8 @@ def _distill(
         if main:
             update_metadata(final, evaluations=evaluations, **extra)
     r.trackers.evaluations(iterations, evaluations)
+    if r.score_checkpoints:
+        r.trackers.best_of(iterations, best_of.best_of(r.checkpoint_scores))
     if main:
         r.checkpoint_path.unlink(missing_ok=True)
         if overwrite:  # the run was started over past an old pickle checkpoint

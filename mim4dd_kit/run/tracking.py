@@ -55,6 +55,19 @@ class Trackers:
             if evaluations:
                 t.log_evaluations(step, evaluations)
 
+    def best_of(self, step: int, best: dict[str, dict[str, Any]]) -> None:
+        """MTT's "best of" (mim4dd_kit/run/best_of.py) as scalars named for what they are:
+        ``eval/<evaluator>/best_of/accuracy_mean`` (and its std and iteration)."""
+        scalars = {}
+        for name, entry in best.items():
+            for key in ("accuracy_mean", "accuracy_std", "iteration", "checkpoints"):
+                value = entry.get(key)
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    scalars[f"eval/{name}/best_of/{key}"] = float(value)
+        if scalars:
+            for _, t in self.trackers:
+                t.log_scalars(step, scalars)
+
     def finish(self, status: str) -> None:
         """Close every tracker; one failing to close does not keep the others open."""
         for name, t in self.trackers:

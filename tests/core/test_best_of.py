@@ -234,3 +234,65 @@ def test_a_fresh_run_leaves_no_earlier_checkpoint_scores(tiny_recipe, tmp_path):
     assert (tmp_path / "r" / "evaluations.jsonl").exists()
     run(_recipe(tiny_recipe), out=tmp_path / "r", progress=False, overwrite=True)
     assert not (tmp_path / "r" / "evaluations.jsonl").exists()
+
+
+def test_sweep_tables_show_best_of_beside_the_final_accuracy(tmp_path):
+    from mim4dd_kit.analysis.sweep import Variant, _row, format_table
+
+    path = _set_with_best_of(tmp_path)
+    meta = load_synthetic(path).metadata
+    label = "max over 3 evaluation checkpoints (MTT's reporting)"
+    scored = _row(Variant("a", {"lr": 1.0}, [], None), path, "skipped", 4, {},
+                  meta["evaluations"], meta["best_of"])
+    plain = _row(Variant("b", {"lr": 2.0}, [], None), path, "skipped", 4, {},
+                 meta["evaluations"])
+    assert scored["best_of"]["train_from_scratch"] == {
+        "mean": 61.25, "std": 1.5, "iteration": 2, "label": label}
+    assert plain["best_of"] == {}
+    table = format_table([scored, plain])
+    head, _, first, second = table.splitlines()
+    assert head.index("train_from_scratch acc %") < head.index(
+        "train_from_scratch best_of acc %")
+    assert f"61.25 ± 1.50 ({label}, at iteration 2)" in first
+    assert "40.00 ± 1.50" in first and "61.25" not in second
+
+
+def test_trackers_get_checkpoint_scores_at_their_step_and_best_of_at_the_end(
+        tiny_recipe, tmp_path, monkeypatch):
+    from mim4dd_kit.run import tracking
+
+    logged: list[tuple[str, int, dict]] = []
+
+    class Recorder:
+        def start(self, run_info):
+            pass
+
+        def log_scalars(self, step, scalars):
+            if any(k.startswith("eval/") for k in scalars):
+                logged.append(("scalars", step, dict(scalars)))
+
+        def log_image(self, step, picture):
+            pass
+
+        def log_evaluations(self, step, evaluations):
+            logged.append(("evaluations", step, evaluations))
+
+        def finish(self, status):
+            pass
+
+    monkeypatch.setattr(tracking.Trackers, "build",
+                        classmethod(lambda cls, refs, registry: cls([("rec", Recorder())])))
+    result = run(_recipe(tiny_recipe, every=2), out=tmp_path / "run", progress=False)
+    steps = [(kind, step) for kind, step, _ in logged]
+    # one evaluation per checkpoint (0, 2, 4; the final one at 6), then best_of at 6
+    assert steps == [("evaluations", 0), ("evaluations", 2), ("evaluations", 4),
+                     ("evaluations", 6), ("scalars", 6)]
+    best = result.best_of["train_from_scratch"]
+    assert logged[-1][2] == {
+        "eval/train_from_scratch/best_of/accuracy_mean": best["accuracy_mean"],
+        "eval/train_from_scratch/best_of/accuracy_std": best["accuracy_std"],
+        "eval/train_from_scratch/best_of/iteration": float(best["iteration"]),
+        "eval/train_from_scratch/best_of/checkpoints": 4.0}
+    means = [ev["train_from_scratch"]["accuracy_mean"] for kind, _, ev in logged[:4]]
+    assert means == [r["evaluations"]["train_from_scratch"]["accuracy_mean"]
+                     for r in result.evaluation_checkpoints]

@@ -157,6 +157,10 @@ def candidates() -> dict[str, dict[str, Any]]:
                                              "rho_window": 9, "rho_cap": 1.0}
         out["identity_classmean_rho1_cap2"] = {**out["identity_classmean_rho1"],
                                                "rho_window": 9, "rho_cap": 2.0}
+    # a placebo: the shipped setting at a thousandth of its weight moves the images by a
+    # negligible amount, so its paired differences measure how far a cell's outcome
+    # moves from a tiny change of trajectory alone (the cell's own noise floor)
+    out["placebo_rho0.001"] = {**out["identity_classmean_rho1"], "rho": 0.001}
     return out
 
 

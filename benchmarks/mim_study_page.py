@@ -190,6 +190,16 @@ def _shipped_check(S, chosen: str) -> str:
             f"`{chosen}` in: {', '.join(differ)}.")
 
 
+def _extra_seeds(rows: list[dict]) -> str:
+    """``; digits IPC 1 dsa also 3-9``: cells run on more seeds than the study's own."""
+    extra: dict[tuple, set] = {}
+    for r in rows:
+        if r["seed"] not in S.SEEDS:
+            extra.setdefault((r["dataset"], r["ipc"], r["method"]), set()).add(r["seed"])
+    return "".join(f"; {d} IPC {i} {m} also {min(v)}–{max(v)}"
+                   for (d, i, m), v in sorted(extra.items()))
+
+
 def render(rows: list[dict[str, Any]], study: Any) -> Path:
     global S
     S = study
@@ -223,7 +233,8 @@ def render(rows: list[dict[str, Any]], study: Any) -> Path:
     add("## Protocol")
     add("")
     add("- **Cells**: data set × IPC × base method. In each cell every variant runs with the "
-        f"same distillation seeds ({', '.join(map(str, S.SEEDS))}). Variants: `base` (no "
+        f"same distillation seeds ({', '.join(map(str, S.SEEDS))}"
+        + _extra_seeds(rows) + "). Variants: `base` (no "
         "regularizer), `literal` (the paper's Eq. 2.15–2.17 read literally, `preset: "
         "literal`: λ 0.8, β 2, τ 0.07, one linear critic of 128 outputs — what the `*_mim` "
         "recipes shipped before this study), `shipped` (the setting chosen on the "
@@ -335,6 +346,14 @@ def render(rows: list[dict[str, Any]], study: Any) -> Path:
             + " | ".join(_diff_text(S.paired(rows, cell, v, "validation")) for v in cand)
             + " |")
     add("")
+    if "placebo_rho0.001" in cand:
+        add("`placebo_rho0.001` is not a candidate but a measuring stick: the shipped "
+            "setting at a thousandth of its weight, which moves the images by a negligible "
+            "amount, so its paired difference shows how far a cell's outcome moves from a "
+            "tiny change of trajectory alone. Where it spreads by several points (a "
+            "chaotic cell), a candidate's difference of that size says nothing about the "
+            "regularizer; such a cell needs many more seeds than three.")
+        add("")
     if choice:
         hurts = "; ".join(f"{k} hurts {', '.join(v)}"
                           for k, v in choice.get("hurts", {}).items() if v)

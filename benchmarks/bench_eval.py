@@ -42,6 +42,10 @@ def main() -> None:
     ap.add_argument("--no-augment", action="store_true", help="train without DSA")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--modes", nargs="+", default=["one by one", "one-thread workers",
+                                                    "stacked"],
+                    help="which of: 'one by one' (torch's threads), 'one-thread workers' "
+                    "(networks at once, one thread each), 'stacked' (vmap)")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON instead")
     args = ap.parse_args()
 
@@ -64,10 +68,10 @@ def main() -> None:
     aug = None if args.no_augment else AugmentationRef(name="dsa")
     request = EvalRequest(images, labels, None, data, device, args.seed, backbone, aug)
 
-    def evaluate(batched: bool, models: int, epochs: int) -> dict:
+    def evaluate(batched: bool, models: int, epochs: int, workers: int = 1) -> dict:
         params = TrainFromScratch.Params(
             models=models, epochs=epochs, backbone=backbone, augmentation=aug,
-            batched=batched, batch_models=args.batch_models,
+            batched=batched, batch_models=args.batch_models, workers=workers,
         )
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -80,24 +84,30 @@ def main() -> None:
             result["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         return result
 
-    for batched in (False, True):
-        evaluate(batched, 1, 1)
-    one = evaluate(False, args.models, args.epochs)
-    many = evaluate(True, args.models, args.epochs)
-    diff = max(abs(a - b) for a, b in zip(one["accuracies"], many["accuracies"], strict=True))
-    rows = [
-        {"mode": "one by one", "networks": args.models, "seconds": one["wall_s"],
-         "speed_up": 1.0, "max_acc_diff": 0.0, "accuracy_mean": one["accuracy_mean"],
-         "peak_cuda_mb": one.get("peak_cuda_mb")},
-        {"mode": "stacked" if many["batched"] else f"stacked (fell back: {many['reason']})",
-         "networks": args.models, "seconds": many["wall_s"],
-         "speed_up": one["wall_s"] / many["wall_s"], "max_acc_diff": diff,
-         "accuracy_mean": many["accuracy_mean"], "peak_cuda_mb": many.get("peak_cuda_mb")},
-    ]
+    threads = torch.get_num_threads()
+    modes = [("one by one", False, 1), (f"one-thread workers ({threads})", False, threads),
+             ("stacked", True, 1)]
+    modes = [m for m in modes if m[0].split(" (")[0] in args.modes or m[0] in args.modes]
+    for _, batched, workers in modes:
+        evaluate(batched, 2 if workers > 1 else 1, 1, workers)  # warm-up
+    results = [(name, evaluate(batched, args.models, args.epochs, workers))
+               for name, batched, workers in modes]
+    first = results[0][1]
+    rows = []
+    for name, res in results:
+        if name == "stacked" and not res["batched"]:
+            name = f"stacked (fell back: {res['reason']})"
+        rows.append({"mode": name, "networks": args.models, "seconds": res["wall_s"],
+                     "speed_up": first["wall_s"] / res["wall_s"],
+                     "max_acc_diff": max(abs(a - b) for a, b in zip(
+                         first["accuracies"], res["accuracies"], strict=True)),
+                     "accuracy_mean": res["accuracy_mean"],
+                     "peak_cuda_mb": res.get("peak_cuda_mb")})
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print("| mode | networks | seconds | speed-up | max abs acc diff (points) | mean acc % "
+    print("| mode | networks | seconds | speed-up vs first | max abs acc diff vs first (points) "
+          "| mean acc % "
           "| peak CUDA MB |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -76,6 +76,11 @@ def epochs_done(networks: int = 1) -> None:
         advance_epochs(networks)
 
 
+def current_epochs_callback() -> Callable[[int], None] | None:
+    """The callback :func:`epochs_done` reaches in this context (None: none)."""
+    return _epochs.get()
+
+
 @contextlib.contextmanager
 def counting_epochs(advance_epochs: Callable[[int], None]) -> Iterator[None]:
     """Inside the block, :func:`epochs_done` calls ``advance_epochs(networks)``."""

@@ -61,6 +61,13 @@ class TrainFromScratchParams(ProtocolParams):
         None, ge=1, description="at most this many networks train together (memory "
         "grows with it); null: all of this process's networks at once",
     )
+    workers: int | None = Field(
+        None, ge=1, description="on a CPU, networks trained one by one: this many train at "
+        "once, each on one thread, so no thread waits for a sibling on a busy machine and "
+        "the accuracies do not depend on the count (they equal a run with one torch "
+        "thread); 1: one after another on all of torch's threads; null: torch's thread "
+        "count (docs/performance.md)",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -25,8 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
+import logging
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +41,8 @@ from torch.func import functional_call, stack_module_state, vmap
 from ..core import progress
 from ..core.runtime import isolated_rng
 from .loop import accuracy, train_network
+
+log = logging.getLogger(__name__)
 
 #: test images per forward pass, summed over the networks evaluated together
 TEST_BATCH = 1024
@@ -254,6 +261,7 @@ def train_networks(
     augment: Callable[[Tensor], Tensor] | None = None,
     batched: bool = True,
     lr_decay: bool = True,
+    workers: int = 1,
 ) -> TrainedNetworks:
     """Build and train one network per seed, stacked when the architecture allows it.
 
@@ -284,6 +292,11 @@ def train_networks(
                 train_stacked(stack, streams, images, labels, **hyper)
                 stack.write_back(nets)
                 return TrainedNetworks(nets, True, None, stack)
+    if workers > 1 and device.type == "cpu" and len(seeds) > 1:
+        nets, why_not = _train_on_workers(build, seeds, images, labels, workers, hyper)
+        if nets is not None:
+            return TrainedNetworks(nets, False, reason)
+        log.debug("networks train one after another: %s", why_not)
     nets = []
     for seed in seeds:
         with isolated_rng(seed, device):
@@ -291,3 +304,57 @@ def train_networks(
             train_network(net, images, labels, **hyper)
         nets.append(net)
     return TrainedNetworks(nets, False, reason)
+
+
+def _takes_generator(augment: Callable | None) -> bool:
+    if augment is None:
+        return True
+    try:
+        return "generator" in inspect.signature(augment).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _train_on_workers(build: Callable[[], nn.Module], seeds: Sequence[int], images: Tensor,
+                      labels: Tensor, workers: int, hyper: dict[str, Any],
+                      ) -> tuple[list[nn.Module] | None, str | None]:
+    """Train the networks concurrently on ``workers`` one-thread workers (CPU).
+
+    Network ``i`` is built on its seed's stream as in one-by-one training; that stream's
+    state after the build becomes its own ``torch.Generator``, from which its batch orders
+    and augmentation draws come, so every network sees exactly the draws it sees when
+    trained alone. Each network runs on one thread, so the results do not depend on the
+    number of workers, and on a shared node no thread waits at a barrier for a sibling
+    whose core was taken (docs/performance.md). Returns ``(None, why)`` when that
+    equivalence cannot be kept: an augmentation without a ``generator`` argument, or a
+    layer drawing random numbers during training (dropout).
+    """
+    if not _takes_generator(hyper.get("augment")):
+        return None, "the augmentation takes no generator argument"
+    nets, generators = [], []
+    for seed in seeds:
+        with isolated_rng(seed, images.device):
+            nets.append(build())
+            g = torch.Generator()
+            g.set_state(torch.get_rng_state())  # the stream continues past the build
+            generators.append(g)
+    random = [type(m).__name__ for m in nets[0].modules()
+              if isinstance(m, nn.modules.dropout._DropoutNd)]
+    if random:
+        return None, f"{random[0]} draws from the global generator during training"
+    lock = threading.Lock()
+    report = progress.current_epochs_callback()
+
+    def counted(networks: int) -> None:
+        with lock:
+            report(networks)
+
+    def job(i: int) -> None:
+        torch.set_num_threads(1)
+        with progress.counting_epochs(counted) if report else contextlib.nullcontext():
+            train_network(nets[i], images, labels, generator=generators[i], **hyper)
+
+    with ThreadPoolExecutor(min(workers, len(nets)), thread_name_prefix="mdk-nets") as pool:
+        for _ in pool.map(job, range(len(nets))):  # re-raises a worker's error here
+            pass
+    return nets, None

@@ -43,20 +43,22 @@ def sgd_epochs(
     net: nn.Module, opt: torch.optim.Optimizer, images: Tensor, labels: Tensor, *,
     epochs: int, batch: int, augment: Augment | None = None,
     on_epoch: Callable[[int], None] | None = None,
+    generator: torch.Generator | None = None,
 ) -> None:
     """``epochs`` passes over a shuffled set in minibatches of ``batch`` (last one partial),
     as the reference code's ``DataLoader(shuffle=True)`` + ``epoch('train', ...)``.
 
-    Each epoch draws one permutation from the global torch RNG; ``augment`` (drawing from
-    the same stream) is applied to every minibatch. ``on_epoch(epoch)`` runs after each
-    epoch (0-based).
+    Each epoch draws one permutation from the global torch RNG (or ``generator``);
+    ``augment`` (drawing from the same stream: it is passed ``generator`` when one is
+    given) is applied to every minibatch. ``on_epoch(epoch)`` runs after each epoch
+    (0-based).
     """
     for epoch in range(epochs):
-        order = torch.randperm(len(labels), device=labels.device)
+        order = torch.randperm(len(labels), device=labels.device, generator=generator)
         for idx in order.split(batch):
             x = images[idx]
             if augment is not None:
-                x = augment(x)
+                x = augment(x) if generator is None else augment(x, generator=generator)
             loss = F.cross_entropy(net(x), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -94,6 +96,7 @@ def train_network(
     batch_size: int,
     augment: Augment | None = None,
     lr_decay: bool = True,
+    generator: torch.Generator | None = None,
 ) -> nn.Module:
     """The evaluation protocol's training: SGD with momentum and weight decay in train
     mode, lr x0.1 after half the epochs (``lr_decay``); reports every epoch to the
@@ -105,6 +108,7 @@ def train_network(
             for group in opt.param_groups:
                 group["lr"] = lr * 0.1
         net.train()
-        sgd_epochs(net, opt, images, labels, epochs=1, batch=batch_size, augment=augment)
+        sgd_epochs(net, opt, images, labels, epochs=1, batch=batch_size, augment=augment,
+                   generator=generator)
         progress.epochs_done(1)
     return net

@@ -276,3 +276,85 @@ def test_stacked_training_equals_one_by_one_on_cuda(setup, monkeypatch):
             torch.testing.assert_close(p, q, atol=1e-4, rtol=0)
     test_x, test_y = data.test_images.to(cuda), data.test_labels.to(cuda)
     assert runs[0].accuracies(test_x, test_y) == runs[1].accuracies(test_x, test_y)
+
+
+def _one_thread_sequential(setup, spec, *, dsa, epochs):
+    reg, data, images, labels, aug = setup
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_networks(
+            _builder(reg, data, spec), SEEDS, images, labels, device=CPU, epochs=epochs,
+            lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=8,
+            augment=aug if dsa else None, batched=False, workers=1)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+@pytest.mark.parametrize("dsa", [False, True], ids=["plain", "dsa"])
+def test_networks_on_one_thread_workers_equal_one_thread_one_by_one(setup, workers, dsa):
+    """Each network on its own generator (its seed's stream after the build) and one
+    thread: bit for bit the networks of one-by-one training with one torch thread, for
+    any number of workers."""
+    reg, data, images, labels, aug = setup
+    ref = _one_thread_sequential(setup, CONVNET, dsa=dsa, epochs=3)
+    got = train_networks(
+        _builder(reg, data, CONVNET), SEEDS, images, labels, device=CPU, epochs=3,
+        lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=8,
+        augment=aug if dsa else None, batched=False, workers=workers)
+    for a, b in zip(got.nets, ref.nets, strict=True):
+        assert all(torch.equal(p, q) for p, q in zip(_params(a), _params(b), strict=True))
+
+
+def test_worker_training_reports_epochs_and_leaves_the_callers_stream(setup):
+    from mim4dd_kit.core import progress
+
+    reg, data, images, labels, aug = setup
+    seen = []
+    state = torch.get_rng_state()
+    with progress.counting_epochs(seen.append):
+        train_networks(_builder(reg, data, CONVNET), SEEDS, images, labels, device=CPU,
+                       epochs=2, lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=8,
+                       augment=aug, batched=False, workers=2)
+    assert sum(seen) == 2 * len(SEEDS)  # every network's every epoch, once
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_augmentations_without_a_generator_train_one_after_another(setup):
+    reg, data, images, labels, aug = setup
+    calls = []
+
+    def plain_flip(x):  # draws from the global stream: workers could not keep it exact
+        calls.append(len(x))
+        return x.flip(3) if torch.rand(()) < 0.5 else x
+
+    def run(workers):
+        torch.manual_seed(0)
+        return train_networks(_builder(reg, data, MLP), SEEDS, images, labels, device=CPU,
+                              epochs=1, lr=0.05, momentum=0.9, weight_decay=5e-4,
+                              batch_size=8, augment=plain_flip, batched=False,
+                              workers=workers)
+
+    got, ref = run(2), run(1)  # the fallback is the one-after-another path itself
+    assert calls
+    for a, b in zip(got.nets, ref.nets, strict=True):
+        assert all(torch.equal(p, q) for p, q in zip(_params(a), _params(b), strict=True))
+    assert batched_mod._takes_generator(aug) and not batched_mod._takes_generator(plain_flip)
+
+
+def test_a_failing_worker_raises_in_the_caller(setup):
+    reg, data, images, labels, aug = setup
+
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Linear(64, 10)
+
+        def forward(self, x):
+            raise RuntimeError("broken forward")
+
+    with pytest.raises(RuntimeError, match="broken forward"):
+        train_networks(Broken, SEEDS, images, labels, device=CPU, epochs=1, lr=0.05,
+                       momentum=0.9, weight_decay=5e-4, batch_size=8, batched=False,
+                       workers=2)

@@ -350,11 +350,11 @@ def _train_on_workers(build: Callable[[], nn.Module], seeds: Sequence[int], imag
             report(networks)
 
     def job(i: int) -> None:
-        torch.set_num_threads(1)
         with progress.counting_epochs(counted) if report else contextlib.nullcontext():
             train_network(nets[i], images, labels, generator=generators[i], **hyper)
 
-    with ThreadPoolExecutor(min(workers, len(nets)), thread_name_prefix="mdk-nets") as pool:
+    with ThreadPoolExecutor(min(workers, len(nets)), thread_name_prefix="mdk-nets",
+                            initializer=torch.set_num_threads, initargs=(1,)) as pool:
         for _ in pool.map(job, range(len(nets))):  # re-raises a worker's error here
             pass
     return nets, None

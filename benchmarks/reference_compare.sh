@@ -16,6 +16,8 @@
 #   BATCH_REAL real images per class                 [64]
 #   WIDTH      ConvNet width (reference ConvNetW<WIDTH>: 32, 64, 128, 256)   [64]
 #   SEEDS      distillation seeds per side           [2]
+#   SEED0      the first seed (SAME_INIT: seeds SEED0 .. SEED0+SEEDS-1, so that more
+#              seeds can be added to an output folder later)          [0]
 #   EPOCHS     evaluation epochs                     [300]
 #   MODELS     evaluation networks                   [5]
 #   XEVAL      seeds scored by the other side's evaluator too [1]
@@ -42,6 +44,7 @@ INIT_PATCH=${INIT_PATCH:-/work/refs/sidebyside/patches/dsa_init_images.diff}
 BATCH_REAL=${BATCH_REAL:-64}
 WIDTH=${WIDTH:-64}
 SEEDS=${SEEDS:-2}
+SEED0=${SEED0:-0}
 EPOCHS=${EPOCHS:-300}
 MODELS=${MODELS:-5}
 XEVAL=${XEVAL:-1}
@@ -64,6 +67,8 @@ MDK_ITERS=$(( (ITERS + 1) * OUTER ))
 TAG=${METHOD}_ipc${IPC}
 if [ "$SAME_INIT" = 1 ]; then
     [ "$METHOD" = dsa ] || { echo "SAME_INIT=1 is for dsa (main.py is the patched script)" >&2; exit 2; }
+else
+    [ "$SEED0" = 0 ] || { echo "SEED0 is for SAME_INIT=1 (the reference seeds itself)" >&2; exit 2; }
     TAG=${TAG}_sameinit
 fi
 D=$OUT/$TAG
@@ -100,11 +105,11 @@ if [ "$SAME_INIT" != 1 ]; then
         --data-root "$REF_DATA" "${PATCH_ARGS[@]}"
 
     # 2. the toolkit, one `mdk run` per seed
-    for ((s = 0; s < SEEDS; s++)); do toolkit_run $s; done
+    for ((s = SEED0; s < SEED0 + SEEDS; s++)); do toolkit_run $s; done
 else
     # 1-2. per seed: the toolkit's starting images (a run of 0 updates), the reference
     # from them (one process, one experiment), then the toolkit
-    for ((s = 0; s < SEEDS; s++)); do
+    for ((s = SEED0; s < SEED0 + SEEDS; s++)); do
         $RUN "$MDK" run "recipes/fashion_mnist_ipc${IPC}_${METHOD}.yaml" --overwrite \
             --set seed=$s --set device=cpu --set synthetic.iterations=0 \
             --set "synthetic.batch_real=$BATCH_REAL" --set "backbone.width=$WIDTH" \
@@ -138,7 +143,7 @@ print('reference start == toolkit init: max |diff| =', float((a - b).abs().max()
 fi
 
 # 3. one evaluator for every set: mdk evaluate, MODELS networks x EPOCHS (seed by seed)
-for ((s = 0; s < SEEDS; s++)); do for side in ref mdk; do
+for ((s = SEED0; s < SEED0 + SEEDS; s++)); do for side in ref mdk; do
     name=${side}_exp$s
     f=$D/sets/$name.safetensors
     echo "[$(date -u +%T)] mdk evaluate $name"
@@ -148,7 +153,7 @@ for ((s = 0; s < SEEDS; s++)); do for side in ref mdk; do
 done; done
 
 # 4. each side's own evaluator on the other's set: the reference's evaluate_synset
-for ((s = 0; s < XEVAL && s < SEEDS; s++)); do
+for ((s = SEED0; s < SEED0 + XEVAL && s < SEED0 + SEEDS; s++)); do
     for side in ref mdk; do
         name=${side}_exp$s
         echo "[$(date -u +%T)] reference evaluate_synset $name"
@@ -160,7 +165,7 @@ for ((s = 0; s < XEVAL && s < SEEDS; s++)); do
 done
 # 5. SAME_INIT: the starting images themselves, by the same evaluator
 if [ "$SAME_INIT" = 1 ]; then
-    for ((s = 0; s < SEEDS; s++)); do
+    for ((s = SEED0; s < SEED0 + SEEDS; s++)); do
         echo "[$(date -u +%T)] mdk evaluate init_s$s"
         $RUN "$MDK" evaluate "$D/init_s$s/synthetic.safetensors" --dataset fashion_mnist \
             --device cpu --seed 0 --evaluator train_from_scratch --models "$MODELS" \

@@ -67,9 +67,9 @@ MDK_ITERS=$(( (ITERS + 1) * OUTER ))
 TAG=${METHOD}_ipc${IPC}
 if [ "$SAME_INIT" = 1 ]; then
     [ "$METHOD" = dsa ] || { echo "SAME_INIT=1 is for dsa (main.py is the patched script)" >&2; exit 2; }
+    TAG=${TAG}_sameinit
 else
     [ "$SEED0" = 0 ] || { echo "SEED0 is for SAME_INIT=1 (the reference seeds itself)" >&2; exit 2; }
-    TAG=${TAG}_sameinit
 fi
 D=$OUT/$TAG
 mkdir -p "$D/sets" "$D/eval"

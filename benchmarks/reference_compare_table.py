@@ -178,7 +178,9 @@ def markdown(summaries: list[dict]) -> str:
                                f"{p['diff']:+.2f}"
                                + ("" if p["start"] is None else f" (start {p['start']:.2f})")
                                for p in s["paired"])
-                   + f"; mean {statistics.mean(diffs):+.2f}")
+                   + f"; mean {statistics.mean(diffs):+.2f}"
+                   + (f" ± {statistics.pstdev(diffs):.2f} (population std over seeds)"
+                      if len(diffs) > 1 else ""))
     return "\n".join(out)
 
 

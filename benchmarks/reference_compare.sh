@@ -16,22 +16,35 @@
 #   BATCH_REAL real images per class                 [64]
 #   WIDTH      ConvNet width (reference ConvNetW<WIDTH>: 32, 64, 128, 256)   [64]
 #   SEEDS      distillation seeds per side           [2]
+#   SEED0      the first seed (SAME_INIT: seeds SEED0 .. SEED0+SEEDS-1, so that more
+#              seeds can be added to an output folder later)          [0]
 #   EPOCHS     evaluation epochs                     [300]
 #   MODELS     evaluation networks                   [5]
 #   XEVAL      seeds scored by the other side's evaluator too [1]
 #   NICE       niceness of every process             [15]
+#   SAME_INIT  1: both sides start from the toolkit's starting images for each seed (one
+#              reference process per seed, --num_exp 1, given them by INIT_IMAGES; needs
+#              a copy with the init patch, REF_DIR default /work/refs/sidebyside/dsa);
+#              dsa only; outputs go to dsa_ipc<N>_sameinit      [0]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 METHOD=${1:?method: dm or dsa}
 IPC=${2:?ipc: 1 or 10}
-REF_DIR=${REF_DIR:-/work/refs/DatasetCondensation}
+SAME_INIT=${SAME_INIT:-0}
+if [ "$SAME_INIT" = 1 ]; then
+    REF_DIR=${REF_DIR:-/work/refs/sidebyside/dsa}
+else
+    REF_DIR=${REF_DIR:-/work/refs/DatasetCondensation}
+fi
 REF_DATA=${REF_DATA:-/work/refs/data}
 OUT=${OUT:-/work/refs/out}
 PATCH_DIR=${PATCH_DIR:-/work/refs/patches}
+INIT_PATCH=${INIT_PATCH:-/work/refs/sidebyside/patches/dsa_init_images.diff}
 BATCH_REAL=${BATCH_REAL:-64}
 WIDTH=${WIDTH:-64}
 SEEDS=${SEEDS:-2}
+SEED0=${SEED0:-0}
 EPOCHS=${EPOCHS:-300}
 MODELS=${MODELS:-5}
 XEVAL=${XEVAL:-1}
@@ -52,39 +65,85 @@ esac
 # each of OUTER image updates; mdk counts image updates
 MDK_ITERS=$(( (ITERS + 1) * OUTER ))
 TAG=${METHOD}_ipc${IPC}
+if [ "$SAME_INIT" = 1 ]; then
+    [ "$METHOD" = dsa ] || { echo "SAME_INIT=1 is for dsa (main.py is the patched script)" >&2; exit 2; }
+    TAG=${TAG}_sameinit
+else
+    [ "$SEED0" = 0 ] || { echo "SEED0 is for SAME_INIT=1 (the reference seeds itself)" >&2; exit 2; }
+fi
 D=$OUT/$TAG
 mkdir -p "$D/sets" "$D/eval"
 COMMIT=$(cat "$REF_DIR/COMMIT" 2>/dev/null || echo unknown)
 
-# 1. the reference, SEEDS experiments in one process (it seeds itself from the clock)
-REF_CMD=(python -W ignore "$SCRIPT" "${REF_ARGS[@]}" --dataset FashionMNIST
-         --model "ConvNetW$WIDTH" --ipc "$IPC" --eval_mode F --num_exp "$SEEDS" --num_eval 0
-         --Iteration "$ITERS" --batch_real "$BATCH_REAL" --data_path "$REF_DATA"
-         --save_path "$D/ref")
-echo "[$(date -u +%T)] reference: ${REF_CMD[*]}"
-mkdir -p "$D/ref"
-(cd "$REF_DIR" && /usr/bin/time -v -o "$D/ref.time" $RUN "$PY" "${REF_CMD[@]:1}" \
-    > "$D/ref.log" 2>&1)
-RES=$(ls "$D"/ref/res_*.pt)
 PATCH_ARGS=()
 for p in "$PATCH_DIR"/*.diff; do PATCH_ARGS+=(--patch "$p"); done
-$RUN "$PY" benchmarks/export_reference_set.py "$RES" --out-dir "$D/sets" --prefix ref \
-    --commit "$COMMIT" --script "$SCRIPT" --command "${REF_CMD[*]}" \
-    --data-root "$REF_DATA" "${PATCH_ARGS[@]}"
+[ "$SAME_INIT" = 1 ] && PATCH_ARGS+=(--patch "$INIT_PATCH")
 
-# 2. the toolkit, one `mdk run` per seed, the recipe's defaults but for the budget
-for ((s = 0; s < SEEDS; s++)); do
-    echo "[$(date -u +%T)] mdk run seed $s"
-    /usr/bin/time -v -o "$D/mdk_s$s.time" $RUN "$MDK" run \
+toolkit_run() {  # seed: one `mdk run`, the recipe's defaults but for the budget
+    echo "[$(date -u +%T)] mdk run seed $1"
+    /usr/bin/time -v -o "$D/mdk_s$1.time" $RUN "$MDK" run \
         "recipes/fashion_mnist_ipc${IPC}_${METHOD}.yaml" --overwrite \
-        --set seed=$s --set device=cpu --set "synthetic.iterations=$MDK_ITERS" \
+        --set seed=$1 --set device=cpu --set "synthetic.iterations=$MDK_ITERS" \
         --set "synthetic.batch_real=$BATCH_REAL" --set "backbone.width=$WIDTH" \
-        --set 'evaluators=[]' --set "output.dir=$D/mdk_s$s" > "$D/mdk_s$s.log" 2>&1
-    cp "$D/mdk_s$s/synthetic.safetensors" "$D/sets/mdk_exp$s.safetensors"
-done
+        --set 'evaluators=[]' --set "output.dir=$D/mdk_s$1" > "$D/mdk_s$1.log" 2>&1
+    cp "$D/mdk_s$1/synthetic.safetensors" "$D/sets/mdk_exp$1.safetensors"
+}
+
+if [ "$SAME_INIT" != 1 ]; then
+    # 1. the reference, SEEDS experiments in one process (it seeds itself from the clock)
+    REF_CMD=(python -W ignore "$SCRIPT" "${REF_ARGS[@]}" --dataset FashionMNIST
+             --model "ConvNetW$WIDTH" --ipc "$IPC" --eval_mode F --num_exp "$SEEDS"
+             --num_eval 0 --Iteration "$ITERS" --batch_real "$BATCH_REAL"
+             --data_path "$REF_DATA" --save_path "$D/ref")
+    echo "[$(date -u +%T)] reference: ${REF_CMD[*]}"
+    mkdir -p "$D/ref"
+    (cd "$REF_DIR" && /usr/bin/time -v -o "$D/ref.time" $RUN "$PY" "${REF_CMD[@]:1}" \
+        > "$D/ref.log" 2>&1)
+    RES=$(ls "$D"/ref/res_*.pt)
+    $RUN "$PY" benchmarks/export_reference_set.py "$RES" --out-dir "$D/sets" --prefix ref \
+        --commit "$COMMIT" --script "$SCRIPT" --command "${REF_CMD[*]}" \
+        --data-root "$REF_DATA" "${PATCH_ARGS[@]}"
+
+    # 2. the toolkit, one `mdk run` per seed
+    for ((s = SEED0; s < SEED0 + SEEDS; s++)); do toolkit_run $s; done
+else
+    # 1-2. per seed: the toolkit's starting images (a run of 0 updates), the reference
+    # from them (one process, one experiment), then the toolkit
+    for ((s = SEED0; s < SEED0 + SEEDS; s++)); do
+        $RUN "$MDK" run "recipes/fashion_mnist_ipc${IPC}_${METHOD}.yaml" --overwrite \
+            --set seed=$s --set device=cpu --set synthetic.iterations=0 \
+            --set "synthetic.batch_real=$BATCH_REAL" --set "backbone.width=$WIDTH" \
+            --set 'evaluators=[]' --set "output.dir=$D/init_s$s" > "$D/init_s$s.log" 2>&1
+        # the reference's label order is class-major ([0]*ipc + [1]*ipc + ...): check it
+        "$PY" -c "import sys, torch; from mim4dd_kit.io.synthetic import load_synthetic; \
+s = load_synthetic(sys.argv[1]); c = int(s.labels.max()) + 1; \
+assert torch.equal(s.labels.cpu(), torch.arange(c).repeat_interleave(len(s.labels) // c)), \
+'labels not class-major'; torch.save(s.images.clone(), sys.argv[2])" \
+            "$D/init_s$s/synthetic.safetensors" "$D/init_s$s.pt"
+        REF_CMD=(python -W ignore "$SCRIPT" "${REF_ARGS[@]}" --dataset FashionMNIST
+                 --model "ConvNetW$WIDTH" --ipc "$IPC" --eval_mode F --num_exp 1
+                 --num_eval 0 --Iteration "$ITERS" --batch_real "$BATCH_REAL"
+                 --data_path "$REF_DATA" --save_path "$D/ref_s$s")
+        echo "[$(date -u +%T)] reference seed $s: INIT_IMAGES=$D/init_s$s.pt ${REF_CMD[*]}"
+        mkdir -p "$D/ref_s$s"
+        (cd "$REF_DIR" && /usr/bin/time -v -o "$D/ref_s$s.time" env \
+            INIT_IMAGES="$D/init_s$s.pt" $RUN "$PY" "${REF_CMD[@]:1}" \
+            > "$D/ref_s$s.log" 2>&1)
+        "$PY" -c "import sys, torch; a, b = torch.load(sys.argv[1]), torch.load(sys.argv[2]); \
+print('reference start == toolkit init: max |diff| =', float((a - b).abs().max()))" \
+            "$D/ref_s$s/init_images_exp0.pt" "$D/init_s$s.pt" | tee "$D/ref_s$s.init_check"
+        RES=$(ls "$D"/ref_s$s/res_*.pt)
+        $RUN "$PY" benchmarks/export_reference_set.py "$RES" --out-dir "$D/sets" \
+            --prefix "ref_s$s" --commit "$COMMIT" --script "$SCRIPT" \
+            --command "INIT_IMAGES=init_s$s.pt ${REF_CMD[*]}" --data-root "$REF_DATA" \
+            "${PATCH_ARGS[@]}" > /dev/null
+        mv "$D/sets/ref_s${s}_exp0.safetensors" "$D/sets/ref_exp$s.safetensors"
+        toolkit_run $s
+    done
+fi
 
 # 3. one evaluator for every set: mdk evaluate, MODELS networks x EPOCHS (seed by seed)
-for ((s = 0; s < SEEDS; s++)); do for side in ref mdk; do
+for ((s = SEED0; s < SEED0 + SEEDS; s++)); do for side in ref mdk; do
     name=${side}_exp$s
     f=$D/sets/$name.safetensors
     echo "[$(date -u +%T)] mdk evaluate $name"
@@ -94,7 +153,7 @@ for ((s = 0; s < SEEDS; s++)); do for side in ref mdk; do
 done; done
 
 # 4. each side's own evaluator on the other's set: the reference's evaluate_synset
-for ((s = 0; s < XEVAL && s < SEEDS; s++)); do
+for ((s = SEED0; s < SEED0 + XEVAL && s < SEED0 + SEEDS; s++)); do
     for side in ref mdk; do
         name=${side}_exp$s
         echo "[$(date -u +%T)] reference evaluate_synset $name"
@@ -104,4 +163,14 @@ for ((s = 0; s < XEVAL && s < SEEDS; s++)); do
             2> "$D/eval/$name.ref.log"
     done
 done
+# 5. SAME_INIT: the starting images themselves, by the same evaluator
+if [ "$SAME_INIT" = 1 ]; then
+    for ((s = SEED0; s < SEED0 + SEEDS; s++)); do
+        echo "[$(date -u +%T)] mdk evaluate init_s$s"
+        $RUN "$MDK" evaluate "$D/init_s$s/synthetic.safetensors" --dataset fashion_mnist \
+            --device cpu --seed 0 --evaluator train_from_scratch --models "$MODELS" \
+            --epochs "$EPOCHS" --backbone "{name: convnet, width: $WIDTH}" --json \
+            > "$D/eval/init_s$s.mdk.json"
+    done
+fi
 echo "[$(date -u +%T)] done: $D"

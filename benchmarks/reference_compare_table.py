@@ -13,6 +13,13 @@ iteration. The toolkit's is the run's ``run_seconds`` (set-up, loop and final sa
 set-up loads the data set) over its image updates, so it is, if anything, an overestimate.
 CPU seconds are user + system time of the whole distillation process(es) of all seeds
 (one reference process runs every seed; one ``mdk run`` per seed), data loading included.
+
+A folder written with ``SAME_INIT=1`` (``dsa_ipc<N>_sameinit``: one reference process per
+seed, ``ref_s<seed>.log`` / ``.time``, both sides from the same starting images) is read
+the same way, peak memory being the largest of the seeds' processes; below the table the
+paired differences (reference minus toolkit, seed by seed, under ``mdk evaluate``) are
+printed, with the starting images' own accuracy when ``eval/init_s<seed>.mdk.json`` is
+there.
 """
 
 from __future__ import annotations
@@ -103,6 +110,7 @@ def _across(values: list[float]) -> str:
 
 def summarise(d: Path) -> dict:
     method, ipc = d.name.split("_ipc")
+    ipc = ipc.removesuffix("_sameinit")
     sets = sorted((d / "sets").glob("*.safetensors"))
     rows = {}
     for f in sets:
@@ -117,13 +125,26 @@ def summarise(d: Path) -> dict:
         mdk_rates.append(meta["run_seconds"] / meta["iterations"])
     mdk_rss = [r for r in (max_rss_mib(t) for t in sorted(d.glob("mdk_s*.time"))) if r]
     mdk_cpu = [c for c in (cpu_seconds(t) for t in sorted(d.glob("mdk_s*.time"))) if c]
+    ref_logs = sorted(d.glob("ref.log")) + sorted(d.glob("ref_s*.log"))
+    ref_times = sorted(d.glob("ref.time")) + sorted(d.glob("ref_s*.time"))
+    ref_rss = [r for r in (max_rss_mib(t) for t in ref_times) if r]
+    ref_cpu = [c for c in (cpu_seconds(t) for t in ref_times) if c]
+    paired = []
+    for k in range(len(mdk_rates)):
+        a, b = rows.get(f"ref_exp{k}", {}).get("mdk"), rows.get(f"mdk_exp{k}", {}).get("mdk")
+        start = _acc(d / "eval" / f"init_s{k}.mdk.json")
+        if a and b:
+            paired.append({"seed": k, "ref": a[0], "mdk": b[0], "diff": a[0] - b[0],
+                           "start": start[0] if start else None})
     return {
         "method": method, "ipc": int(ipc), "rows": rows, "updates": mdk_iters,
-        "ref_rates": reference_rates(d / "ref.log", per_outer) if (d / "ref.log").is_file()
-        else [],
-        "mdk_rates": mdk_rates, "ref_rss": max_rss_mib(d / "ref.time"),
+        "same_init": d.name.endswith("_sameinit"),
+        "ref_rates": [r for log in ref_logs for r in reference_rates(log, per_outer)],
+        "mdk_rates": mdk_rates, "ref_rss": max(ref_rss) if ref_rss else None,
         "mdk_rss": max(mdk_rss) if mdk_rss else None,
-        "ref_cpu": cpu_seconds(d / "ref.time"), "mdk_cpu": sum(mdk_cpu) if mdk_cpu else None,
+        "ref_cpu": sum(ref_cpu) if ref_cpu else None,
+        "mdk_cpu": sum(mdk_cpu) if mdk_cpu else None,
+        "paired": paired,
     }
 
 
@@ -146,6 +167,20 @@ def markdown(summaries: list[dict]) -> str:
                 + (", ".join(f"{r:.2f}" for r in rates) or "—") + " | "
                 + ("—" if cpu is None else f"{cpu:.0f}") + " | "
                 + ("—" if rss is None else f"{rss:.0f}") + " |")
+    for s in summaries:
+        if not (s["same_init"] and s["paired"]):
+            continue
+        diffs = [p["diff"] for p in s["paired"]]
+        out.append("")
+        out.append(f"{s['method']} IPC {s['ipc']}, same starting images, reference minus "
+                   "toolkit under `mdk evaluate`: "
+                   + "; ".join(f"seed {p['seed']}: {p['ref']:.2f} - {p['mdk']:.2f} = "
+                               f"{p['diff']:+.2f}"
+                               + ("" if p["start"] is None else f" (start {p['start']:.2f})")
+                               for p in s["paired"])
+                   + f"; mean {statistics.mean(diffs):+.2f}"
+                   + (f" ± {statistics.pstdev(diffs):.2f} (population std over seeds)"
+                      if len(diffs) > 1 else ""))
     return "\n".join(out)
 
 

@@ -18,8 +18,10 @@ new network when ``n % outer_loop == 0`` and otherwise first trains the current 
 For BatchNorm backbones, 16 real images per class set the BN statistics in train mode
 before every matching and BN is then frozen (reference ``main.py``).
 
-All classes are matched in one vectorised gradient call per side; the features of the
-same forward are handed to a regularizer (both sides from the one network).
+All classes are matched in one vectorised gradient call per side (on a CPU the real side
+runs it in groups of classes whose activations stay within 16 MiB, ``class_chunk``: the
+same values without a fresh zero-filled mapping for every activation); the features of
+the same forward are handed to a regularizer (both sides from the one network).
 
 In a multi-process run (``ctx.shard``, docs/distributed.md) every rank keeps its slice of
 each class's matched real rows. A class's real gradient is the gradient of a mean CE, so
@@ -48,6 +50,7 @@ from ..core.errors import RunError
 from ..training.loop import sgd_epochs
 from ..training.networks import PersistentNetwork
 from .gradient_matching import (
+    class_chunk,
     class_gradients,
     freeze_batchnorm,
     get_loops,
@@ -148,7 +151,8 @@ class DatasetCondensation(DDLoss):
         real_x, real_y = group_by_class(real, real_y, c)  # (C, n, ...)
         syn_x, syn_y = group_by_class(syn_x, syn_y, c)  # (C, ipc, ...)
         with torch.no_grad():
-            g_real, f_real = class_gradients(net, real_x, real_y)
+            g_real, f_real = class_gradients(net, real_x, real_y,
+                                             chunk=class_chunk(net, real_x))
             if shard.active:
                 g_real = full_batch_gradients(g_real, real_x.shape[1], per_class_n, shard)
         g_syn, f_syn = class_gradients(net, syn_x, syn_y)

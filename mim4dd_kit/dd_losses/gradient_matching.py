@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from ..api import Backbone
+from ..training.chunked import chunk_size
 from ..training.unroll import FeaturesAndLogits
 from .params import Distance
 
@@ -90,8 +91,34 @@ def match_distance(g_real: list[Tensor], g_syn: list[Tensor], kind: Distance) ->
 # ------------------------------------------------------------------ per-class gradients
 
 
+#: activation bytes of one vmapped group of classes on a CPU: half of glibc's largest mmap
+#: threshold on 64-bit systems (``DEFAULT_MMAP_THRESHOLD_MAX``, 32 MiB), so that a group's
+#: largest buffer (a block's pre-pooling activation) and vmap's temporaries stay below it
+CPU_CLASS_GROUP_BYTES = 16 * 2**20
+
+
+def class_chunk(net: Backbone, x: Tensor, budget: int = CPU_CLASS_GROUP_BYTES) -> int | None:
+    """Classes per vmapped group for :func:`class_gradients` of a real batch ``x``
+    (C, n, ...): None (all classes at once) off the CPU or when all fit in ``budget``.
+
+    On a CPU all C classes at once make every activation C times one class's (168 MB per
+    activation for 10 classes of 64 Fashion-MNIST images at width 64). glibc serves each
+    such buffer by a fresh ``mmap`` that the kernel zero-fills page by page on first
+    touch and unmaps on free, at every call: on the ``dsa`` recipe (IPC 1, width 64, 64
+    real images per class) the real side spent 2x its arithmetic in system time
+    (docs/performance.md). Groups whose largest activation stays within ``budget`` are
+    served from the heap and reused. The values are the same: vmap's ``chunk_size`` runs
+    the same per-class computation group by group.
+    """
+    c, n = x.shape[0], x.shape[1]
+    images = chunk_size(net, x.flatten(0, 1), budget)  # all of them off the CPU
+    if images >= c * n:
+        return None
+    return max(1, images // max(n, 1))
+
+
 def class_gradients(
-    net: Backbone, x: Tensor, y: Tensor
+    net: Backbone, x: Tensor, y: Tensor, chunk: int | None = None
 ) -> tuple[list[Tensor], list[Tensor]]:
     """Gradients of ``CE(net(x[c]), y[c])`` w.r.t. every parameter, for all classes at once.
 
@@ -101,6 +128,8 @@ def class_gradients(
     of the outer graph: if ``x`` carries a graph (synthetic images), gradients and features
     are differentiable w.r.t. it (torch.func composes with regular autograd); otherwise
     they carry no graph. Buffers are read, never updated (BatchNorm must be in eval mode).
+    ``chunk``: classes per vmapped group (None: all at once; see :func:`class_chunk`);
+    the result does not depend on it.
     """
     model = FeaturesAndLogits(net)
     params = {k: v.detach() for k, v in model.named_parameters()}
@@ -110,7 +139,8 @@ def class_gradients(
         feats, logits = functional_call(model, (p, buffers), (xc,))
         return F.cross_entropy(logits, yc), feats
 
-    grads, feats = vmap(grad(loss, has_aux=True), in_dims=(None, 0, 0))(params, x, y)
+    grads, feats = vmap(grad(loss, has_aux=True), in_dims=(None, 0, 0),
+                        chunk_size=chunk)(params, x, y)
     return list(grads.values()), list(feats)
 
 

@@ -15,8 +15,14 @@ from helpers import (
 )
 
 from mim4dd_kit.core.errors import PluginError
+from mim4dd_kit.dd_losses import dc as dc_module
 from mim4dd_kit.dd_losses.dc import DatasetCondensation, DifferentiableSiameseAugmentation
-from mim4dd_kit.dd_losses.gradient_matching import class_gradients, get_loops, match_distance
+from mim4dd_kit.dd_losses.gradient_matching import (
+    class_chunk,
+    class_gradients,
+    get_loops,
+    match_distance,
+)
 from mim4dd_kit.run.engine import Run
 
 SMALL = {"ipc": 2, "batch_real": 8}  # 20 synthetic images, 80 real per call
@@ -172,6 +178,50 @@ def test_class_gradients_without_graph_for_real_data():
         for g, w in zip(grads, want, strict=True):
             torch.testing.assert_close(g[c], w, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(feats[0][c], net.features(x[c])[0])
+
+
+def test_real_gradients_in_class_groups_are_bit_identical_to_all_at_once():
+    from mim4dd_kit.backbones.convnet import ConvNet
+
+    torch.manual_seed(0)
+    net = ConvNet(ConvNet.Params(width=8, depth=2, norm="instance"), channels=1,
+                  num_classes=4, image_size=(8, 8)).requires_grad_(False)
+    x, y = torch.randn(4, 5, 1, 8, 8), torch.arange(4)[:, None].expand(4, 5).contiguous()
+    with torch.no_grad():
+        g_all, f_all = class_gradients(net, x, y)
+        for chunk in (1, 3):
+            g, f = class_gradients(net, x, y, chunk=chunk)
+            assert all(torch.equal(a, b) for a, b in zip(g, g_all, strict=True))
+            assert all(torch.equal(a, b) for a, b in zip(f, f_all, strict=True))
+
+
+def test_class_chunk_keeps_a_group_within_the_cpu_budget():
+    from mim4dd_kit.backbones.convnet import ConvNet
+
+    net = ConvNet(ConvNet.Params(width=64, depth=3, norm="instance"), channels=1,
+                  num_classes=10, image_size=(28, 28))
+    # the dsa IPC 1 side-by-side setting: 64 real images per class, width 64; one class's
+    # pre-pooling activation is 64 x 64 x 32 x 32 floats = 16 MiB, all ten 160 MiB
+    real = torch.empty(10, 64, 1, 28, 28)
+    assert class_chunk(net, real) == 1
+    assert class_chunk(net, real, budget=3 * 2**24) == 3
+    assert class_chunk(net, real, budget=10 * 2**24) is None  # all fit: one call
+    assert class_chunk(net, torch.empty(10, 64, 1, 28, 28, device="meta")) is None  # off CPU
+    assert class_chunk(net, torch.empty(10, 4, 1, 28, 28)) is None  # small batches
+
+
+@pytest.mark.parametrize("name", ["dc", "dsa"])
+def test_loss_is_bit_identical_with_the_real_side_in_class_groups(
+        tiny_recipe, tmp_path, monkeypatch, name):
+    losses, grads = [], []
+    for chunk in (None, 1):
+        monkeypatch.setattr(dc_module, "class_chunk", lambda net, x, c=chunk: c)
+        r = make_run(tiny_recipe, tmp_path / str(chunk), dd_loss={"name": name})
+        torch.manual_seed(5)
+        out = r.loss.compute(r.syn, 0, want_features=False)
+        losses.append(out.loss.detach())
+        grads.append(torch.autograd.grad(out.loss, r.syn.images)[0])
+    assert torch.equal(losses[0], losses[1]) and torch.equal(grads[0], grads[1])
 
 
 # ------------------------------------------------------------------ plugin behaviour

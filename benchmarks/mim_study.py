@@ -481,7 +481,8 @@ def finalists(rows: list[dict]) -> list[str]:
     """Candidates that pass the screening cell: a mean paired validation gain of at least
     SCREEN_POINTS there. Only finalists go on to the other choosing cells."""
     out = []
-    for c in sorted({r["variant"] for r in rows if r["variant"] in CANDIDATES}):
+    for c in sorted({r["variant"] for r in rows if r["variant"] in CANDIDATES
+                     and not r["variant"].startswith("placebo")}):  # a measuring stick
         d = paired(rows, SCREEN_CELL, c, "validation")
         if d and d["mean"] >= SCREEN_POINTS:
             out.append(c)

@@ -34,8 +34,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # changes every iteration (DM, DSA) or every expert (MTT), so a learned critic has
     # nothing stable to fit; the scores compare its centred, normalised per-channel means
     # directly, under CRD's discriminator, one row per class on the synthetic side (its
-    # mean), with the gradient tied to the DD gradient (rho 1). The setting the paired
-    # study chose on its validation split (docs/mim_study.md).
+    # mean), with the gradient tied to the DD gradient (rho 1) and capped at twice the
+    # median of the last 9 DD norms (one outlying DD gradient no longer enlarges the
+    # step). The setting the paired study chose on its validation split
+    # (docs/mim_study.md).
     "critic_free": {
         "discriminator": "crd",
         "critic": {"name": "identity"},
@@ -46,6 +48,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "critic_steps": 0,
         "ramp": 20,
         "rho": 1.0,
+        "rho_window": 9,
+        "rho_cap": 2.0,
     },
 }
 #: the preset a recipe gets when it names none

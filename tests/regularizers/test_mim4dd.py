@@ -273,8 +273,9 @@ def test_critic_free_is_the_default_preset():
     p = MIM4DD.Params()
     assert p == MIM4DD.Params(preset="critic_free")
     assert (p.preset, p.discriminator, p.critic.name, p.critic_input, p.center, p.rho,
-            p.ramp, p.critic_steps, p.critic_warmup, p.synthetic_side) == (
-        "critic_free", "crd", "identity", "channel_mean", True, 1.0, 20, 0, 0, "class_mean")
+            p.ramp, p.critic_steps, p.critic_warmup, p.synthetic_side, p.rho_window,
+            p.rho_cap) == ("critic_free", "crd", "identity", "channel_mean", True, 1.0, 20, 0,
+                           0, "class_mean", 9, 2.0)
     reg = MIM4DD(p, num_classes=3, feature_dims=[4, 6], registry=default_registry(),
                  feature_shapes=[(4, 2, 2), (6, 1, 1)])
     assert sum(t.numel() for t in reg.parameters()) == 0  # nothing to train

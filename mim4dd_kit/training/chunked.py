@@ -79,7 +79,10 @@ def map_chunks(fn: Callable[[int, int], T], n: int, chunk: int,
     bounds = [(i, min(i + chunk, n)) for i in range(0, n, chunk)]
     workers = workers or torch.get_num_threads()
     if workers <= 1 and torch.get_num_threads() == 1:
-        yield from (fn(i, j) for i, j in bounds)
+        for i, j in bounds:
+            with torch.no_grad():
+                result = fn(i, j)
+            yield result
         return
     cast = torch.is_autocast_enabled("cpu")
     dtype = torch.get_autocast_dtype("cpu")

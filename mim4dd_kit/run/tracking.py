@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..api import ComponentRef
-from ..api.loggers import TrackedRun
+from ..api.loggers import TrackedRun, evaluation_scalars
 
 log = logging.getLogger("mim4dd_kit.tracking")
 
@@ -58,12 +58,9 @@ class Trackers:
     def best_of(self, step: int, best: dict[str, dict[str, Any]]) -> None:
         """MTT's "best of" (mim4dd_kit/run/best_of.py) as scalars named for what they are:
         ``eval/<evaluator>/best_of/accuracy_mean`` (and its std and iteration)."""
-        scalars = {}
-        for name, entry in best.items():
-            for key in ("accuracy_mean", "accuracy_std", "iteration", "checkpoints"):
-                value = entry.get(key)
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    scalars[f"eval/{name}/best_of/{key}"] = float(value)
+        keys = ("accuracy_mean", "accuracy_std", "iteration", "checkpoints")
+        scalars = evaluation_scalars({f"{name}/best_of": {k: e[k] for k in keys if k in e}
+                                      for name, e in best.items()})
         if scalars:
             for _, t in self.trackers:
                 t.log_scalars(step, scalars)

@@ -29,7 +29,6 @@ import inspect
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +39,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from ..core import progress
 from ..core.runtime import isolated_rng
+from .chunked import one_thread_pool
 from .loop import accuracy, train_network
 
 log = logging.getLogger(__name__)
@@ -353,8 +353,6 @@ def _train_on_workers(build: Callable[[], nn.Module], seeds: Sequence[int], imag
         with progress.counting_epochs(counted) if report else contextlib.nullcontext():
             train_network(nets[i], images, labels, generator=generators[i], **hyper)
 
-    with ThreadPoolExecutor(min(workers, len(nets)), thread_name_prefix="mdk-nets",
-                            initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        for _ in pool.map(job, range(len(nets))):  # re-raises a worker's error here
-            pass
+    for _ in one_thread_pool(workers).map(job, range(len(nets))):  # re-raises errors here
+        pass
     return nets, None

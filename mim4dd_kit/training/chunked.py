@@ -52,19 +52,20 @@ _pool_lock = threading.Lock()
 _pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, executor)
 
 
-def _single_thread() -> None:
-    torch.set_num_threads(1)  # per OS thread under OpenMP: the caller's count is unchanged
-
-
-def _executor(workers: int) -> ThreadPoolExecutor:
-    """The process's pool of ``workers`` one-thread workers (rebuilt after a fork)."""
+def one_thread_pool(workers: int) -> ThreadPoolExecutor:
+    """The process's pool of ``workers`` worker threads, each running torch on one thread
+    (under OpenMP the count is per OS thread: the caller's stays as it is). Shared by the
+    chunked passes and the evaluation's networks (:mod:`.batched`); rebuilt after a fork
+    or for another size. Work submitted from inside a worker must not wait on this pool
+    (a worker has one torch thread, so the chunked passes run inline there)."""
     global _pool
     with _pool_lock:
         if _pool is None or _pool[:2] != (os.getpid(), workers):
             if _pool is not None and _pool[0] == os.getpid():
                 _pool[2].shutdown(wait=False)
             _pool = (os.getpid(), workers, ThreadPoolExecutor(
-                workers, thread_name_prefix="mdk-chunks", initializer=_single_thread))
+                workers, thread_name_prefix="mdk-workers",
+                initializer=torch.set_num_threads, initargs=(1,)))
         return _pool[2]
 
 
@@ -91,7 +92,7 @@ def map_chunks(fn: Callable[[int, int], T], n: int, chunk: int,
         with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=cast):
             return fn(*bound)
 
-    yield from _executor(max(workers, 1)).map(call, bounds)
+    yield from one_thread_pool(max(workers, 1)).map(call, bounds)
 
 
 def chunk_size(net: nn.Module, x: Tensor, budget: int = CPU_CHUNK_BYTES) -> int:

@@ -70,7 +70,9 @@ class NoGradPasses(Protocol):
     """Gradient-free forward passes over large batches (implemented by
     ``mim4dd_kit/training/chunked.py``, handed to plugins through :class:`RunContext`)."""
 
-    def features(self, net: nn.Module, x: Tensor, budget: int) -> list[Tensor]: ...
+    def features(self, net: nn.Module, x: Tensor, budget: int,
+                 view: Callable[[list[Tensor]], list[Tensor]] | None = None,
+                 ) -> list[Tensor]: ...
 
     def class_sums(self, net: nn.Module, x: Tensor, labels: Tensor, num_classes: int,
                    layer: int, budget: int) -> Tensor: ...
@@ -107,17 +109,29 @@ class RunContext:
     #: where the regularizer's features are taken in each block (``Backbone.features``'s
     #: ``tap``; set by the engine from the regularizer's ``tap`` parameter)
     feature_tap: str = "output"
+    #: how the regularizer reads the real side's features at the ``"output"`` tap: a
+    #: row-wise reduction (``Regularizer.real_view``, e.g. per-channel means) a loss may
+    #: take chunk by chunk with ``nograd_features(..., view=...)``; None: whole features
+    real_view: Callable[[list[Tensor]], list[Tensor]] | None = field(default=None,
+                                                                     repr=False)
     #: how the gradient-free passes run (set by the toolkit to its chunked passes,
     #: ``mim4dd_kit/training/chunked.py``; None: plain whole-batch passes)
     passes: NoGradPasses | None = field(default=None, repr=False)
 
-    def nograd_features(self, net: nn.Module, x: Tensor) -> list[Tensor]:
+    def nograd_features(self, net: nn.Module, x: Tensor,
+                        view: Callable[[list[Tensor]], list[Tensor]] | None = None,
+                        ) -> list[Tensor]:
         """``net.features(x)`` without autograd (real-side features), as fast as the
-        device allows; equal to the plain pass up to float rounding."""
+        device allows; equal to the plain pass up to float rounding. With ``view`` (a
+        row-wise reduction), ``view(net.features(x))``, taken chunk by chunk so the
+        whole batch's features are never kept."""
         if self.passes is not None:
-            return self.passes.features(net, x, self.chunk_bytes)
+            if view is None:  # a NoGradPasses written before views keeps working
+                return self.passes.features(net, x, self.chunk_bytes)
+            return self.passes.features(net, x, self.chunk_bytes, view=view)
         with torch.no_grad():
-            return net.features(x)
+            feats = net.features(x)
+            return feats if view is None else view(feats)
 
     def nograd_class_sums(self, net: nn.Module, x: Tensor, labels: Tensor, num_classes: int,
                           layer: int = -1) -> Tensor:

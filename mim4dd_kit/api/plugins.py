@@ -136,6 +136,14 @@ class Regularizer(nn.Module):
         parameters model declares one, else ``"output"``."""
         return params.tap if "tap" in type(params).model_fields else "output"
 
+    def real_view(self) -> Callable[[list[Tensor]], list[Tensor]] | None:
+        """A row-wise reduction of the real side's block features (``"output"`` tap) that
+        this regularizer reads exactly as it reads the features themselves (e.g.
+        per-channel means for a critic on pooled input), or None. A DD loss may hand over
+        the reduced features instead (``ctx.real_view``), taking the reduction chunk by
+        chunk so the whole real batch's block features are never kept."""
+        return None
+
     def diagnostics(self) -> dict[str, float]:
         """Extra scalars logged at diagnostic iterations."""
         return {}

@@ -69,8 +69,16 @@ class DistributionMatching(DDLoss):
         layer = self.params.layer
         # the real side needs no graph: cache-sized passes on a CPU (ctx.nograd_*)
         if want_features:
-            real_feats = ctx.nograd_features(net, real)
-            sums, counts = class_sums(real_feats[layer].flatten(1), real_y, c)
+            # the regularizer's reduction of each chunk's features (if it reads one) and
+            # this loss's flattened block: the whole batch's features are never kept
+            view = ctx.real_view if ctx.feature_tap == "output" else None
+            if view is None:
+                real_feats = ctx.nograd_features(net, real)
+                own = real_feats[layer].flatten(1)
+            else:
+                own, *real_feats = ctx.nograd_features(
+                    net, real, view=lambda fs: [fs[layer].flatten(1), *view(fs)])
+            sums, counts = class_sums(own, real_y, c)
         else:
             real_feats = None
             sums = ctx.nograd_class_sums(net, real, real_y, c, layer)

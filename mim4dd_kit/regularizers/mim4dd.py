@@ -30,6 +30,7 @@ ones (docs/distributed.md).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -54,6 +55,15 @@ def class_mean_features(
     average = F.one_hot(index, len(classes)).T.to(feats[0].dtype)  # (K, M)
     average = average / average.sum(1, keepdim=True)
     return [(average @ f.flatten(1)).view(len(classes), *f.shape[1:]) for f in feats], classes
+
+
+def channel_means(feats: Tensor) -> Tensor:
+    """Each row's per-channel mean of a block's ``(N, C, ...)`` features: ``(N, C)``."""
+    return feats.flatten(2).mean(2)
+
+
+def _channel_mean_view(feats: list[Tensor]) -> list[Tensor]:
+    return [channel_means(f) if f.dim() > 2 else f for f in feats]
 
 
 def layer_weights(num_layers: int, beta: float) -> list[float]:
@@ -125,8 +135,16 @@ class MIM4DD(Regularizer):
     # -- pieces ---------------------------------------------------------------------------
     def _critic_view(self, feats: Tensor) -> Tensor:
         if self.params.critic_input == "channel_mean" and feats.dim() > 2:
-            return feats.flatten(2).mean(2)
+            return channel_means(feats)
         return feats.flatten(1)
+
+    def real_view(self) -> Callable[[list[Tensor]], list[Tensor]] | None:
+        """Under ``critic_input: channel_mean`` the real side is read only through each
+        block's per-channel means, which a DD loss may take chunk by chunk: this method
+        reads the (N, C_k) means exactly as the (N, C_k, H, W) features."""
+        if self.params.critic_input != "channel_mean":
+            return None
+        return _channel_mean_view
 
     def scores(self, syn_feats: list[Tensor], real_feats: list[Tensor]) -> list[Tensor]:
         """One (M, N) score matrix per selected layer."""

@@ -171,6 +171,9 @@ class Run(RegularizerSteps):
                                      feature_dims=[math.prod(sh) for sh in shapes],
                                      registry=reg, **extra).to(self.device)
         self.guard = RunGuard(self.reg)
+        # the reduction the regularizer reads the real side through (None: whole features)
+        view = getattr(self.reg, "real_view", None)
+        self.ctx.real_view = view() if view is not None else None
         if self.reg is not None and self.shard.active:
             self.reg.shard = self.shard  # the real features it gets are this rank's rows
         self._init_synthetic()

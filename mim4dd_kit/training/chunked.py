@@ -122,21 +122,34 @@ def _fast_twin(net: nn.Module) -> nn.Module:
     return copy.deepcopy(net).to(memory_format=torch.channels_last)
 
 
+#: a row-wise reduction of a batch's block features (e.g. per-channel means)
+FeatureView = Callable[[list[Tensor]], list[Tensor]]
+
+
 @torch.no_grad()
 def features(
-    net: nn.Module, x: Tensor, chunk: int | None = None, budget: int = CPU_CHUNK_BYTES
+    net: nn.Module, x: Tensor, chunk: int | None = None, budget: int = CPU_CHUNK_BYTES,
+    view: FeatureView | None = None,
 ) -> list[Tensor]:
-    """``net.features(x)`` without autograd, computed chunk by chunk."""
+    """``net.features(x)`` without autograd, computed chunk by chunk; with ``view``,
+    ``view(net.features(x))`` with the view taken of each chunk's features while they are
+    in cache (``view`` must treat rows independently), so the whole batch's block
+    features are never kept."""
     chunk = chunk or chunk_size(net, x, budget)
     if chunk >= len(x):
-        return net.features(x)
+        return net.features(x) if view is None else view(net.features(x))
     net = _fast_twin(net)
-    first = next(map_chunks(lambda i, j: net.features(x[i:j]), chunk, chunk))
-    # one buffer per block, each chunk's features written by its worker while in cache
+
+    def of(i: int, j: int) -> list[Tensor]:
+        f = net.features(x[i:j])
+        return f if view is None else [v.contiguous() for v in view(f)]
+
+    first = next(map_chunks(of, chunk, chunk))
+    # one buffer per output, each chunk's rows written by its worker while in cache
     out = [f.new_empty((len(x), *f.shape[1:])) for f in first]
 
     def fill(i: int, j: int) -> None:
-        for buf, f in zip(out, first if i == 0 else net.features(x[i:j]), strict=True):
+        for buf, f in zip(out, first if i == 0 else of(i, j), strict=True):
             buf[i:j] = f
 
     for _ in map_chunks(fill, len(x), chunk):
@@ -187,8 +200,9 @@ class ChunkedPasses:
     """These passes as the :class:`~mim4dd_kit.api.NoGradPasses` a run hands its plugins
     (``ctx.nograd_features`` ...), each chunked within ``budget`` bytes."""
 
-    def features(self, net: nn.Module, x: Tensor, budget: int) -> list[Tensor]:
-        return features(net, x, budget=budget)
+    def features(self, net: nn.Module, x: Tensor, budget: int,
+                 view: FeatureView | None = None) -> list[Tensor]:
+        return features(net, x, budget=budget, view=view)
 
     def class_sums(self, net: nn.Module, x: Tensor, labels: Tensor, num_classes: int,
                    layer: int, budget: int) -> Tensor:

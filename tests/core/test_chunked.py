@@ -46,6 +46,21 @@ def test_chunked_features_equal_the_whole_batch(chunk):
         assert not p.requires_grad
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_chunked_features_through_a_view_equal_the_view_of_the_whole_batch(chunk):
+    net = _net()
+    x = torch.randn(64, 1, 8, 8)
+
+    def view(fs):  # a block flattened and every block's per-channel means
+        return [fs[-1].flatten(1), *(f.flatten(2).mean(2) for f in fs)]
+
+    whole = view(net.features(x))
+    parts = chunked.features(net, x, chunk=chunk, view=view)
+    assert [p.shape for p in parts] == [w.shape for w in whole]
+    for p, w in zip(parts, whole, strict=True):
+        torch.testing.assert_close(p, w, rtol=1e-5, atol=1e-6)
+
+
 def test_class_sums_equal_class_means_times_counts():
     net = _net()
     x = torch.randn(30, 1, 8, 8)

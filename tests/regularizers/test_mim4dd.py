@@ -260,6 +260,28 @@ def test_channel_mean_critic_sees_per_channel_means():
         MIM4DD(p, num_classes=3, feature_dims=[4, 6], registry=default_registry())
 
 
+@pytest.mark.parametrize("preset", ["critic_free", "stable"])
+def test_pooled_critic_input_reads_the_real_view_as_the_features(preset):
+    p = MIM4DD.Params.model_validate({"preset": preset})
+    kw = dict(num_classes=3, feature_dims=[4 * 5 * 5, 6 * 2 * 2], registry=default_registry(),
+              feature_shapes=[(4, 5, 5), (6, 2, 2)])
+    torch.manual_seed(0)
+    a, b = MIM4DD(p, **kw), MIM4DD(p, **kw)
+    b.load_state_dict(a.state_dict())
+    syn = [torch.randn(6, 4, 5, 5), torch.randn(6, 6, 2, 2)]
+    real = [torch.randn(9, 4, 5, 5), torch.randn(9, 6, 2, 2)]
+    ys, yr = torch.arange(6) % 3, torch.arange(9) % 3
+    reduced = a.real_view()(real)
+    assert [tuple(r.shape) for r in reduced] == [(9, 4), (9, 6)]
+    torch.testing.assert_close(a(syn, ys, reduced, yr), b(syn, ys, real, yr))
+
+
+def test_flattened_critic_input_reads_the_whole_features():
+    p = MIM4DD.Params.model_validate({"preset": "literal"})
+    reg = MIM4DD(p, num_classes=3, feature_dims=[4, 6], registry=default_registry())
+    assert reg.real_view() is None
+
+
 def test_literal_preset_is_todays_objective():
     p = MIM4DD.Params(preset="literal")
     assert (p.discriminator, p.critic_input, p.critic_steps, p.critic_warmup, p.ramp,

@@ -39,3 +39,28 @@ def test_base_and_mim4dd_share_initial_images_batches_and_networks(tiny_recipe, 
     assert len(base[2]) == len(mim[2]) > 0
     assert all(torch.equal(a, b) for a, b in zip(base[2], mim[2], strict=True))
     assert not torch.equal(base[3], mim[3])  # the regularizer did change the images
+
+
+def test_dm_hands_the_regularizer_its_reduced_real_features(tiny_recipe, tmp_path,
+                                                            monkeypatch):
+    """With a pooled critic input DM takes each chunk's per-channel means instead of the
+    whole real features; the run takes the same steps as with the whole features."""
+    from mim4dd_kit.regularizers.mim4dd import MIM4DD
+
+    recipe = tiny_recipe(dd_loss={"name": "dm"},
+                         regularizer={"name": "mim4dd", "preset": "critic_free"})
+    seen = []
+    forward = MIM4DD.forward
+
+    def spy(self, syn_feats, syn_labels, real_feats, real_labels):
+        seen.append([tuple(f.shape) for f in real_feats])
+        return forward(self, syn_feats, syn_labels, real_feats, real_labels)
+
+    monkeypatch.setattr(MIM4DD, "forward", spy)
+    viewed = _trace(recipe, tmp_path / "viewed", steps=3)[3]
+    assert seen and all(len(s) == 2 for shapes in seen for s in shapes)  # (N, C) each
+    monkeypatch.setattr(MIM4DD, "real_view", lambda self: None)
+    seen.clear()
+    whole = _trace(recipe, tmp_path / "whole", steps=3)[3]
+    assert seen and all(len(s) == 4 for shapes in seen for s in shapes)  # (N, C, H, W)
+    torch.testing.assert_close(viewed, whole, rtol=1e-4, atol=1e-5)

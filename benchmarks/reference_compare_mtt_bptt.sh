@@ -20,6 +20,7 @@
 #   ITERS      image updates on both sides                   [mtt 100, bptt 30]
 #   WIDTH      ConvNet width on both sides                   [32]
 #   EXPERTS    MTT expert trajectories (toolkit-trained, exported to the reference) [4]
+#   MAX_START  MTT max_start_epoch on both sides             [the recipe's]
 #   SEEDS      distillation seeds per side                   [2]
 #   EPOCHS     evaluation epochs                             [the protocol's]
 #   MODELS     evaluation networks                           [the protocol's]
@@ -65,13 +66,27 @@ mkdir -p "$D/sets" "$D/eval"
 COMMIT=$(cat "$REF_DIR/COMMIT" 2>/dev/null || echo unknown)
 MDK_SET=(--set device=cpu --set "backbone.width=$WIDTH" --set 'evaluators=[]')
 MDK_EXTRA=()
-[ "$METHOD" = mtt ] && MDK_EXTRA+=(--set "dd_loss.num_experts=$EXPERTS")
+if [ "$METHOD" = mtt ]; then
+    OVERRIDES=("dd_loss.num_experts=$EXPERTS")
+    # MAX_START: a smaller max_start_epoch on both sides (experts then train
+    # MAX_START - 1 + expert_epochs epochs instead of the recipe's 21-22)
+    [ -n "${MAX_START:-}" ] && OVERRIDES+=("dd_loss.max_start_epoch=$MAX_START")
+    for o in "${OVERRIDES[@]}"; do MDK_EXTRA+=(--set "$o"); done
+    # the reference's arguments from the recipe as the toolkit resolves it (overrides too)
+    read -r SYN_STEPS EXPERT_EPOCHS MAX_START_EPOCH LR_IMG LR_LR LR_TEACHER < <("$PY" -c "
+import sys
+from mim4dd_kit.config.recipe import load_recipe
+r = load_recipe(sys.argv[1], sys.argv[2:])
+d = r.dd_loss.model_dump()
+print(d['syn_steps'], d['expert_epochs'], d['max_start_epoch'], r.synthetic.lr,
+      r.synthetic.lr_lr, d['lr_teacher'])" "$RECIPE" "${OVERRIDES[@]}")
+fi
 
 # 0. MTT: the toolkit's experts, exported to the reference's replay-buffer format
 if [ "$METHOD" = mtt ]; then
     echo "[$(date -u +%T)] mdk buffer ($EXPERTS experts)"
     $RUN "$MDK" buffer "$RECIPE" --device cpu --set "backbone.width=$WIDTH" \
-        --set "dd_loss.num_experts=$EXPERTS" --json > "$D/buffer.json"
+        "${MDK_EXTRA[@]}" --json > "$D/buffer.json"
     BUF=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['path'])" "$D/buffer.json" \
           2>/dev/null || true)
     [ -n "$BUF" ] || BUF=$(ls -d "$MDK_CACHE"/buffers/*/ | head -1)
@@ -91,8 +106,9 @@ torch.save(load_synthetic(sys.argv[1]).images.clone(), sys.argv[2])" \
     mkdir -p "$D/ref_s$s"
     if [ "$METHOD" = mtt ]; then
         REF_CMD=(python -W ignore "$SCRIPT" --dataset FashionMNIST --model "$REF_MODEL"
-                 --ipc "$IPC" --syn_steps 50 --expert_epochs 2 --max_start_epoch 2
-                 --lr_img 1000 --lr_lr 1e-07 --lr_teacher 0.01 --Iteration "$ITERS"
+                 --ipc "$IPC" --syn_steps "$SYN_STEPS" --expert_epochs "$EXPERT_EPOCHS"
+                 --max_start_epoch "$MAX_START_EPOCH" --lr_img "$LR_IMG" --lr_lr "$LR_LR"
+                 --lr_teacher "$LR_TEACHER" --Iteration "$ITERS"
                  --eval_it "$ITERS" --num_eval 0 --buffer_path "$D/buffers"
                  --data_path "$REF_DATA")
         echo "[$(date -u +%T)] reference seed $s: ${REF_CMD[*]}"

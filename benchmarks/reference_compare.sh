@@ -5,7 +5,7 @@
 # (on the first seed) with the reference's own evaluator. See
 # benchmarks/reference_compare.md for the set-up (reference copy, patches, data layout).
 #
-#   bash benchmarks/reference_compare.sh dm 1      # method (dm | dsa), IPC (1 | 10)
+#   bash benchmarks/reference_compare.sh dm 1      # method (dm | dc | dsa), IPC (1 | 10)
 #
 # Environment (defaults in brackets):
 #   REF_DIR    patched copy of the reference         [/work/refs/DatasetCondensation]
@@ -25,11 +25,11 @@
 #   SAME_INIT  1: both sides start from the toolkit's starting images for each seed (one
 #              reference process per seed, --num_exp 1, given them by INIT_IMAGES; needs
 #              a copy with the init patch, REF_DIR default /work/refs/sidebyside/dsa);
-#              dsa only; outputs go to dsa_ipc<N>_sameinit      [0]
+#              dc and dsa (main.py); outputs go to <method>_ipc<N>_sameinit   [0]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-METHOD=${1:?method: dm or dsa}
+METHOD=${1:?method: dm, dc or dsa}
 IPC=${2:?ipc: 1 or 10}
 SAME_INIT=${SAME_INIT:-0}
 if [ "$SAME_INIT" = 1 ]; then
@@ -59,14 +59,17 @@ case $METHOD in
     dsa) ITERS=${ITERS:-49}; SCRIPT=main.py
          REF_ARGS=(--method DSA --init real --dsa_strategy color_crop_cutout_flip_scale_rotate)
          OUTER=$([ "$IPC" = 1 ] && echo 1 || echo 10) ;;
-    *) echo "unknown method $METHOD (dm | dsa)" >&2; exit 2 ;;
+    # DC: main.py's defaults (--init noise, no augmentation), as the dc recipes
+    dc) ITERS=${ITERS:-49}; SCRIPT=main.py; REF_ARGS=(--method DC --init noise)
+        OUTER=$([ "$IPC" = 1 ] && echo 1 || echo 10) ;;
+    *) echo "unknown method $METHOD (dm | dc | dsa)" >&2; exit 2 ;;
 esac
 # main.py / main_DM.py loop `for it in range(Iteration + 1)`: ITERS+1 outer iterations,
 # each of OUTER image updates; mdk counts image updates
 MDK_ITERS=$(( (ITERS + 1) * OUTER ))
 TAG=${METHOD}_ipc${IPC}
 if [ "$SAME_INIT" = 1 ]; then
-    [ "$METHOD" = dsa ] || { echo "SAME_INIT=1 is for dsa (main.py is the patched script)" >&2; exit 2; }
+    [ "$SCRIPT" = main.py ] || { echo "SAME_INIT=1 is for dc and dsa (main.py is the patched script)" >&2; exit 2; }
     TAG=${TAG}_sameinit
 else
     [ "$SEED0" = 0 ] || { echo "SEED0 is for SAME_INIT=1 (the reference seeds itself)" >&2; exit 2; }

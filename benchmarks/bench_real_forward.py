@@ -3,7 +3,9 @@
 Times ``net.features`` over the real batch of one DM iteration at Fashion-MNIST sizes
 (ConvNet width 128, instance norm, 10 classes x 256 images) in one pass, in cache-sized
 chunks (NCHW), and in chunks through the channels-last twin that ``mim4dd_kit.training.chunked``
-uses on a CPU; then profiles one full ``dm`` iteration by operator.
+uses on a CPU (one after another, and on the one-thread workers as the toolkit runs them),
+and the convolutions of those chunks alone (the floor of the pass); then profiles one full
+``dm`` iteration by operator.
 
     python benchmarks/bench_real_forward.py
     python benchmarks/bench_real_forward.py --images 1280 --width 64 --no-profile
@@ -53,10 +55,31 @@ def main() -> None:
             for i in range(0, len(x), size):
                 model.features(x[i:i + size])
 
+    # the convolutions alone, each on the input it sees in a chunk's forward pass
+    convs = [blk[0] for blk in twin.blocks]
+    with torch.no_grad():
+        inputs, h = [], x[:chunk].contiguous(memory_format=torch.channels_last)
+        for blk in twin.blocks:
+            inputs.append(h)
+            h = blk(h)
+
+    def convs_only(i, j):
+        for conv, a in zip(convs, inputs, strict=True):
+            conv(a[:j - i])
+
+    def on_workers(fn):
+        for _ in chunked.map_chunks(fn, len(x), chunk):
+            pass
+
     rows = [("whole batch, NCHW", _time(lambda: run(net, len(x)), args.repeat)),
             (f"chunks of {chunk}, NCHW", _time(lambda: run(net, chunk), args.repeat)),
-            (f"chunks of {chunk}, channels-last twin (toolkit)",
-             _time(lambda: run(twin, chunk), args.repeat))]
+            (f"chunks of {chunk}, channels-last twin, one after another",
+             _time(lambda: run(twin, chunk), args.repeat)),
+            (f"chunks of {chunk}, channels-last twin, on {args.threads} one-thread workers "
+             "(toolkit)",
+             _time(lambda: on_workers(lambda i, j: twin.features(x[i:j])), args.repeat)),
+            ("the same chunks' convolutions alone, on the workers",
+             _time(lambda: on_workers(convs_only), args.repeat))]
     print(f"real forward of {args.images} images, ConvNet width {args.width}, "
           f"{args.threads} threads\n")
     print("| pass | seconds |\n|---|---|")

@@ -390,7 +390,7 @@ def validate_recipe(
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise _format(
-            source, root, [Problem(tuple(e["loc"]), _pretty(e)) for e in exc.errors()],
+            source, root, [Problem(tuple(e["loc"]), _pretty(e, Recipe)) for e in exc.errors()],
             overrides,
         ) from None
     problems: list[Problem] = []

@@ -23,6 +23,7 @@ import functools
 import importlib.util
 import reprlib
 import sys
+import typing
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -345,7 +346,7 @@ class Registry:
             params = model.model_validate(ref.params)
         except ValidationError as exc:
             raise ParamsError(
-                [Problem(tuple(e["loc"]), _pretty(e)) for e in exc.errors()]
+                [Problem(tuple(e["loc"]), _pretty(e, model)) for e in exc.errors()]
             ) from None
         problems: list[Problem] = []
         for field, value in params:
@@ -422,15 +423,49 @@ def _refs(value: Any) -> list[tuple[tuple[str | int, ...], ComponentRef]]:
     return []
 
 
-def _pretty(err: dict[str, Any]) -> str:
+def _pretty(err: dict[str, Any], model: type[BaseModel] | None = None) -> str:
+    """One validation error as a short message; an unknown key of ``model`` (or of a
+    model nested in it, along the error's location) gets the closest known key."""
     if err["type"] == "extra_forbidden":
-        return "unknown key"
+        loc = tuple(err["loc"])
+        known = _known_keys(model, loc[:-1]) if model is not None and loc else []
+        hint = difflib.get_close_matches(str(loc[-1]), known, n=1) if known else []
+        return f"unknown key (did you mean {hint[0]!r}?)" if hint else "unknown key"
     if err["type"] == "missing":
         return "required key is missing"
     msg = err["msg"].removeprefix("Value error, ")
     if "input" in err and err["type"] not in ("missing",):
         msg += f" (got {_bounded_repr(err['input'])})"
     return msg
+
+
+def _known_keys(model: Any, path: tuple[str | int, ...]) -> list[str]:
+    """The keys (field names and aliases) of the Pydantic model found by following
+    ``path`` from ``model`` through fields, optionals, lists and dicts; [] if none."""
+    for part in path:
+        if isinstance(part, int) or model is None:
+            continue  # a list index: the model is the list's item type (unwrapped below)
+        fields = getattr(model, "model_fields", None)
+        if fields is None:
+            return []
+        field = fields.get(part) or next(
+            (f for f in fields.values() if f.alias == part), None)
+        if field is None:
+            return []
+        model = _model_in(field.annotation)
+    fields = getattr(model, "model_fields", None) or {}
+    return [k for name, f in fields.items() for k in {name, f.alias or name}]
+
+
+def _model_in(annotation: Any) -> Any:
+    """The Pydantic model inside an annotation (``X``, ``X | None``, ``list[X]``...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 _REPR = reprlib.Repr()

@@ -51,6 +51,28 @@ def test_unknown_component_key_names_path_and_line(tmp_path):
     assert "r.yaml:11: backbone.depht: unknown key" in str(e.value)
 
 
+@pytest.mark.parametrize("old,new,expected", [
+    ("  depth: 2", "  depht: 2", "backbone.depht: unknown key (did you mean 'depth'?)"),
+    ("iterations:", "iteratons:", "synthetic.iteratons: unknown key (did you mean "
+     "'iterations'?)"),
+    ("out_dim: 16", "out_dmi: 16", "regularizer.critic.out_dmi: unknown key (did you mean "
+     "'out_dim'?)"),
+    ("synthetic:", "synthethic:", "synthethic: unknown key (did you mean 'synthetic'?)"),
+])
+def test_unknown_key_names_the_closest_known_key(tmp_path, old, new, expected):
+    assert old in GOOD
+    with pytest.raises(RecipeError) as e:
+        load_recipe(_write(tmp_path, GOOD.replace(old, new, 1)))
+    assert expected in str(e.value)
+
+
+def test_unknown_key_far_from_every_known_key_gets_no_guess(tmp_path):
+    with pytest.raises(RecipeError) as e:
+        load_recipe(_write(tmp_path, GOOD.replace("  depth: 2", "  zzzzqqq: 2")))
+    assert "backbone.zzzzqqq: unknown key" in str(e.value)
+    assert "did you mean" not in str(e.value)
+
+
 def test_nested_critic_parameter_error(tmp_path):
     bad = GOOD.replace("out_dim: 16", "out_dim: -3")
     with pytest.raises(RecipeError, match=r"r.yaml:17: regularizer\.critic\.out_dim"):

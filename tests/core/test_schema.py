@@ -80,7 +80,7 @@ def test_set_errors_name_the_override(tmp_path):
         load_recipe(path, ["synthetic.iteratons=100"])
     # the file the override applies to, then the override: no line of the file
     assert str(info.value) == (f"{path}: --set synthetic.iteratons=100: synthetic.iteratons: "
-                               "unknown key")
+                               "unknown key (did you mean 'iterations'?)")
     with pytest.raises(RecipeError, match=r"yaml: --set backbone.depht=3: backbone.depht: unkn"):
         load_recipe(path, ["backbone.depht=3"])
     # a problem in the file itself still names its line

@@ -153,7 +153,9 @@ def _recipe(case: str, args) -> dict:
         "dd_loss": {"name": method, **LOSS_PARAMS[method]},
         "augmentation": {"name": "dsa"},
         "evaluators": [],
-        "performance": {"bf16": args.bf16, "channels_last": not args.no_channels_last},
+        "performance": {"bf16": args.bf16, "channels_last": not args.no_channels_last,
+                        # as in a full-length run (auto compiles from 200 iterations)
+                        "compile_passes": not args.no_compile_passes},
     }
     if method == "mtt":
         data["dd_loss"].update(train_epochs=args.mtt_expert_epochs)
@@ -235,6 +237,9 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true", help="performance.bf16: bfloat16 autocast")
     ap.add_argument("--no-channels-last", action="store_true",
                     help="performance.channels_last: false (NCHW networks)")
+    ap.add_argument("--no-compile-passes", action="store_true",
+                    help="performance.compile_passes: false (eager gradient-free passes; "
+                    "a full-length CPU run compiles them)")
     ap.add_argument("--mim", choices=sorted(MIM_SETTINGS), default="shipped",
                     help="the regularizer of the + mim4dd cases")
     ap.add_argument("--json", action="store_true")
@@ -250,7 +255,8 @@ def main() -> None:
             "--mtt-expert-epochs", str(args.mtt_expert_epochs),
             "--mtt-expert-images", str(args.mtt_expert_images), "--mim", args.mim,
             *(["--bf16"] if args.bf16 else []),
-            *(["--no-channels-last"] if args.no_channels_last else [])]
+            *(["--no-channels-last"] if args.no_channels_last else []),
+            *(["--no-compile-passes"] if args.no_compile_passes else [])]
     rows = []
     cases = [c for c in CASES if (c == "eval_model" and not args.no_eval)
              or (c != "eval_model" and _method(c) in args.methods)]
@@ -273,7 +279,8 @@ def format_table(rows: list[dict], args) -> str:
     setting = (f"IPC {args.ipc}, width {args.width}, batch_real {args.batch_real}/class, "
                f"{rows[0]['device']}, {rows[0]['threads']} threads, "
                f"{'bf16 autocast' if args.bf16 else 'fp32'}, "
-               f"performance.channels_last {not args.no_channels_last}")
+               f"performance.channels_last {not args.no_channels_last}, "
+               f"performance.compile_passes {not args.no_compile_passes}")
     lines = [f"Setting: {setting}", "",
              "| method | ours s/iter | baseline formulation s/iter | speed-up | peak RSS MB "
              "| + mim4dd s/iter | mim4dd overhead | peak RSS MB + mim4dd |",

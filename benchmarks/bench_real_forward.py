@@ -3,7 +3,8 @@
 Times ``net.features`` over the real batch of one DM iteration at Fashion-MNIST sizes
 (ConvNet width 128, instance norm, 10 classes x 256 images) in one pass, in cache-sized
 chunks (NCHW), and in chunks through the channels-last twin that ``mim4dd_kit.training.chunked``
-uses on a CPU (one after another, and on the one-thread workers as the toolkit runs them),
+uses on a CPU (one after another, and on the one-thread workers as the toolkit runs them,
+eagerly and compiled),
 and the convolutions of those chunks alone (the floor of the pass); then profiles one full
 ``dm`` iteration by operator.
 
@@ -78,6 +79,10 @@ def main() -> None:
             (f"chunks of {chunk}, channels-last twin, on {args.threads} one-thread workers "
              "(toolkit)",
              _time(lambda: on_workers(lambda i, j: twin.features(x[i:j])), args.repeat)),
+            (f"chunks of {chunk}, channels-last twin, on {args.threads} one-thread workers, "
+             "compiled (`performance.compile_passes`)",
+             _time(lambda: on_workers(lambda i, j: chunked.COMPILED.features(twin, x[i:j])),
+                   args.repeat)),
             ("the same chunks' convolutions alone, on the workers",
              _time(lambda: on_workers(convs_only), args.repeat))]
     print(f"real forward of {args.images} images, ConvNet width {args.width}, "

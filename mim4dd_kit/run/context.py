@@ -10,7 +10,7 @@ and ``mdk baseline`` shares its data loading (:func:`load_data`).
 from __future__ import annotations
 
 from ..api import DatasetRef, RealData, RunContext, Shard
-from ..config.performance import backbone_factory, chunk_bytes
+from ..config.performance import backbone_factory, chunk_bytes, compile_passes
 from ..config.recipe import Recipe
 from ..config.registry import Registry
 from ..core.runtime import cache_dir
@@ -52,5 +52,5 @@ def build_context(
         data, s.ipc, s.batch_real, device, backbone_factory(build, perf, device), augment,
         r.seed, {"name": r.backbone.name, **r.backbone.params}, cache_dir(),
         {"name": r.dataset.name, **r.dataset.params}, shard or Shard(), chunk_bytes(perf),
-        s.formation, passes=ChunkedPasses(),
+        s.formation, passes=ChunkedPasses(compile_passes(perf, device, s.iterations)),
     )

@@ -35,6 +35,7 @@ import copy
 import math
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -70,12 +71,14 @@ def one_thread_pool(workers: int) -> ThreadPoolExecutor:
 
 
 def map_chunks(fn: Callable[[int, int], T], n: int, chunk: int,
-               workers: int | None = None) -> Iterator[T]:
+               workers: int | None = None, serial_first: bool = False) -> Iterator[T]:
     """``fn(i, j)`` for the chunks ``[i, j)`` of ``range(n)``, results in chunk order.
 
     Each call runs on one thread without autograd, under the caller's CPU autocast
     state; ``workers`` (default: torch's thread count) run them concurrently. With one
-    thread the calls run in the caller's thread.
+    thread the calls run in the caller's thread. ``serial_first``: the first chunk, and
+    the last one where its size differs, run alone before the others (one worker, one
+    thread as always), so that work done once per input shape (compiling) is not raced.
     """
     bounds = [(i, min(i + chunk, n)) for i in range(0, n, chunk)]
     workers = workers or torch.get_num_threads()
@@ -92,7 +95,71 @@ def map_chunks(fn: Callable[[int, int], T], n: int, chunk: int,
         with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=cast):
             return fn(*bound)
 
-    yield from one_thread_pool(max(workers, 1)).map(call, bounds)
+    pool = one_thread_pool(max(workers, 1))
+    if not serial_first or len(bounds) < 2:
+        yield from pool.map(call, bounds)
+        return
+    first, last = bounds[0], bounds[-1]
+    ahead = {first: pool.submit(call, first).result()}
+    if last[1] - last[0] != first[1] - first[0]:
+        ahead[last] = pool.submit(call, last).result()
+    rest = pool.map(call, [b for b in bounds if b not in ahead])
+    for b in bounds:
+        yield ahead[b] if b in ahead else next(rest)
+
+
+class _Compiled:
+    """``net.features(x)`` and ``net(x)`` through ``torch.compile`` (Inductor), shared by
+    every network: modules are inlined, so a fresh network of the same structure reuses
+    the compiled code (one compilation per input shape and architecture). If compiling
+    fails (e.g. no C++ compiler) one warning is printed and the passes run eagerly."""
+
+    def __init__(self) -> None:
+        self._features: Callable | None = None
+        self._forward: Callable | None = None
+        self.broken: str | None = None
+        self._lock = threading.Lock()
+
+    def _build(self) -> None:
+        if self._features is None:
+            self._features = torch.compile(lambda net, x: net.features(x), dynamic=False)
+            self._forward = torch.compile(lambda net, x: net(x), dynamic=False)
+
+    def _call(self, which: str, net: nn.Module, x: Tensor):
+        eager = net.features if which == "features" else net
+        if self.broken is not None:
+            return eager(x)
+        with self._lock:
+            self._build()
+        try:
+            return (self._features if which == "features" else self._forward)(net, x)
+        except Exception as exc:  # compilation failed: say so once, then stay eager
+            with self._lock:
+                if self.broken is None:
+                    self.broken = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                    warnings.warn(
+                        "performance.compile_passes: torch.compile failed "
+                        f"({self.broken}); the gradient-free passes run uncompiled",
+                        RuntimeWarning, stacklevel=2)
+            return eager(x)
+
+    def features(self, net: nn.Module, x: Tensor) -> list[Tensor]:
+        return self._call("features", net, x)
+
+    def forward(self, net: nn.Module, x: Tensor) -> Tensor:
+        return self._call("forward", net, x)
+
+
+#: the process's compiled passes (their compiled code is shared by every network)
+COMPILED = _Compiled()
+
+
+def _features_of(net: nn.Module, compiled: bool) -> Callable[[Tensor], list[Tensor]]:
+    return (lambda x: COMPILED.features(net, x)) if compiled else net.features
+
+
+def _forward_of(net: nn.Module, compiled: bool) -> Callable[[Tensor], Tensor]:
+    return (lambda x: COMPILED.forward(net, x)) if compiled else net
 
 
 def chunk_size(net: nn.Module, x: Tensor, budget: int = CPU_CHUNK_BYTES) -> int:
@@ -129,19 +196,21 @@ FeatureView = Callable[[list[Tensor]], list[Tensor]]
 @torch.no_grad()
 def features(
     net: nn.Module, x: Tensor, chunk: int | None = None, budget: int = CPU_CHUNK_BYTES,
-    view: FeatureView | None = None,
+    view: FeatureView | None = None, compiled: bool = False,
 ) -> list[Tensor]:
     """``net.features(x)`` without autograd, computed chunk by chunk; with ``view``,
     ``view(net.features(x))`` with the view taken of each chunk's features while they are
     in cache (``view`` must treat rows independently), so the whole batch's block
-    features are never kept."""
+    features are never kept. ``compiled``: through :data:`COMPILED` (chunked batches
+    only)."""
     chunk = chunk or chunk_size(net, x, budget)
     if chunk >= len(x):
         return net.features(x) if view is None else view(net.features(x))
     net = _fast_twin(net)
+    feats = _features_of(net, compiled)
 
     def of(i: int, j: int) -> list[Tensor]:
-        f = net.features(x[i:j])
+        f = feats(x[i:j])
         return f if view is None else [v.contiguous() for v in view(f)]
 
     first = next(map_chunks(of, chunk, chunk))
@@ -152,7 +221,7 @@ def features(
         for buf, f in zip(out, first if i == 0 else of(i, j), strict=True):
             buf[i:j] = f
 
-    for _ in map_chunks(fill, len(x), chunk):
+    for _ in map_chunks(fill, len(x), chunk, serial_first=compiled):
         pass
     return out
 
@@ -160,24 +229,26 @@ def features(
 @torch.no_grad()
 def class_sums(
     net: nn.Module, x: Tensor, labels: Tensor, num_classes: int, layer: int = -1,
-    chunk: int | None = None, budget: int = CPU_CHUNK_BYTES,
+    chunk: int | None = None, budget: int = CPU_CHUNK_BYTES, compiled: bool = False,
 ) -> Tensor:
     """Per-class sums ``(C, D)`` of one block's flattened features, chunk by chunk.
 
     Nothing but the running sums is kept, so the real batch's features are never
-    concatenated.
+    concatenated. ``compiled``: through :data:`COMPILED` (chunked batches only).
     """
     if len(x) == 0:
         raise ValueError("class_sums needs at least one image")
     chunk = chunk or chunk_size(net, x, budget)
+    compiled = compiled and chunk < len(x)
     if chunk < len(x):
         net = _fast_twin(net)
+    feats = _features_of(net, compiled)
 
     def partial(i: int, j: int) -> Tensor:
-        f = net.features(x[i:j])[layer].flatten(1)
+        f = feats(x[i:j])[layer].flatten(1)
         return f.new_zeros(num_classes, f.shape[1]).index_add_(0, labels[i:j], f)
 
-    parts = map_chunks(partial, len(x), chunk)
+    parts = map_chunks(partial, len(x), chunk, serial_first=compiled)
     sums = next(parts)
     for p in parts:  # chunk order: the same sums for any number of workers
         sums += p
@@ -186,27 +257,35 @@ def class_sums(
 
 @torch.no_grad()
 def logits(
-    net: nn.Module, x: Tensor, chunk: int | None = None, budget: int = CPU_CHUNK_BYTES
+    net: nn.Module, x: Tensor, chunk: int | None = None, budget: int = CPU_CHUNK_BYTES,
+    compiled: bool = False,
 ) -> Tensor:
-    """``net(x)`` without autograd, computed chunk by chunk."""
+    """``net(x)`` without autograd, computed chunk by chunk. ``compiled``: through
+    :data:`COMPILED` (chunked batches only)."""
     chunk = chunk or chunk_size(net, x, budget)
     if chunk >= len(x):
         return net(x)
-    net = _fast_twin(net)
-    return torch.cat(list(map_chunks(lambda i, j: net(x[i:j]), len(x), chunk)))
+    forward = _forward_of(_fast_twin(net), compiled)
+    return torch.cat(list(map_chunks(lambda i, j: forward(x[i:j]), len(x), chunk,
+                                     serial_first=compiled)))
 
 
 class ChunkedPasses:
     """These passes as the :class:`~mim4dd_kit.api.NoGradPasses` a run hands its plugins
-    (``ctx.nograd_features`` ...), each chunked within ``budget`` bytes."""
+    (``ctx.nograd_features`` ...), each chunked within ``budget`` bytes, compiled when
+    ``compiled`` (the recipe's ``performance.compile_passes``)."""
+
+    def __init__(self, compiled: bool = False) -> None:
+        self.compiled = compiled
 
     def features(self, net: nn.Module, x: Tensor, budget: int,
                  view: FeatureView | None = None) -> list[Tensor]:
-        return features(net, x, budget=budget, view=view)
+        return features(net, x, budget=budget, view=view, compiled=self.compiled)
 
     def class_sums(self, net: nn.Module, x: Tensor, labels: Tensor, num_classes: int,
                    layer: int, budget: int) -> Tensor:
-        return class_sums(net, x, labels, num_classes, layer, budget=budget)
+        return class_sums(net, x, labels, num_classes, layer, budget=budget,
+                          compiled=self.compiled)
 
     def logits(self, net: nn.Module, x: Tensor, budget: int) -> Tensor:
-        return logits(net, x, budget=budget)
+        return logits(net, x, budget=budget, compiled=self.compiled)

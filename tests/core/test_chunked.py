@@ -176,3 +176,87 @@ def test_chunk_pool_is_rebuilt_in_a_forked_child():
             os._exit(code)
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_serial_first_runs_the_first_and_odd_last_chunk_alone_then_keeps_the_order():
+    import threading
+
+    started, lock = [], threading.Lock()
+
+    def fn(i, j):
+        with lock:
+            started.append(i)
+        return (i, j)
+
+    with _threads(2):
+        got = list(chunked.map_chunks(fn, 23, 5, serial_first=True))
+    assert got == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23)]
+    assert started[:2] == [0, 20]  # the first chunk, then the last (3 images, not 5)
+    started.clear()
+    with _threads(2):
+        list(chunked.map_chunks(fn, 20, 5, serial_first=True))
+    assert started[0] == 0 and sorted(started) == [0, 5, 10, 15]
+
+
+def _has_cxx():
+    import shutil
+
+    return any(shutil.which(c) for c in ("c++", "g++", "clang++"))
+
+
+@pytest.mark.skipif(not _has_cxx(), reason="torch.compile's CPU backend needs a C++ compiler")
+def test_compiled_passes_equal_the_eager_ones_and_do_not_depend_on_the_workers():
+    net = _net()
+    x = torch.randn(50, 1, 8, 8)
+    y = torch.arange(50) % 3
+    eager = chunked.features(net, x, chunk=7)
+    runs = []
+    for workers in (1, 2):
+        with _threads(workers):
+            runs.append((chunked.features(net, x, chunk=7, compiled=True),
+                         chunked.class_sums(net, x, y, 3, chunk=7, compiled=True),
+                         chunked.logits(net.eval(), x, chunk=7, compiled=True)))
+        net.train()
+    assert chunked.COMPILED.broken is None
+    for got, want in zip(runs[0][0], eager, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(runs[0][1], chunked.class_sums(net, x, y, 3, chunk=7),
+                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(runs[0][2], chunked.logits(net.eval(), x, chunk=7),
+                               rtol=1e-4, atol=1e-5)
+    one, two = runs
+    assert all(torch.equal(a, b) for a, b in zip(one[0], two[0], strict=True))
+    assert torch.equal(one[1], two[1]) and torch.equal(one[2], two[2])
+
+
+def test_a_failing_compilation_warns_once_and_the_passes_run_uncompiled(monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no compiler here\nmore detail")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(chunked, "COMPILED", chunked._Compiled())
+    net = _net()
+    x = torch.randn(30, 1, 8, 8)
+    with pytest.warns(RuntimeWarning, match="compile_passes: torch.compile failed "
+                                            r"\(RuntimeError: no compiler here\)"):
+        got = chunked.features(net, x, chunk=7, compiled=True)
+    for a, b in zip(got, chunked.features(net, x, chunk=7), strict=True):
+        assert torch.equal(a, b)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning
+        chunked.logits(net.eval(), x, chunk=7, compiled=True)
+
+
+@pytest.mark.parametrize("setting,device,iterations,expected", [
+    ("auto", "cpu", 200, True), ("auto", "cpu", 199, False), ("auto", "cuda", 5000, False),
+    (True, "cpu", 3, True), (False, "cpu", 5000, False), (True, "cuda", 5000, False),
+])
+def test_compile_passes_setting(setting, device, iterations, expected):
+    from mim4dd_kit.config.performance import PerformanceSettings, compile_passes
+
+    settings = PerformanceSettings(compile_passes=setting)
+    assert compile_passes(settings, torch.device(device), iterations) is expected

@@ -74,7 +74,7 @@ class TrainFromScratch(Evaluator):
                 device=request.device, epochs=p.epochs, lr=lr, momentum=p.momentum,
                 weight_decay=p.weight_decay, batch_size=p.batch_size, augment=augment,
                 batched=batched, lr_decay=p.lr_decay,
-                workers=p.workers or torch.get_num_threads(),
+                workers=p.workers or torch.get_num_threads(), compiled=p.compile,
             )
             if not group.batched:
                 # the architecture decides: later chunks go one by one without a new probe

@@ -262,6 +262,7 @@ def train_networks(
     batched: bool = True,
     lr_decay: bool = True,
     workers: int = 1,
+    compiled: bool = False,
 ) -> TrainedNetworks:
     """Build and train one network per seed, stacked when the architecture allows it.
 
@@ -269,7 +270,8 @@ def train_networks(
     on the random stream ``seed_i`` (its initialisation, batch orders and augmentation
     draws), so the result is the same, up to floating-point rounding, whether the
     networks are trained together or one by one. The caller's random stream is
-    untouched.
+    untouched. ``compiled``: networks trained one by one go through ``torch.compile``
+    (:func:`~mim4dd_kit.training.loop.train_network`); stacked training stays eager.
     """
     hyper = dict(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
                  batch_size=batch_size, augment=augment, lr_decay=lr_decay)
@@ -292,6 +294,7 @@ def train_networks(
                 train_stacked(stack, streams, images, labels, **hyper)
                 stack.write_back(nets)
                 return TrainedNetworks(nets, True, None, stack)
+    hyper["compiled"] = compiled
     if workers > 1 and device.type == "cpu" and len(seeds) > 1:
         nets, why_not = _train_on_workers(build, seeds, images, labels, workers, hyper)
         if nets is not None:

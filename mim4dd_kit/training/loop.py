@@ -9,6 +9,11 @@ networks. Stacked training of several networks at once is :mod:`.batched`.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import threading
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -44,6 +49,7 @@ def sgd_epochs(
     epochs: int, batch: int, augment: Augment | None = None,
     on_epoch: Callable[[int], None] | None = None,
     generator: torch.Generator | None = None,
+    forward: Callable[[Tensor], Tensor] | None = None,
 ) -> None:
     """``epochs`` passes over a shuffled set in minibatches of ``batch`` (last one partial),
     as the reference code's ``DataLoader(shuffle=True)`` + ``epoch('train', ...)``.
@@ -51,15 +57,16 @@ def sgd_epochs(
     Each epoch draws one permutation from the global torch RNG (or ``generator``);
     ``augment`` (drawing from the same stream: it is passed ``generator`` when one is
     given) is applied to every minibatch. ``on_epoch(epoch)`` runs after each epoch
-    (0-based).
+    (0-based). ``forward`` (default ``net``) computes the logits, e.g. a compiled ``net``.
     """
+    forward = net if forward is None else forward
     for epoch in range(epochs):
         order = torch.randperm(len(labels), device=labels.device, generator=generator)
         for idx in order.split(batch):
             x = images[idx]
             if augment is not None:
                 x = augment(x) if generator is None else augment(x, generator=generator)
-            loss = F.cross_entropy(net(x), labels[idx])
+            loss = F.cross_entropy(forward(x), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -97,18 +104,45 @@ def train_network(
     augment: Augment | None = None,
     lr_decay: bool = True,
     generator: torch.Generator | None = None,
+    compiled: bool = False,
 ) -> nn.Module:
     """The evaluation protocol's training: SGD with momentum and weight decay in train
     mode, lr x0.1 after half the epochs (``lr_decay``); reports every epoch to the
-    running evaluation's progress (:func:`mim4dd_kit.core.progress.epochs_done`)."""
+    running evaluation's progress (:func:`mim4dd_kit.core.progress.epochs_done`).
+
+    ``compiled``: forward and backward through ``torch.compile`` (Inductor fuses the
+    normalisation, activation and pooling of each block, forward and backward); the
+    first epoch, where the compilation happens, holds a process-wide lock so that
+    networks trained concurrently on worker threads do not compile at once. Without a
+    C++ compiler one warning is printed and the network trains uncompiled."""
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    forward = _compiled_forward(net) if compiled else None
     decay_at = epochs // 2 if lr_decay else epochs
     for epoch in range(epochs):
         if epoch == decay_at and epoch > 0:
             for group in opt.param_groups:
                 group["lr"] = lr * 0.1
         net.train()
-        sgd_epochs(net, opt, images, labels, epochs=1, batch=batch_size, augment=augment,
-                   generator=generator)
+        with _COMPILE_LOCK if forward is not None and epoch == 0 else contextlib.nullcontext():
+            sgd_epochs(net, opt, images, labels, epochs=1, batch=batch_size,
+                       augment=augment, generator=generator, forward=forward)
         progress.epochs_done(1)
     return net
+
+
+_COMPILE_LOCK = threading.Lock()
+_warned: list[str] = []
+
+
+def _compiled_forward(net: nn.Module) -> Callable[[Tensor], Tensor] | None:
+    """``torch.compile(net)`` for training, or None (with one warning per process) where
+    no C++ compiler for Inductor's CPU kernels is on the PATH."""
+    if next(net.parameters()).device.type == "cpu" and not any(
+            shutil.which(c) for c in (os.environ.get("CXX", "c++"), "g++", "clang++")):
+        if not _warned:
+            _warned.append("no C++ compiler")
+            warnings.warn("train_from_scratch compile: no C++ compiler (c++, g++, clang++ or "
+                          "$CXX) for torch.compile's CPU kernels; the networks train "
+                          "uncompiled", RuntimeWarning, stacklevel=3)
+        return None
+    return torch.compile(net, dynamic=False)

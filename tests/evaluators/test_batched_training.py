@@ -358,3 +358,40 @@ def test_a_failing_worker_raises_in_the_caller(setup):
         train_networks(Broken, SEEDS, images, labels, device=CPU, epochs=1, lr=0.05,
                        momentum=0.9, weight_decay=5e-4, batch_size=8, batched=False,
                        workers=2)
+
+
+def _has_cxx():
+    import shutil
+
+    return any(shutil.which(c) for c in ("c++", "g++", "clang++"))
+
+
+@pytest.mark.skipif(not _has_cxx(), reason="torch.compile's CPU backend needs a C++ compiler")
+def test_compiled_training_follows_eager_training_up_to_float_rounding(setup):
+    """Compiled forward and backward on the workers: the same draws as eager training, so
+    after a few epochs the parameters differ by float rounding only."""
+    reg, data, images, labels, aug = setup
+    kw = dict(device=CPU, epochs=2, lr=0.05, momentum=0.9, weight_decay=5e-4,
+              batch_size=8, augment=aug, batched=False, workers=2)
+    eager = train_networks(_builder(reg, data, CONVNET), SEEDS, images, labels, **kw)
+    comp = train_networks(_builder(reg, data, CONVNET), SEEDS, images, labels, compiled=True,
+                          **kw)
+    for a, b in zip(comp.nets, eager.nets, strict=True):
+        for p, q in zip(_params(a), _params(b), strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
+
+
+def test_compiled_training_without_a_compiler_warns_and_trains_eagerly(setup, monkeypatch):
+    from mim4dd_kit.training import loop
+
+    reg, data, images, labels, aug = setup
+    monkeypatch.setattr(loop.shutil, "which", lambda name: None)
+    monkeypatch.setattr(loop, "_warned", [])
+    kw = dict(device=CPU, epochs=1, lr=0.05, momentum=0.9, weight_decay=5e-4,
+              batch_size=8, augment=None, batched=False)
+    with pytest.warns(RuntimeWarning, match="no C..? compiler"):
+        got = train_networks(_builder(reg, data, CONVNET), SEEDS[:1], images, labels,
+                             compiled=True, **kw)
+    ref = train_networks(_builder(reg, data, CONVNET), SEEDS[:1], images, labels, **kw)
+    assert all(torch.equal(p, q) for p, q in zip(_params(got.nets[0]), _params(ref.nets[0]),
+                                                 strict=True))

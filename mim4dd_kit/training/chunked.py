@@ -32,6 +32,7 @@ never chunked.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
 import threading
@@ -108,6 +109,19 @@ def map_chunks(fn: Callable[[int, int], T], n: int, chunk: int,
         yield ahead[b] if b in ahead else next(rest)
 
 
+def quiet_cpu_compile() -> None:
+    """Drop torch's "No CUDA runtime is found" warning, which its C++ toolchain lookup
+    logs on CPU-only machines that have a CUDA folder (not a problem for CPU kernels)."""
+    log = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, _NoCudaRuntimeFilter) for f in log.filters):
+        log.addFilter(_NoCudaRuntimeFilter())
+
+
+class _NoCudaRuntimeFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
 class _Compiled:
     """``net.features(x)`` and ``net(x)`` through ``torch.compile`` (Inductor), shared by
     every network: modules are inlined, so a fresh network of the same structure reuses
@@ -122,6 +136,7 @@ class _Compiled:
 
     def _build(self) -> None:
         if self._features is None:
+            quiet_cpu_compile()
             self._features = torch.compile(lambda net, x: net.features(x), dynamic=False)
             self._forward = torch.compile(lambda net, x: net(x), dynamic=False)
 

@@ -145,4 +145,5 @@ def _compiled_forward(net: nn.Module) -> Callable[[Tensor], Tensor] | None:
                           "$CXX) for torch.compile's CPU kernels; the networks train "
                           "uncompiled", RuntimeWarning, stacklevel=3)
         return None
+    chunked.quiet_cpu_compile()
     return torch.compile(net, dynamic=False)

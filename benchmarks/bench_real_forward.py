@@ -34,7 +34,7 @@ def main() -> None:
     import torch
 
     from mim4dd_kit.backbones.convnet import ConvNet
-    from mim4dd_kit.training import chunked
+    from mim4dd_kit.training import chunked, compiled
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=2560)
@@ -81,7 +81,7 @@ def main() -> None:
              _time(lambda: on_workers(lambda i, j: twin.features(x[i:j])), args.repeat)),
             (f"chunks of {chunk}, channels-last twin, on {args.threads} one-thread workers, "
              "compiled (`performance.compile_passes`)",
-             _time(lambda: on_workers(lambda i, j: chunked.COMPILED.features(twin, x[i:j])),
+             _time(lambda: on_workers(lambda i, j: compiled.PASSES.features(twin, x[i:j])),
                    args.repeat)),
             ("the same chunks' convolutions alone, on the workers",
              _time(lambda: on_workers(convs_only), args.repeat))]

@@ -32,11 +32,9 @@ never chunked.
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import os
 import threading
-import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -44,6 +42,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
+from . import compiled as compiled_mod
 from .networks import couples_samples
 
 #: activation bytes per chunk on a CPU (per-core L2 plus a share of L3 on current parts)
@@ -109,72 +108,12 @@ def map_chunks(fn: Callable[[int, int], T], n: int, chunk: int,
         yield ahead[b] if b in ahead else next(rest)
 
 
-def quiet_cpu_compile() -> None:
-    """Drop torch's "No CUDA runtime is found" warning, which its C++ toolchain lookup
-    logs on CPU-only machines that have a CUDA folder (not a problem for CPU kernels)."""
-    log = logging.getLogger("torch.utils.cpp_extension")
-    if not any(isinstance(f, _NoCudaRuntimeFilter) for f in log.filters):
-        log.addFilter(_NoCudaRuntimeFilter())
-
-
-class _NoCudaRuntimeFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("No CUDA runtime is found")
-
-
-class _Compiled:
-    """``net.features(x)`` and ``net(x)`` through ``torch.compile`` (Inductor), shared by
-    every network: modules are inlined, so a fresh network of the same structure reuses
-    the compiled code (one compilation per input shape and architecture). If compiling
-    fails (e.g. no C++ compiler) one warning is printed and the passes run eagerly."""
-
-    def __init__(self) -> None:
-        self._features: Callable | None = None
-        self._forward: Callable | None = None
-        self.broken: str | None = None
-        self._lock = threading.Lock()
-
-    def _build(self) -> None:
-        if self._features is None:
-            quiet_cpu_compile()
-            self._features = torch.compile(lambda net, x: net.features(x), dynamic=False)
-            self._forward = torch.compile(lambda net, x: net(x), dynamic=False)
-
-    def _call(self, which: str, net: nn.Module, x: Tensor):
-        eager = net.features if which == "features" else net
-        if self.broken is not None:
-            return eager(x)
-        with self._lock:
-            self._build()
-        try:
-            return (self._features if which == "features" else self._forward)(net, x)
-        except Exception as exc:  # compilation failed: say so once, then stay eager
-            with self._lock:
-                if self.broken is None:
-                    self.broken = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                    warnings.warn(
-                        "performance.compile_passes: torch.compile failed "
-                        f"({self.broken}); the gradient-free passes run uncompiled",
-                        RuntimeWarning, stacklevel=2)
-            return eager(x)
-
-    def features(self, net: nn.Module, x: Tensor) -> list[Tensor]:
-        return self._call("features", net, x)
-
-    def forward(self, net: nn.Module, x: Tensor) -> Tensor:
-        return self._call("forward", net, x)
-
-
-#: the process's compiled passes (their compiled code is shared by every network)
-COMPILED = _Compiled()
-
-
 def _features_of(net: nn.Module, compiled: bool) -> Callable[[Tensor], list[Tensor]]:
-    return (lambda x: COMPILED.features(net, x)) if compiled else net.features
+    return (lambda x: compiled_mod.PASSES.features(net, x)) if compiled else net.features
 
 
 def _forward_of(net: nn.Module, compiled: bool) -> Callable[[Tensor], Tensor]:
-    return (lambda x: COMPILED.forward(net, x)) if compiled else net
+    return (lambda x: compiled_mod.PASSES.forward(net, x)) if compiled else net
 
 
 def chunk_size(net: nn.Module, x: Tensor, budget: int = CPU_CHUNK_BYTES) -> int:
@@ -216,7 +155,7 @@ def features(
     """``net.features(x)`` without autograd, computed chunk by chunk; with ``view``,
     ``view(net.features(x))`` with the view taken of each chunk's features while they are
     in cache (``view`` must treat rows independently), so the whole batch's block
-    features are never kept. ``compiled``: through :data:`COMPILED` (chunked batches
+    features are never kept. ``compiled``: through :data:`.compiled.PASSES` (chunked batches
     only)."""
     chunk = chunk or chunk_size(net, x, budget)
     if chunk >= len(x):
@@ -249,7 +188,7 @@ def class_sums(
     """Per-class sums ``(C, D)`` of one block's flattened features, chunk by chunk.
 
     Nothing but the running sums is kept, so the real batch's features are never
-    concatenated. ``compiled``: through :data:`COMPILED` (chunked batches only).
+    concatenated. ``compiled``: through :data:`.compiled.PASSES` (chunked batches only).
     """
     if len(x) == 0:
         raise ValueError("class_sums needs at least one image")
@@ -276,7 +215,7 @@ def logits(
     compiled: bool = False,
 ) -> Tensor:
     """``net(x)`` without autograd, computed chunk by chunk. ``compiled``: through
-    :data:`COMPILED` (chunked batches only)."""
+    :data:`.compiled.PASSES` (chunked batches only)."""
     chunk = chunk or chunk_size(net, x, budget)
     if chunk >= len(x):
         return net(x)

@@ -10,10 +10,6 @@ networks. Stacked training of several networks at once is :mod:`.batched`.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import threading
-import warnings
 from collections.abc import Callable
 
 import torch
@@ -22,6 +18,7 @@ from torch import Tensor, nn
 
 from ..core import progress
 from . import chunked
+from . import compiled as compiled_mod
 
 Augment = Callable[[Tensor], Tensor]
 
@@ -116,34 +113,16 @@ def train_network(
     networks trained concurrently on worker threads do not compile at once. Without a
     C++ compiler one warning is printed and the network trains uncompiled."""
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    forward = _compiled_forward(net) if compiled else None
+    forward = compiled_mod.training_forward(net) if compiled else None
     decay_at = epochs // 2 if lr_decay else epochs
     for epoch in range(epochs):
         if epoch == decay_at and epoch > 0:
             for group in opt.param_groups:
                 group["lr"] = lr * 0.1
         net.train()
-        with _COMPILE_LOCK if forward is not None and epoch == 0 else contextlib.nullcontext():
+        lock = compiled_mod.TRAINING_LOCK if forward is not None and epoch == 0 else None
+        with lock or contextlib.nullcontext():
             sgd_epochs(net, opt, images, labels, epochs=1, batch=batch_size,
                        augment=augment, generator=generator, forward=forward)
         progress.epochs_done(1)
     return net
-
-
-_COMPILE_LOCK = threading.Lock()
-_warned: list[str] = []
-
-
-def _compiled_forward(net: nn.Module) -> Callable[[Tensor], Tensor] | None:
-    """``torch.compile(net)`` for training, or None (with one warning per process) where
-    no C++ compiler for Inductor's CPU kernels is on the PATH."""
-    if next(net.parameters()).device.type == "cpu" and not any(
-            shutil.which(c) for c in (os.environ.get("CXX", "c++"), "g++", "clang++")):
-        if not _warned:
-            _warned.append("no C++ compiler")
-            warnings.warn("train_from_scratch compile: no C++ compiler (c++, g++, clang++ or "
-                          "$CXX) for torch.compile's CPU kernels; the networks train "
-                          "uncompiled", RuntimeWarning, stacklevel=3)
-        return None
-    chunked.quiet_cpu_compile()
-    return torch.compile(net, dynamic=False)

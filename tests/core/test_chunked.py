@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mim4dd_kit.backbones.convnet import ConvNet
-from mim4dd_kit.training import chunked
+from mim4dd_kit.training import chunked, compiled
 from mim4dd_kit.training.stats import class_means
 
 
@@ -217,7 +217,7 @@ def test_compiled_passes_equal_the_eager_ones_and_do_not_depend_on_the_workers()
                          chunked.class_sums(net, x, y, 3, chunk=7, compiled=True),
                          chunked.logits(net.eval(), x, chunk=7, compiled=True)))
         net.train()
-    assert chunked.COMPILED.broken is None
+    assert compiled.PASSES.broken is None
     for got, want in zip(runs[0][0], eager, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(runs[0][1], chunked.class_sums(net, x, y, 3, chunk=7),
@@ -236,7 +236,7 @@ def test_a_failing_compilation_warns_once_and_the_passes_run_uncompiled(monkeypa
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    monkeypatch.setattr(chunked, "COMPILED", chunked._Compiled())
+    monkeypatch.setattr(compiled, "PASSES", compiled.CompiledPasses())
     net = _net()
     x = torch.randn(30, 1, 8, 8)
     with pytest.warns(RuntimeWarning, match="compile_passes: torch.compile failed "

@@ -382,11 +382,11 @@ def test_compiled_training_follows_eager_training_up_to_float_rounding(setup):
 
 
 def test_compiled_training_without_a_compiler_warns_and_trains_eagerly(setup, monkeypatch):
-    from mim4dd_kit.training import loop
+    from mim4dd_kit.training import compiled
 
     reg, data, images, labels, aug = setup
-    monkeypatch.setattr(loop.shutil, "which", lambda name: None)
-    monkeypatch.setattr(loop, "_warned", [])
+    monkeypatch.setattr(compiled.shutil, "which", lambda name: None)
+    monkeypatch.setattr(compiled, "_warned", [])
     kw = dict(device=CPU, epochs=1, lr=0.05, momentum=0.9, weight_decay=5e-4,
               batch_size=8, augment=None, batched=False)
     with pytest.warns(RuntimeWarning, match="no C..? compiler"):

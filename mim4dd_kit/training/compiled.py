@@ -67,15 +67,19 @@ class CompiledPasses:
             self._build()
         try:
             return (self._features if which == "features" else self._forward)(net, x)
-        except Exception as exc:  # compilation failed: say so once, then stay eager
+        except Exception as exc:
+            # an error of the network itself raises again here, uncompiled; only when the
+            # eager call succeeds is compilation to blame: say so once, then stay eager
+            result = eager(x)
             with self._lock:
                 if self.broken is None:
-                    self.broken = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                    first = (str(exc).splitlines() or [""])[0][:200]
+                    self.broken = f"{type(exc).__name__}: {first}"
                     warnings.warn(
                         "performance.compile_passes: torch.compile failed "
                         f"({self.broken}); the gradient-free passes run uncompiled",
                         RuntimeWarning, stacklevel=3)
-            return eager(x)
+            return result
 
     def features(self, net: nn.Module, x: Tensor) -> list[Tensor]:
         return self._call("features", net, x)
@@ -92,7 +96,9 @@ def training_forward(net: nn.Module) -> Callable[[Tensor], Tensor] | None:
     """``torch.compile(net)`` for training (forward and backward), or None, with one
     warning per process, where no C++ compiler for Inductor's CPU kernels is on the PATH.
     Run the first epoch under :data:`TRAINING_LOCK`."""
-    if next(net.parameters()).device.type == "cpu" and not any(
+    param = next(net.parameters(), None)
+    on_cpu = param is None or param.device.type == "cpu"
+    if on_cpu and not any(
             shutil.which(c) for c in (os.environ.get("CXX", "c++"), "g++", "clang++")):
         if not _warned:
             _warned.append("no C++ compiler")

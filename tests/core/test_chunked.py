@@ -260,3 +260,17 @@ def test_compile_passes_setting(setting, device, iterations, expected):
 
     settings = PerformanceSettings(compile_passes=setting)
     assert compile_passes(settings, torch.device(device), iterations) is expected
+
+
+def test_an_error_of_the_network_itself_is_not_blamed_on_compilation(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)  # "compiled" = the same call
+    monkeypatch.setattr(compiled, "PASSES", compiled.CompiledPasses())
+    net = _net()
+
+    def broken_features(x):
+        raise ValueError("the network's own bug")
+
+    monkeypatch.setattr(net, "features", broken_features)
+    with pytest.raises(ValueError, match="own bug"):
+        compiled.PASSES.features(net, torch.randn(4, 1, 8, 8))
+    assert compiled.PASSES.broken is None

@@ -109,9 +109,10 @@ class RunContext:
     #: where the regularizer's features are taken in each block (``Backbone.features``'s
     #: ``tap``; set by the engine from the regularizer's ``tap`` parameter)
     feature_tap: str = "output"
-    #: how the regularizer reads the real side's features at the ``"output"`` tap: a
-    #: row-wise reduction (``Regularizer.real_view``, e.g. per-channel means) a loss may
-    #: take chunk by chunk with ``nograd_features(..., view=...)``; None: whole features
+    #: how the regularizer reads the real side's block outputs: a row-wise reduction
+    #: (``Regularizer.real_view``, e.g. per-channel means) a loss may take chunk by chunk
+    #: with ``nograd_features(..., view=...)``; None: whole features (always None when
+    #: ``feature_tap`` is not ``"output"``; set by the engine)
     real_view: Callable[[list[Tensor]], list[Tensor]] | None = field(default=None,
                                                                      repr=False)
     #: how the gradient-free passes run (set by the toolkit to its chunked passes,

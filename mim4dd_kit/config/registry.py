@@ -441,9 +441,9 @@ def _pretty(err: dict[str, Any], model: type[BaseModel] | None = None) -> str:
 
 def _known_keys(model: Any, path: tuple[str | int, ...]) -> list[str]:
     """The keys (field names and aliases) of the Pydantic model found by following
-    ``path`` from ``model`` through fields, optionals, lists and dicts; [] if none."""
+    ``path`` from ``model`` through fields, optionals and lists; [] if none."""
     for part in path:
-        if isinstance(part, int) or model is None:
+        if isinstance(part, int):
             continue  # a list index: the model is the list's item type (unwrapped below)
         fields = getattr(model, "model_fields", None)
         if fields is None:

@@ -71,7 +71,7 @@ class DistributionMatching(DDLoss):
         if want_features:
             # the regularizer's reduction of each chunk's features (if it reads one) and
             # this loss's flattened block: the whole batch's features are never kept
-            view = ctx.real_view if ctx.feature_tap == "output" else None
+            view = ctx.real_view
             if view is None:
                 real_feats = ctx.nograd_features(net, real)
                 own = real_feats[layer].flatten(1)

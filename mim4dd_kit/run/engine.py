@@ -171,8 +171,9 @@ class Run(RegularizerSteps):
                                      feature_dims=[math.prod(sh) for sh in shapes],
                                      registry=reg, **extra).to(self.device)
         self.guard = RunGuard(self.reg)
-        # the reduction the regularizer reads the real side through (None: whole features)
-        view = getattr(self.reg, "real_view", None)
+        # the reduction the regularizer reads the real side's block outputs through (None:
+        # whole features; always None at another tap, where the loss makes a tapped pass)
+        view = getattr(self.reg, "real_view", None) if tap == "output" else None
         self.ctx.real_view = view() if view is not None else None
         if self.reg is not None and self.shard.active:
             self.reg.shard = self.shard  # the real features it gets are this rank's rows

@@ -92,14 +92,20 @@ class CompiledPasses:
 PASSES = CompiledPasses()
 
 
+def cpu_compiler_available() -> bool:
+    """Whether a C++ compiler for Inductor's CPU kernels is on the PATH (``$CXX``,
+    ``c++``, ``g++`` or ``clang++``)."""
+    return any(shutil.which(c) for c in (os.environ.get("CXX", "c++"), "c++", "g++",
+                                         "clang++"))
+
+
 def training_forward(net: nn.Module) -> Callable[[Tensor], Tensor] | None:
     """``torch.compile(net)`` for training (forward and backward), or None, with one
     warning per process, where no C++ compiler for Inductor's CPU kernels is on the PATH.
     Run the first epoch under :data:`TRAINING_LOCK`."""
     param = next(net.parameters(), None)
     on_cpu = param is None or param.device.type == "cpu"
-    if on_cpu and not any(
-            shutil.which(c) for c in (os.environ.get("CXX", "c++"), "g++", "clang++")):
+    if on_cpu and not cpu_compiler_available():
         if not _warned:
             _warned.append("no C++ compiler")
             warnings.warn("train_from_scratch compile: no C++ compiler (c++, g++, clang++ or "

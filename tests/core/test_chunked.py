@@ -6,6 +6,7 @@ import torch
 
 from mim4dd_kit.backbones.convnet import ConvNet
 from mim4dd_kit.training import chunked, compiled
+from mim4dd_kit.training.compiled import cpu_compiler_available
 from mim4dd_kit.training.stats import class_means
 
 
@@ -198,13 +199,8 @@ def test_serial_first_runs_the_first_and_odd_last_chunk_alone_then_keeps_the_ord
     assert started[0] == 0 and sorted(started) == [0, 5, 10, 15]
 
 
-def _has_cxx():
-    import shutil
-
-    return any(shutil.which(c) for c in ("c++", "g++", "clang++"))
-
-
-@pytest.mark.skipif(not _has_cxx(), reason="torch.compile's CPU backend needs a C++ compiler")
+@pytest.mark.skipif(not cpu_compiler_available(),
+                    reason="torch.compile's CPU backend needs a C++ compiler")
 def test_compiled_passes_equal_the_eager_ones_and_do_not_depend_on_the_workers():
     net = _net()
     x = torch.randn(50, 1, 8, 8)

@@ -18,6 +18,7 @@ from mim4dd_kit.training.batched import (
     batching_obstacle,
     train_networks,
 )
+from mim4dd_kit.training.compiled import cpu_compiler_available
 from mim4dd_kit.training.loop import accuracy, train_network
 
 CPU = torch.device("cpu")
@@ -360,13 +361,8 @@ def test_a_failing_worker_raises_in_the_caller(setup):
                        workers=2)
 
 
-def _has_cxx():
-    import shutil
-
-    return any(shutil.which(c) for c in ("c++", "g++", "clang++"))
-
-
-@pytest.mark.skipif(not _has_cxx(), reason="torch.compile's CPU backend needs a C++ compiler")
+@pytest.mark.skipif(not cpu_compiler_available(),
+                    reason="torch.compile's CPU backend needs a C++ compiler")
 def test_compiled_training_follows_eager_training_up_to_float_rounding(setup):
     """Compiled forward and backward on the workers: the same draws as eager training, so
     after a few epochs the parameters differ by float rounding only."""

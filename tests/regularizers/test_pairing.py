@@ -64,3 +64,14 @@ def test_dm_hands_the_regularizer_its_reduced_real_features(tiny_recipe, tmp_pat
     whole = _trace(recipe, tmp_path / "whole", steps=3)[3]
     assert seen and all(len(s) == 4 for shapes in seen for s in shapes)  # (N, C, H, W)
     torch.testing.assert_close(viewed, whole, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("tap,viewed", [("output", True), ("pre_pool", False)])
+def test_the_real_view_is_offered_only_at_the_block_outputs(tiny_recipe, tmp_path, tap,
+                                                           viewed):
+    """At another tap the loss makes a tapped pass of the real batch; the view (which DM
+    takes inside its own block-output pass) must not apply there."""
+    r = set_up_run(tiny_recipe(dd_loss={"name": "dm"}, regularizer={
+        "name": "mim4dd", "preset": "critic_free", "tap": tap}), tmp_path)
+    assert (r.ctx.real_view is not None) is viewed
+    r.step(0)  # either way the step runs

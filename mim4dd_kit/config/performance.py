@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import ConfigDict, Field
 
 from ..api import NumbersModel
+from ..core.heap import keep_freed_memory
 
 if TYPE_CHECKING:  # torch is imported where a run applies the settings, not to validate them
     import torch
@@ -67,7 +68,10 @@ class PerformanceSettings(NumbersModel):
 
 
 def configure_backends(settings: PerformanceSettings, device: torch.device) -> None:
-    """Process-wide switches (TF32); a no-op off CUDA."""
+    """Process-wide switches: TF32 on CUDA; on a CPU, freed activations stay in the C heap
+    (:func:`mim4dd_kit.core.heap.keep_freed_memory`)."""
+    if device.type == "cpu":
+        keep_freed_memory()
     if device.type == "cuda":
         import torch
 

@@ -12,6 +12,7 @@ from ..api import trait
 from ..config.recipe import load_recipe
 from ..config.registry import default_registry
 from ..core.errors import PluginError, RecipeError
+from ..core.heap import keep_freed_memory
 from ..core.runtime import resolve_device
 from .context import build_context
 
@@ -43,7 +44,10 @@ def buffer_for_recipe(
             "dd_loss: mtt)"
         )
     params = registry.validate("dd_losses", r.dd_loss)
-    ctx = build_context(r, resolve_device(device or r.device), registry)
+    dev = resolve_device(device or r.device)
+    if dev.type == "cpu":
+        keep_freed_memory()
+    ctx = build_context(r, dev, registry)
     try:
         built = cls.build_expert_buffers(params, ctx=ctx, progress=progress)
     except NotImplementedError as exc:

@@ -22,6 +22,7 @@ from ..config.recipe import ValidationSettings
 from ..config.registry import Registry, default_registry
 from ..core import distributed as _ddp
 from ..core.errors import RecipeError, SyntheticSetError
+from ..core.heap import keep_freed_memory
 from ..core.runtime import resolve_device
 from ..io import formation as _formation
 from ..io.synthetic import SyntheticSet, load_synthetic, update_metadata
@@ -191,6 +192,8 @@ def evaluate(
         data = data.hold_out(held.per_class, held.seed)
     warnings = check_compatible(s, data, path)
     dev = resolve_device(device)
+    if dev.type == "cpu":
+        keep_freed_memory()
     backbone = _recorded(s, path, "backbone", BackboneRef)
     aug = _recorded(s, path, "augmentation", AugmentationRef)
     if seed is None:

@@ -1,0 +1,61 @@
+"""Keep freed activations in the C heap of a CPU process (glibc).
+
+A CPU update allocates and frees the same activation buffers over and over: blocks of a
+few MiB to 32 MiB (a real batch's activations, their gradients, vmap's temporaries).
+glibc's allocator hands such blocks back to the kernel when they are freed (``mmap``'d
+blocks are unmapped; the top of the heap is trimmed once more than a threshold is free),
+and the kernel zero-fills every page again on the next touch: millions of minor page
+faults per run, counted as system time. Raising the two thresholds once per process
+(``mallopt``) makes freed blocks stay in the heap for the next update. What is computed
+does not change; resident memory stays near the run's peak instead of falling between
+updates. Measured in docs/performance.md ("The C heap").
+
+Off where glibc is absent (macOS, musl), when ``MDK_KEEP_HEAP=0``, and when the user set
+glibc's own ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` (theirs stand).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import sys
+
+#: ``mallopt`` parameter numbers (glibc ``malloc.h``)
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+#: blocks up to this size come from the heap: glibc's largest allowed value on 64-bit
+#: (``HEAP_MAX_SIZE / 2``); larger ones are always mapped
+MMAP_THRESHOLD = 32 * 2**20
+#: free memory at the top of the heap kept before it is returned to the kernel
+TRIM_THRESHOLD = 2**30
+#: the user's switch, and glibc's own variables that take precedence over this module
+ENV_SWITCH = "MDK_KEEP_HEAP"
+GLIBC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+
+_done: bool | None = None
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def keep_freed_memory() -> bool:
+    """Set glibc's mmap and trim thresholds for this process (once); True when they are
+    in effect. Idempotent and cheap to call from every CPU entry point."""
+    global _done
+    if _done is not None:
+        return _done
+    if os.environ.get(ENV_SWITCH, "1") == "0" or any(v in os.environ for v in GLIBC_ENV):
+        _done = False
+        return _done
+    libc = _glibc()
+    _done = bool(libc is not None
+                 and libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+                 and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1)
+    return _done

@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# Side by side with the DC/DSA/DM reference code (VICO-UoE/DatasetCondensation): distil
+# Side by side with the DC/DSA/DM reference code (VICO-UoE/DatasetCondensation) and the
+# CAFE reference code (kaiwang960112/CAFE, built on it): distil
 # Fashion-MNIST with the reference scripts and with `mdk run` at the same budget, export
 # the reference's sets to the toolkit's format, score every set with `mdk evaluate` and
 # (on the first seed) with the reference's own evaluator. See
 # benchmarks/reference_compare.md for the set-up (reference copy, patches, data layout).
 #
-#   bash benchmarks/reference_compare.sh dm 1      # method (dm | dc | dsa), IPC (1 | 10)
+#   bash benchmarks/reference_compare.sh dm 1      # method (dm | dc | dsa | cafe), IPC (1 | 10)
 #
 # Environment (defaults in brackets):
-#   REF_DIR    patched copy of the reference         [/work/refs/DatasetCondensation]
+#   REF_DIR    patched copy of the reference         [/work/refs/DatasetCondensation;
+#              cafe: /work/refs/sidebyside/cafe]
 #   REF_DATA   torchvision root with FashionMNIST/raw [/work/refs/data]
 #   OUT        outputs (never inside the repository) [/work/refs/out]
 #   PATCH_DIR  the diffs applied to REF_DIR           [/work/refs/patches]
-#   ITERS      reference --Iteration (the reference runs ITERS+1 outer iterations)
+#   ITERS      reference --Iteration (the reference runs ITERS+1 outer iterations; CAFE:
+#              ITERS+1 networks, each serving as many image updates as its accuracy
+#              watcher allows, and the toolkit then runs the reference's total of updates)
 #   BATCH_REAL real images per class                 [64]
 #   WIDTH      ConvNet width (reference ConvNetW<WIDTH>: 32, 64, 128, 256)   [64]
 #   SEEDS      distillation seeds per side           [2]
@@ -25,14 +29,22 @@
 #   SAME_INIT  1: both sides start from the toolkit's starting images for each seed (one
 #              reference process per seed, --num_exp 1, given them by INIT_IMAGES; needs
 #              a copy with the init patch, REF_DIR default /work/refs/sidebyside/dsa);
-#              dc and dsa (main.py); outputs go to <method>_ipc<N>_sameinit   [0]
+#              dc, dsa (main.py) and cafe (required); outputs go to
+#              <method>_ipc<N>_sameinit   [0]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-METHOD=${1:?method: dm, dc or dsa}
+METHOD=${1:?method: dm, dc, dsa or cafe}
 IPC=${2:?ipc: 1 or 10}
 SAME_INIT=${SAME_INIT:-0}
-if [ "$SAME_INIT" = 1 ]; then
+if [ "$METHOD" = cafe ]; then
+    # CAFE: the reference starts from an unseeded draw and counts networks, not updates;
+    # only the seed-by-seed path (same start, the toolkit matching its update count) fits
+    [ "$SAME_INIT" = 1 ] || { echo "cafe needs SAME_INIT=1" >&2; exit 2; }
+    REF_DIR=${REF_DIR:-/work/refs/sidebyside/cafe}
+    PATCH_DIR=${PATCH_DIR:-/work/refs/sidebyside/patches/cafe}
+    INIT_PATCH=${INIT_PATCH:-}
+elif [ "$SAME_INIT" = 1 ]; then
     REF_DIR=${REF_DIR:-/work/refs/sidebyside/dsa}
 else
     REF_DIR=${REF_DIR:-/work/refs/DatasetCondensation}
@@ -40,7 +52,7 @@ fi
 REF_DATA=${REF_DATA:-/work/refs/data}
 OUT=${OUT:-/work/refs/out}
 PATCH_DIR=${PATCH_DIR:-/work/refs/patches}
-INIT_PATCH=${INIT_PATCH:-/work/refs/sidebyside/patches/dsa_init_images.diff}
+INIT_PATCH=${INIT_PATCH-/work/refs/sidebyside/patches/dsa_init_images.diff}
 BATCH_REAL=${BATCH_REAL:-64}
 WIDTH=${WIDTH:-64}
 SEEDS=${SEEDS:-2}
@@ -62,14 +74,17 @@ case $METHOD in
     # DC: main.py's defaults (--init noise, no augmentation), as the dc recipes
     dc) ITERS=${ITERS:-49}; SCRIPT=main.py; REF_ARGS=(--method DC --init noise)
         OUTER=$([ "$IPC" = 1 ] && echo 1 || echo 10) ;;
-    *) echo "unknown method $METHOD (dm | dc | dsa)" >&2; exit 2 ;;
+    # CAFE: distill.py's defaults (--method DC: no augmentation, --init noise), as the
+    # cafe recipes; OUTER is only a placeholder, the update count comes from its log
+    cafe) ITERS=${ITERS:-4}; SCRIPT=distill.py; REF_ARGS=(--init noise); OUTER=1 ;;
+    *) echo "unknown method $METHOD (dm | dc | dsa | cafe)" >&2; exit 2 ;;
 esac
 # main.py / main_DM.py loop `for it in range(Iteration + 1)`: ITERS+1 outer iterations,
 # each of OUTER image updates; mdk counts image updates
 MDK_ITERS=$(( (ITERS + 1) * OUTER ))
 TAG=${METHOD}_ipc${IPC}
 if [ "$SAME_INIT" = 1 ]; then
-    [ "$SCRIPT" = main.py ] || { echo "SAME_INIT=1 is for dc and dsa (main.py is the patched script)" >&2; exit 2; }
+    [ "$SCRIPT" = main_DM.py ] && { echo "SAME_INIT=1 is for dc, dsa and cafe (the scripts with the init patch)" >&2; exit 2; }
     TAG=${TAG}_sameinit
 else
     [ "$SEED0" = 0 ] || { echo "SEED0 is for SAME_INIT=1 (the reference seeds itself)" >&2; exit 2; }
@@ -80,13 +95,13 @@ COMMIT=$(cat "$REF_DIR/COMMIT" 2>/dev/null || echo unknown)
 
 PATCH_ARGS=()
 for p in "$PATCH_DIR"/*.diff; do PATCH_ARGS+=(--patch "$p"); done
-[ "$SAME_INIT" = 1 ] && PATCH_ARGS+=(--patch "$INIT_PATCH")
+[ "$SAME_INIT" = 1 ] && [ -n "$INIT_PATCH" ] && PATCH_ARGS+=(--patch "$INIT_PATCH")
 
-toolkit_run() {  # seed: one `mdk run`, the recipe's defaults but for the budget
+toolkit_run() {  # seed [updates]: one `mdk run`, the recipe's defaults but for the budget
     echo "[$(date -u +%T)] mdk run seed $1"
     /usr/bin/time -v -o "$D/mdk_s$1.time" $RUN "$MDK" run \
         "recipes/fashion_mnist_ipc${IPC}_${METHOD}.yaml" --overwrite \
-        --set seed=$1 --set device=cpu --set "synthetic.iterations=$MDK_ITERS" \
+        --set seed=$1 --set device=cpu --set "synthetic.iterations=${2:-$MDK_ITERS}" \
         --set "synthetic.batch_real=$BATCH_REAL" --set "backbone.width=$WIDTH" \
         --set 'evaluators=[]' --set "output.dir=$D/mdk_s$1" > "$D/mdk_s$1.log" 2>&1
     cp "$D/mdk_s$1/synthetic.safetensors" "$D/sets/mdk_exp$1.safetensors"
@@ -141,7 +156,15 @@ print('reference start == toolkit init: max |diff| =', float((a - b).abs().max()
             --command "INIT_IMAGES=init_s$s.pt ${REF_CMD[*]}" --data-root "$REF_DATA" \
             "${PATCH_ARGS[@]}" > /dev/null
         mv "$D/sets/ref_s${s}_exp0.safetensors" "$D/sets/ref_exp$s.safetensors"
-        toolkit_run $s
+        if [ "$METHOD" = cafe ]; then
+            # the reference's image updates, network by network (the logging patch)
+            UPDATES=$(grep -o 'side-by-side: iteration [0-9]*: [0-9]* image updates' \
+                "$D/ref_s$s.log" | awk '{n += $4} END {print n}')
+            echo "reference seed $s: $UPDATES image updates" | tee "$D/ref_s$s.updates"
+            toolkit_run $s "$UPDATES"
+        else
+            toolkit_run $s
+        fi
     done
 fi
 

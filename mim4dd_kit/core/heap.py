@@ -1,17 +1,21 @@
 """Keep freed activations in the C heap of a CPU process (glibc).
 
 A CPU update allocates and frees the same activation buffers over and over: blocks of a
-few MiB to 32 MiB (a real batch's activations, their gradients, vmap's temporaries).
-glibc's allocator hands such blocks back to the kernel when they are freed (``mmap``'d
-blocks are unmapped; the top of the heap is trimmed once more than a threshold is free),
-and the kernel zero-fills every page again on the next touch: millions of minor page
-faults per run, counted as system time. Raising the two thresholds once per process
-(``mallopt``) makes freed blocks stay in the heap for the next update. What is computed
-does not change; resident memory stays near the run's peak instead of falling between
-updates. Measured in docs/performance.md ("The C heap").
+few MiB to a few hundred (a real batch's activations, their gradients, vmap's
+temporaries, an evaluation network's 100-image batch). glibc's allocator hands such
+blocks back to the kernel when they are freed (``mmap``'d blocks are unmapped; the top of
+the heap is trimmed once more than a threshold is free), and the kernel zero-fills every
+page again on the next touch: millions of minor page faults per run, counted as system
+time. Once per process (``mallopt``) this module stops glibc from serving blocks by
+``mmap`` (``M_MMAP_MAX`` 0: every block comes from a heap; above 32 MiB, glibc's largest
+mmap threshold, there is no other way) and from trimming the heap below 1 GiB of free
+memory, so freed blocks stay for the next update. What is computed does not change;
+resident memory stays near the run's peak instead of falling between updates. Measured in
+docs/performance.md ("The C heap").
 
 Off where glibc is absent (macOS, musl), when ``MDK_KEEP_HEAP=0``, and when the user set
-glibc's own ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` (theirs stand).
+glibc's own ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` or ``MALLOC_MMAP_MAX_``
+(theirs stand).
 """
 
 from __future__ import annotations
@@ -24,14 +28,15 @@ import sys
 #: ``mallopt`` parameter numbers (glibc ``malloc.h``)
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-#: blocks up to this size come from the heap: glibc's largest allowed value on 64-bit
-#: (``HEAP_MAX_SIZE / 2``); larger ones are always mapped
+M_MMAP_MAX = -4
+#: glibc's largest allowed mmap threshold on 64-bit (``HEAP_MAX_SIZE / 2``), set as well
+#: so that glibc's dynamic threshold stays out of the way
 MMAP_THRESHOLD = 32 * 2**20
 #: free memory at the top of the heap kept before it is returned to the kernel
 TRIM_THRESHOLD = 2**30
 #: the user's switch, and glibc's own variables that take precedence over this module
 ENV_SWITCH = "MDK_KEEP_HEAP"
-GLIBC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+GLIBC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_")
 
 _done: bool | None = None
 
@@ -57,5 +62,6 @@ def keep_freed_memory() -> bool:
     libc = _glibc()
     _done = bool(libc is not None
                  and libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-                 and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1)
+                 and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+                 and libc.mallopt(M_MMAP_MAX, 0) == 1)
     return _done

@@ -192,13 +192,15 @@ def run_case(case: str, args) -> dict:
         sync(device)
         t0 = time.perf_counter()
         train_network(net, images, labels, epochs=args.eval_epochs, lr=0.01, momentum=0.9,
-                      weight_decay=5e-4, batch_size=256, augment=run.ctx.augment)
+                      weight_decay=5e-4, batch_size=256, augment=run.ctx.augment,
+                      compiled=args.eval_compile)
         sync(device)
         t1 = time.perf_counter()
         acc = accuracy(net, run.data.test_images, run.data.test_labels)
         sync(device)
         t2 = time.perf_counter()
-        result.update(epochs=args.eval_epochs, train_s=t1 - t0, test_s=t2 - t1,
+        result.update(epochs=args.eval_epochs, compiled=args.eval_compile,
+                      train_s=t1 - t0, test_s=t2 - t1,
                       per_epoch_s=(t1 - t0) / args.eval_epochs, accuracy=acc)
     else:
         times = []
@@ -240,6 +242,9 @@ def main() -> None:
     ap.add_argument("--no-compile-passes", action="store_true",
                     help="performance.compile_passes: false (eager gradient-free passes; "
                     "a full-length CPU run compiles them)")
+    ap.add_argument("--eval-compile", action="store_true",
+                    help="the evaluation network trains through torch.compile "
+                    "(train_from_scratch's compile: true); its first epoch compiles")
     ap.add_argument("--mim", choices=sorted(MIM_SETTINGS), default="shipped",
                     help="the regularizer of the + mim4dd cases")
     ap.add_argument("--json", action="store_true")
@@ -256,7 +261,8 @@ def main() -> None:
             "--mtt-expert-images", str(args.mtt_expert_images), "--mim", args.mim,
             *(["--bf16"] if args.bf16 else []),
             *(["--no-channels-last"] if args.no_channels_last else []),
-            *(["--no-compile-passes"] if args.no_compile_passes else [])]
+            *(["--no-compile-passes"] if args.no_compile_passes else []),
+            *(["--eval-compile"] if args.eval_compile else [])]
     rows = []
     cases = [c for c in CASES if (c == "eval_model" and not args.no_eval)
              or (c != "eval_model" and _method(c) in args.methods)]

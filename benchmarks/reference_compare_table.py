@@ -34,14 +34,36 @@ from pathlib import Path
 from mim4dd_kit.io.synthetic import load_synthetic
 
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)\] (training begins|iter = (\d+))")
+#: CAFE's distill.py logs through `logging` ("<time>: <message>"); the side-by-side copy
+#: logs the image updates each network served
+CAFE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d): (?:\[[^]]*\] (training begins)|"
+                  r"side-by-side: iteration \d+: (\d+) image updates)")
 
 
 def _t(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%d %H:%M:%S")
 
 
+def cafe_rate(log: Path) -> list[float]:
+    """Seconds per image update of a CAFE distill.py run (one experiment): from "training
+    begins" to the last network's line, over the image updates the networks logged."""
+    begin, last, updates = None, None, 0
+    for line in log.read_text(errors="replace").splitlines():
+        m = CAFE.match(line)
+        if m and m.group(2):
+            begin = _t(m.group(1))
+        elif m:
+            last, updates = _t(m.group(1)), updates + int(m.group(3))
+    if begin is None or last is None or not updates:
+        return []
+    return [(last - begin).total_seconds() / updates]
+
+
 def reference_rates(log: Path, updates_per_outer: int) -> list[float]:
-    """Seconds per image update of each experiment in a main.py / main_DM.py log."""
+    """Seconds per image update of each experiment in a main.py / main_DM.py log (or a
+    CAFE distill.py log)."""
+    if any(CAFE.match(ln) for ln in log.read_text(errors="replace").splitlines()[:40]):
+        return cafe_rate(log)
     rates, begin, last = [], None, None
     for line in log.read_text(errors="replace").splitlines():
         m = STAMP.match(line)

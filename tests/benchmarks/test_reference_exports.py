@@ -98,3 +98,23 @@ def test_mtt_and_bptt_outputs_become_sets(tmp_path, monkeypatch):
     s = load_synthetic(path)
     assert s.lr == pytest.approx(0.0123)
     assert s.metadata["source"]["repository"].endswith("mtt-distillation")
+
+
+def test_reference_rates_read_dc_and_cafe_logs(tmp_path):
+    """Seconds per image update from a DC-style log (clock stamps every 10th outer
+    iteration) and from a CAFE log (logging's stamps, the image updates each network
+    served)."""
+    table = _load("reference_compare_table")
+    dc = tmp_path / "dc.log"
+    dc.write_text("[2026-11-30 10:00:00] training begins\n"
+                  "[2026-11-30 10:00:10] iter = 0000, loss = 1.0\n"
+                  "[2026-11-30 10:01:50] iter = 0010, loss = 0.5\n")
+    assert table.reference_rates(dc, 1) == pytest.approx([110 / 11])
+    assert table.reference_rates(dc, 10) == pytest.approx([110 / 110])
+    cafe = tmp_path / "cafe.log"
+    cafe.write_text("2026-11-30 16:41:00: initialize synthetic data from random noise\n"
+                    "2026-11-30 16:41:15: [2026-11-30 16:41:15] training begins\n"
+                    "2026-11-30 16:44:15: side-by-side: iteration 0: 16 image updates\n"
+                    "2026-11-30 16:45:00: iter = 0000, loss = 3.0\n"
+                    "2026-11-30 16:47:15: side-by-side: iteration 1: 14 image updates\n")
+    assert table.reference_rates(cafe, 1) == pytest.approx([360 / 30])

@@ -51,8 +51,9 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def keep_freed_memory() -> bool:
-    """Set glibc's mmap and trim thresholds for this process (once); True when they are
-    in effect. Idempotent and cheap to call from every CPU entry point."""
+    """Stop glibc from serving blocks by mmap and from trimming its heap below 1 GiB of
+    free memory, for this process (once); True when that is in effect. Idempotent and
+    cheap to call from every CPU entry point."""
     global _done
     if _done is not None:
         return _done

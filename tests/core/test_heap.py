@@ -17,7 +17,11 @@ glibc = pytest.mark.skipif(
 #: a small training step, repeated: the minor page faults of the second round of steps
 #: are printed with whether the thresholds took effect
 PROBE = textwrap.dedent("""
-    import resource, sys, torch
+    import ctypes, resource, sys
+    # PR_SET_THP_DISABLE: 4 KiB pages whatever the host's transparent-huge-page setting,
+    # so that the fault counts below mean the same on every machine
+    ctypes.CDLL("libc.so.6").prctl(41, 1, 0, 0, 0)
+    import torch
     from mim4dd_kit.core.heap import keep_freed_memory
     on = keep_freed_memory() if sys.argv[1] == "keep" else False
     torch.set_num_threads(1)

@@ -62,9 +62,9 @@ def _shape(curve: dict) -> str:
         return "running"
     pts = sorted(curve["points"], key=lambda p: p["iteration"])
     at = next(p["mean"] for p in pts if p["iteration"] == chosen)
-    moved = max(p["mean"] for p in pts) - pts[0]["mean"]
-    if moved < 2 * S.FLAT_POINTS:  # slow, not settled: the method barely moves the set
-        return (f"barely moves from its start: {moved:+.2f} over the whole curve (slow, "
+    moved = [p["mean"] - pts[0]["mean"] for p in pts]
+    if max(map(abs, moved)) < 2 * S.FLAT_POINTS:  # slow, not settled: the set barely moves
+        return (f"barely moves from its start: {moved[-1]:+.2f} over the whole curve (slow, "
                 "not settled)")
     later = [p["mean"] for p in pts if p["iteration"] > chosen]
     if not later:

@@ -70,8 +70,7 @@ class PerformanceSettings(NumbersModel):
 def configure_backends(settings: PerformanceSettings, device: torch.device) -> None:
     """Process-wide switches: TF32 on CUDA; on a CPU, freed activations stay in the C heap
     (:func:`mim4dd_kit.core.heap.keep_freed_memory`)."""
-    if device.type == "cpu":
-        keep_freed_memory()
+    keep_freed_memory(device)
     if device.type == "cuda":
         import torch
 

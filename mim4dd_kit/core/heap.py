@@ -50,11 +50,14 @@ def _glibc() -> ctypes.CDLL | None:
         return None
 
 
-def keep_freed_memory() -> bool:
+def keep_freed_memory(device: object = "cpu") -> bool:
     """Stop glibc from serving blocks by mmap and from trimming its heap below 1 GiB of
-    free memory, for this process (once); True when that is in effect. Idempotent and
-    cheap to call from every CPU entry point."""
+    free memory, for this process (once); True when that is in effect. ``device`` (a
+    ``torch.device`` or its name) is where the caller computes: anything but the CPU
+    leaves the allocator alone. Idempotent and cheap to call from every entry point."""
     global _done
+    if getattr(device, "type", device) != "cpu":
+        return False
     if _done is not None:
         return _done
     if os.environ.get(ENV_SWITCH, "1") == "0" or any(v in os.environ for v in GLIBC_ENV):

@@ -45,8 +45,7 @@ def buffer_for_recipe(
         )
     params = registry.validate("dd_losses", r.dd_loss)
     dev = resolve_device(device or r.device)
-    if dev.type == "cpu":
-        keep_freed_memory()
+    keep_freed_memory(dev)
     ctx = build_context(r, dev, registry)
     try:
         built = cls.build_expert_buffers(params, ctx=ctx, progress=progress)

@@ -192,8 +192,7 @@ def evaluate(
         data = data.hold_out(held.per_class, held.seed)
     warnings = check_compatible(s, data, path)
     dev = resolve_device(device)
-    if dev.type == "cpu":
-        keep_freed_memory()
+    keep_freed_memory(dev)
     backbone = _recorded(s, path, "backbone", BackboneRef)
     aug = _recorded(s, path, "augmentation", AugmentationRef)
     if seed is None:

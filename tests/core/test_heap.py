@@ -9,6 +9,9 @@ import sys
 import textwrap
 
 import pytest
+import torch
+
+from mim4dd_kit.core import heap
 
 glibc = pytest.mark.skipif(
     not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
@@ -45,7 +48,7 @@ PROBE = textwrap.dedent("""
 
 def probe(mode: str, **env: str) -> tuple[bool, int]:
     clean = {k: v for k, v in os.environ.items()
-             if k not in ("MDK_KEEP_HEAP", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
+             if k not in (heap.ENV_SWITCH, *heap.GLIBC_ENV)}
     out = subprocess.run([sys.executable, "-c", PROBE, mode], env={**clean, **env},
                          capture_output=True, text=True, check=True).stdout.split()
     return out[0] == "True", int(out[1])
@@ -75,10 +78,15 @@ def test_the_user_can_keep_glibc_defaults():
 
 
 def test_idempotent_and_reports_the_same(monkeypatch):
-    from mim4dd_kit.core import heap
-
     monkeypatch.setattr(heap, "_done", None)
     monkeypatch.setenv("MDK_KEEP_HEAP", "0")
     assert heap.keep_freed_memory() is False
     monkeypatch.delenv("MDK_KEEP_HEAP")
     assert heap.keep_freed_memory() is False  # decided once per process
+
+
+def test_other_devices_leave_the_allocator_alone(monkeypatch):
+    monkeypatch.setattr(heap, "_done", None)
+    assert heap.keep_freed_memory(torch.device("cuda")) is False
+    assert heap.keep_freed_memory("meta") is False
+    assert heap._done is None  # nothing decided for the process

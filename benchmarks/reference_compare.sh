@@ -75,13 +75,13 @@ case $METHOD in
     dc) ITERS=${ITERS:-49}; SCRIPT=main.py; REF_ARGS=(--method DC --init noise)
         OUTER=$([ "$IPC" = 1 ] && echo 1 || echo 10) ;;
     # CAFE: distill.py's defaults (--method DC: no augmentation, --init noise), as the
-    # cafe recipes; OUTER is only a placeholder, the update count comes from its log
-    cafe) ITERS=${ITERS:-4}; SCRIPT=distill.py; REF_ARGS=(--init noise); OUTER=1 ;;
+    # cafe recipes; the toolkit's update count is read from each reference run's log
+    cafe) ITERS=${ITERS:-4}; SCRIPT=distill.py; REF_ARGS=(--init noise) ;;
     *) echo "unknown method $METHOD (dm | dc | dsa | cafe)" >&2; exit 2 ;;
 esac
 # main.py / main_DM.py loop `for it in range(Iteration + 1)`: ITERS+1 outer iterations,
-# each of OUTER image updates; mdk counts image updates
-MDK_ITERS=$(( (ITERS + 1) * OUTER ))
+# each of OUTER image updates; mdk counts image updates (CAFE: read from its log below)
+[ -n "${OUTER:-}" ] && MDK_ITERS=$(( (ITERS + 1) * OUTER ))
 TAG=${METHOD}_ipc${IPC}
 if [ "$SAME_INIT" = 1 ]; then
     [ "$SCRIPT" = main_DM.py ] && { echo "SAME_INIT=1 is for dc, dsa and cafe (the scripts with the init patch)" >&2; exit 2; }
@@ -97,11 +97,11 @@ PATCH_ARGS=()
 for p in "$PATCH_DIR"/*.diff; do PATCH_ARGS+=(--patch "$p"); done
 [ "$SAME_INIT" = 1 ] && [ -n "$INIT_PATCH" ] && PATCH_ARGS+=(--patch "$INIT_PATCH")
 
-toolkit_run() {  # seed [updates]: one `mdk run`, the recipe's defaults but for the budget
+toolkit_run() {  # seed updates: one `mdk run`, the recipe's defaults but for the budget
     echo "[$(date -u +%T)] mdk run seed $1"
     /usr/bin/time -v -o "$D/mdk_s$1.time" $RUN "$MDK" run \
         "recipes/fashion_mnist_ipc${IPC}_${METHOD}.yaml" --overwrite \
-        --set seed=$1 --set device=cpu --set "synthetic.iterations=${2:-$MDK_ITERS}" \
+        --set seed=$1 --set device=cpu --set "synthetic.iterations=$2" \
         --set "synthetic.batch_real=$BATCH_REAL" --set "backbone.width=$WIDTH" \
         --set 'evaluators=[]' --set "output.dir=$D/mdk_s$1" > "$D/mdk_s$1.log" 2>&1
     cp "$D/mdk_s$1/synthetic.safetensors" "$D/sets/mdk_exp$1.safetensors"
@@ -123,7 +123,7 @@ if [ "$SAME_INIT" != 1 ]; then
         --data-root "$REF_DATA" "${PATCH_ARGS[@]}"
 
     # 2. the toolkit, one `mdk run` per seed
-    for ((s = SEED0; s < SEED0 + SEEDS; s++)); do toolkit_run $s; done
+    for ((s = SEED0; s < SEED0 + SEEDS; s++)); do toolkit_run $s "$MDK_ITERS"; done
 else
     # 1-2. per seed: the toolkit's starting images (a run of 0 updates), the reference
     # from them (one process, one experiment), then the toolkit
@@ -161,10 +161,10 @@ print('reference start == toolkit init: max |diff| =', float((a - b).abs().max()
             UPDATES=$(grep -o 'side-by-side: iteration [0-9]*: [0-9]* image updates' \
                 "$D/ref_s$s.log" | awk '{n += $4} END {print n}')
             echo "reference seed $s: $UPDATES image updates" | tee "$D/ref_s$s.updates"
-            toolkit_run $s "$UPDATES"
         else
-            toolkit_run $s
+            UPDATES=$MDK_ITERS
         fi
+        toolkit_run $s "$UPDATES"
     done
 fi
 

@@ -44,11 +44,11 @@ def _t(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%d %H:%M:%S")
 
 
-def cafe_rate(log: Path) -> list[float]:
+def cafe_rate(lines: list[str]) -> list[float]:
     """Seconds per image update of a CAFE distill.py run (one experiment): from "training
     begins" to the last network's line, over the image updates the networks logged."""
     begin, last, updates = None, None, 0
-    for line in log.read_text(errors="replace").splitlines():
+    for line in lines:
         m = CAFE.match(line)
         if m and m.group(2):
             begin = _t(m.group(1))
@@ -62,10 +62,11 @@ def cafe_rate(log: Path) -> list[float]:
 def reference_rates(log: Path, updates_per_outer: int) -> list[float]:
     """Seconds per image update of each experiment in a main.py / main_DM.py log (or a
     CAFE distill.py log)."""
-    if any(CAFE.match(ln) for ln in log.read_text(errors="replace").splitlines()[:40]):
-        return cafe_rate(log)
+    lines = log.read_text(errors="replace").splitlines()
+    if any(CAFE.match(ln) for ln in lines[:40]):
+        return cafe_rate(lines)
     rates, begin, last = [], None, None
-    for line in log.read_text(errors="replace").splitlines():
+    for line in lines:
         m = STAMP.match(line)
         if not m:
             continue
@@ -140,10 +141,10 @@ def summarise(d: Path) -> dict:
         rows[name] = {"mdk": _acc(d / "eval" / f"{name}.mdk.json"),
                       "ref": _acc(d / "eval" / f"{name}.ref.json")}
     per_outer = 10 if (method == "dsa" and ipc == "10") else 1
-    mdk_rates, mdk_iters = [], None
+    mdk_rates, mdk_iters = [], []
     for run in sorted(d.glob("mdk_s*/synthetic.safetensors")):
         meta = load_synthetic(run).metadata
-        mdk_iters = meta["iterations"]
+        mdk_iters.append(meta["iterations"])
         mdk_rates.append(meta["run_seconds"] / meta["iterations"])
     mdk_rss = [r for r in (max_rss_mib(t) for t in sorted(d.glob("mdk_s*.time"))) if r]
     mdk_cpu = [c for c in (cpu_seconds(t) for t in sorted(d.glob("mdk_s*.time"))) if c]
@@ -159,7 +160,10 @@ def summarise(d: Path) -> dict:
             paired.append({"seed": k, "ref": a[0], "mdk": b[0], "diff": a[0] - b[0],
                            "start": start[0] if start else None})
     return {
-        "method": method, "ipc": int(ipc), "rows": rows, "updates": mdk_iters,
+        "method": method, "ipc": int(ipc), "rows": rows,
+        # per seed when they differ (CAFE: each seed runs its reference's count)
+        "updates": (f"{min(mdk_iters)}–{max(mdk_iters)}" if len(set(mdk_iters)) > 1
+                    else mdk_iters[0] if mdk_iters else None),
         "same_init": d.name.endswith("_sameinit"),
         "ref_rates": [r for log in ref_logs for r in reference_rates(log, per_outer)],
         "mdk_rates": mdk_rates, "ref_rss": max(ref_rss) if ref_rss else None,

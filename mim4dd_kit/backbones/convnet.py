@@ -29,6 +29,7 @@ from ..api import Backbone
 from ..core.errors import BuildError
 from ._checks import check_context
 from .params import ConvNetD4Params, ConvNetParams
+from .pooling import AvgPool2x2
 
 
 def make_norm(kind: str, width: int) -> nn.Module | None:
@@ -64,7 +65,7 @@ def make_activation(kind: str) -> nn.Module:
 
 def make_pool(kind: str) -> nn.Module | None:
     if kind == "avg":
-        return nn.AvgPool2d(kernel_size=2, stride=2)
+        return AvgPool2x2()
     if kind == "max":
         return nn.MaxPool2d(kernel_size=2, stride=2)
     if kind == "none":

@@ -1,0 +1,60 @@
+"""The ConvNet's 2x2, stride-2 average pool, with a faster CPU path.
+
+On a CPU, PyTorch's ``avg_pool2d`` kernels for NCHW tensors walk the window element by
+element: on the Fashion-MNIST evaluation network (100 images, width 128, 32x32 after the
+first conv) its forward and backward took a fifth of a training step. The same numbers
+come from two strided additions (rows, then columns) and, backwards, from one broadcast
+copy of the output gradient into each 2x2 window. :class:`AvgPool2x2` takes that path on
+CPU tensors in NCHW layout with even height and width, and ``nn.AvgPool2d``'s otherwise
+(CUDA, channels-last tensors, odd sizes, inside ``torch.compile``, which fuses the pool
+itself). The gradient is the same to the bit (a quarter of the output gradient in each
+window); the forward sums the four values as (a + b) + (c + d) instead of in one run, a
+difference of at most one rounding step. docs/performance.md has the measurements
+(``benchmarks/bench_pool.py``).
+
+The function supports double backward (DC's gradient matching, BPTT's and MTT's unrolls
+differentiate through a network's backward) and ``torch.func`` transforms (``vmap``,
+``grad``), through which DSA takes per-class gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class _AvgPool2x2(torch.autograd.Function):
+    """2x2 mean over non-overlapping windows of the last two dimensions (both even)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor) -> Tensor:  # type: ignore[override]
+        rows = x[..., 0::2, :] + x[..., 1::2, :]
+        return (rows[..., 0::2] + rows[..., 1::2]).mul_(0.25)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # nothing to keep: the map is linear
+        pass
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        *lead, h, w = grad.shape
+        window = (grad * 0.25).unsqueeze(-1).unsqueeze(-3)  # (..., h, 1, w, 1)
+        return window.expand(*lead, h, 2, w, 2).reshape(*lead, 2 * h, 2 * w)
+
+
+class AvgPool2x2(nn.AvgPool2d):
+    """``nn.AvgPool2d(kernel_size=2, stride=2)`` that takes the faster CPU path where it
+    applies (see the module docstring); an ``nn.AvgPool2d``, so layer inspection sees a
+    pool."""
+
+    def __init__(self) -> None:
+        super().__init__(kernel_size=2, stride=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (x.device.type == "cpu" and x.dim() >= 3 and x.shape[-1] % 2 == 0
+                and x.shape[-2] % 2 == 0 and x.is_contiguous()
+                and not torch.compiler.is_compiling()):
+            return _AvgPool2x2.apply(x)
+        return super().forward(x)

@@ -13,8 +13,8 @@ difference of at most one rounding step. docs/performance.md has the measurement
 (``benchmarks/bench_pool.py``).
 
 The function supports double backward (DC's gradient matching, BPTT's and MTT's unrolls
-differentiate through a network's backward) and ``torch.func`` transforms (``vmap``,
-``grad``), through which DSA takes per-class gradients.
+differentiate through a network's backward), forward-mode derivatives and ``torch.func``
+transforms (``vmap``, ``grad``, ``jvp``); DSA takes per-class gradients through them.
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ class _AvgPool2x2(torch.autograd.Function):
         *lead, h, w = grad.shape
         window = (grad * 0.25).unsqueeze(-1).unsqueeze(-3)  # (..., h, 1, w, 1)
         return window.expand(*lead, h, 2, w, 2).reshape(*lead, 2 * h, 2 * w)
+
+    @staticmethod
+    def jvp(ctx, tangent: Tensor) -> Tensor:  # forward mode: the map is linear
+        return _AvgPool2x2.forward(tangent)
 
 
 class AvgPool2x2(nn.AvgPool2d):

@@ -78,3 +78,9 @@ def test_vmap_of_grad_equals_a_loop():
         lambda wt, x: F.avg_pool2d(F.relu(F.conv2d(x, wt, padding=1)), 2).square().mean())(w, x)
         for x in xs])
     torch.testing.assert_close(batched, reference, rtol=1e-5, atol=1e-7)
+
+
+def test_forward_mode_derivative_is_the_pool_of_the_tangent():
+    x, t = torch.randn(2, 3, 6, 4), torch.randn(2, 3, 6, 4)
+    _, derivative = torch.func.jvp(AvgPool2x2(), (x,), (t,))
+    torch.testing.assert_close(derivative, F.avg_pool2d(t, 2, 2), rtol=0, atol=1e-6)

@@ -80,6 +80,8 @@ def test_vmap_of_grad_equals_a_loop():
     torch.testing.assert_close(batched, reference, rtol=1e-5, atol=1e-7)
 
 
+# torch.func.jvp scripts a helper of its own, which torch itself reports as deprecated
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_forward_mode_derivative_is_the_pool_of_the_tangent():
     x, t = torch.randn(2, 3, 6, 4), torch.randn(2, 3, 6, 4)
     _, derivative = torch.func.jvp(AvgPool2x2(), (x,), (t,))

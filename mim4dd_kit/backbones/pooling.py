@@ -57,8 +57,8 @@ class AvgPool2x2(nn.AvgPool2d):
         super().__init__(kernel_size=2, stride=2)
 
     def forward(self, x: Tensor) -> Tensor:
-        if (x.device.type == "cpu" and x.dim() >= 3 and x.shape[-1] % 2 == 0
-                and x.shape[-2] % 2 == 0 and x.is_contiguous()
-                and not torch.compiler.is_compiling()):
+        even = x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0
+        if (x.device.type == "cpu" and x.dim() in (3, 4) and x.numel() > 0 and even
+                and x.is_contiguous() and not torch.compiler.is_compiling()):
             return _AvgPool2x2.apply(x)
         return super().forward(x)

@@ -36,6 +36,12 @@ def test_other_inputs_take_avg_pool2d_exactly(make):
     assert torch.equal(AvgPool2x2()(x), F.avg_pool2d(x, 2, 2))
 
 
+@pytest.mark.parametrize("x", [torch.randn(2, 2, 2, 4, 4), torch.randn(2, 3, 0, 4)])
+def test_inputs_avg_pool2d_refuses_are_refused(x):
+    with pytest.raises(RuntimeError):  # 3-D or 4-D input with non-empty maps only
+        AvgPool2x2()(x)
+
+
 def test_second_order_gradients_are_exact():
     x = torch.randn(2, 2, 4, 6, dtype=torch.float64, requires_grad=True)
     pool = AvgPool2x2()

@@ -57,8 +57,14 @@ class AvgPool2x2(nn.AvgPool2d):
         super().__init__(kernel_size=2, stride=2)
 
     def forward(self, x: Tensor) -> Tensor:
-        even = x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0
-        if (x.device.type == "cpu" and x.dim() in (3, 4) and x.numel() > 0 and even
-                and x.is_contiguous() and not torch.compiler.is_compiling()):
+        if _fast_path_applies(x):
             return _AvgPool2x2.apply(x)
         return super().forward(x)
+
+
+def _fast_path_applies(x: Tensor) -> bool:
+    """A CPU NCHW (or CHW) tensor with non-empty maps of even height and width, outside
+    ``torch.compile``."""
+    return (x.device.type == "cpu" and x.dim() in (3, 4) and x.numel() > 0
+            and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0 and x.is_contiguous()
+            and not torch.compiler.is_compiling())

@@ -92,3 +92,10 @@ def test_forward_mode_derivative_is_the_pool_of_the_tangent():
     x, t = torch.randn(2, 3, 6, 4), torch.randn(2, 3, 6, 4)
     _, derivative = torch.func.jvp(AvgPool2x2(), (x,), (t,))
     torch.testing.assert_close(derivative, F.avg_pool2d(t, 2, 2), rtol=0, atol=1e-6)
+
+
+def test_cpu_nchw_input_takes_the_fast_path_and_others_do_not():
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    assert type(AvgPool2x2()(x).grad_fn).__name__ == "_AvgPool2x2Backward"
+    odd = torch.randn(2, 3, 7, 8, requires_grad=True)
+    assert type(AvgPool2x2()(odd).grad_fn).__name__ == "AvgPool2DBackward0"

@@ -54,11 +54,12 @@ for ((r = 0; r < ROUNDS; r++)); do
         --set "synthetic.iterations=$((ITERS + 1))" --set 'evaluators=[]' \
         --set "output.dir=$D/mdk" > "$D/mdk.log" 2>&1
     "$PY" - "$D" "$ITERS" <<'EOF'
-import json, re, sys
-from datetime import datetime
+import json, sys
+sys.path.insert(0, "benchmarks")
+from reference_compare_table import STAMP, _t  # the side-by-side table's log reading
 d, iters = sys.argv[1], int(sys.argv[2])
-stamps = {int(m.group(2)): datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")
-          for m in re.finditer(r"\[(\S+ \S+)\] iter = (\d+)", open(f"{d}/ref.log").read())}
+stamps = {int(m.group(3)): _t(m.group(1)) for m in map(STAMP.match, open(f"{d}/ref.log"))
+          if m and m.group(3)}
 ref = (stamps[iters] - stamps[0]).total_seconds() / iters
 rows = [json.loads(x) for x in open(f"{d}/mdk/losses.jsonl")]
 wall = {r["iteration"]: r["wall_time"] for r in rows}

@@ -30,7 +30,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import sys
 import time
 import traceback
@@ -195,10 +194,12 @@ def budget_text(method: str, ipc: int = 1) -> str:
 
 # -- helpers ------------------------------------------------------------------------------
 def atomic_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Write ``obj`` as JSON through a temporary file of its own (two study processes on
+    different cells may rewrite the rows file at the same moment)."""
+    from mim4dd_kit.core.files import atomic_write
+
+    text = json.dumps(obj, indent=1) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def read_json(path: Path, default: Any = None) -> Any:

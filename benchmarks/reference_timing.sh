@@ -11,9 +11,17 @@
 # The reference's rate is read from its log (a line every 10 iterations, 1 s clock); the
 # toolkit's from the wall_time field of losses.jsonl, over the same iterations (the first
 # update, which includes warm-up on both sides, is left out of both).
+#
+#   bash benchmarks/reference_timing.sh bptt    # LO, HI: the two budgets [2, 12]
+#
+# BPTT's reference prints no clock per update, so each side runs twice, LO and HI updates,
+# and its rate is the difference of the two whole-process wall times over HI - LO (start-up
+# and data loading cancel). ConvNet-32, 150 inner steps, 64 real images per class; the
+# toolkit both as its recipe (checkpointed unroll) and with dd_loss.checkpoint=false (the
+# reference keeps every inner step's activations). Peak RSS from /usr/bin/time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-METHOD=${1:?dm or dsa}
+METHOD=${1:?dm, dsa, mtt or bptt}
 ROUNDS=${ROUNDS:-2}
 ITERS=${ITERS:-40}
 REF_DATA=${REF_DATA:-/work/refs/data}
@@ -36,8 +44,59 @@ case $METHOD in
                    --lr_lr 1e-07 --lr_teacher 0.01 --eval_it "$ITERS"
                    --buffer_path "$MTT_OUT/mtt_ipc1/buffers")
          MDK_ARGS=(--set backbone.width=32 --set dd_loss.num_experts=4) ;;
-    *) echo "unknown method $METHOD (dm | dsa | mtt)" >&2; exit 2 ;;
+    bptt) ;;
+    *) echo "unknown method $METHOD (dm | dsa | mtt | bptt)" >&2; exit 2 ;;
 esac
+if [ "$METHOD" = bptt ]; then
+    REF_DIR=${REF_DIR:-/work/refs/sidebyside/bptt}
+    LO=${LO:-2}
+    HI=${HI:-12}
+    REF_PP=.:${REF_PYTHONPATH:-/work/refs/sidebyside/pylib}
+    for n in "$LO" "$HI"; do  # the reference's config at each budget (outside the repository)
+        sed -e "s/n_iters: 500000/n_iters: $n/" -e 's/num_eval: 10/num_eval: 0/' \
+            -e "s#data_path: 'data'#data_path: $REF_DATA#" \
+            "$REF_DIR/configs/compressors_bptt_interventions.yml" \
+            > "$REF_DIR/configs/timing_$n.yml"
+    done
+    timed() {  # timed NAME CMD...: wall clock around one process and its peak RSS (KiB)
+        local t0 t1
+        t0=$(date +%s.%N)
+        /usr/bin/time -f %M -o "$1.rss" "${@:2}" > "$1.log" 2>&1
+        t1=$(date +%s.%N)
+        echo "$t0 $t1 $(tail -n 1 "$1.rss")" > "$1.wall"
+    }
+    for ((r = 0; r < ROUNDS; r++)); do
+        D=$OUT/bptt_r$r
+        mkdir -p "$D"
+        for n in "$LO" "$HI"; do
+            (cd "$REF_DIR" && timed "$D/ref_$n" env NET_WIDTH=32 PYTHONPATH="$REF_PP" \
+                "$PY" -W ignore srcs/main.py --note timing --backbone_name ConvNet \
+                --config "timing_$n.yml" --ipc 1 --bptt_inner_steps 150 \
+                --inner_optimizer SGD --inner_momentum 0.9 --dataset FashionMNIST \
+                --task_sampler_nc 10 --compressor_minibatch_size 10 \
+                --compressor imgs_embedding_minibatch --downsample_scale 1 --zca 0 \
+                --interventions none --validation_ratio 0)
+            for ck in true false; do
+                timed "$D/mdk_ck${ck}_$n" .venv/bin/mdk run recipes/fashion_mnist_ipc1_bptt.yaml \
+                    --overwrite --set seed=$r --set device=cpu --set backbone.width=32 \
+                    --set "dd_loss.checkpoint=$ck" --set "synthetic.iterations=$n" \
+                    --set 'evaluators=[]' --set "output.dir=$D/mdk_ck${ck}_$n"
+            done
+        done
+        "$PY" - "$D" "$LO" "$HI" <<'EOF'
+import json, sys
+d, lo, hi = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+out = {"folder": d, "updates_timed": hi - lo}
+for side in ("ref", "mdk_cktrue", "mdk_ckfalse"):
+    (a0, a1, _), (b0, b1, rss) = ([float(x) for x in open(f"{d}/{side}_{n}.wall").read().split()]
+                                  for n in (lo, hi))
+    out[f"{side}_s_per_update"] = round(((b1 - b0) - (a1 - a0)) / (hi - lo), 3)
+    out[f"{side}_peak_rss_mib"] = round(rss / 1024)
+print(json.dumps(out))
+EOF
+    done
+    exit 0
+fi
 REF_DIR=${REF_DIR:-/work/refs/DatasetCondensation}
 # distill.py takes neither --eval_mode nor --num_exp
 [ "$METHOD" = mtt ] && COMMON=() || COMMON=(--eval_mode F --num_exp 1)

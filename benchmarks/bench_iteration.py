@@ -55,10 +55,12 @@ LOSS_PARAMS = {
 }
 
 
-#: the regularizer of the "+ mim4dd" cases: the shipped default (the recipes' *_mim),
-#: or the paper's literal objective with linear critics of 128 outputs
+#: the regularizer of the "+ mim4dd" cases: the shipped default (the recipes' *_mim), the
+#: same with MTT's / BPTT's trained network taken as given (network_gradient: false), or
+#: the paper's literal objective with linear critics of 128 outputs
 MIM_SETTINGS = {
     "shipped": {"name": "mim4dd"},
+    "shipped_given": {"name": "mim4dd", "network_gradient": False},
     "literal": {"name": "mim4dd", "preset": "literal", "lambda": 0.8,
                 "critic": {"name": "linear", "out_dim": 128}},
 }

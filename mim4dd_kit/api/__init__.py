@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from .backbone import TAPS, Backbone, Tap, check_tap, tapped_features
     from .context import NoGradPasses, RunContext, Shard, SyntheticState
     from .data import DataInfo, RealData, class_table
-    from .features import for_regularizer
+    from .features import for_regularizer, trained_weights
     from .params import (
         AugmentationRef,
         BackboneRef,
@@ -73,7 +73,7 @@ _WHERE: dict[str, str] = {
     **dict.fromkeys(("Backbone", "check_tap", "tapped_features"), ".backbone"),
     **dict.fromkeys(("NoGradPasses", "RunContext", "Shard", "SyntheticState"), ".context"),
     **dict.fromkeys(("DataInfo", "RealData", "class_table"), ".data"),
-    "for_regularizer": ".features",
+    **dict.fromkeys(("for_regularizer", "trained_weights"), ".features"),
     **dict.fromkeys(("AugmentationRef", "BackboneRef", "ComponentRef", "CriticRef",
                      "DatasetRef", "EvaluatorRef", "LoggerRef", "LossRef", "NumbersModel",
                      "Params", "RegularizerRef"), ".params"),
@@ -106,5 +106,5 @@ __all__ = [
     "RealData", "RecipeError", "Regularizer", "RegularizerRef", "RunContext", "RunError",
     "Shard", "SyntheticState", "Tap", "check_tap", "class_table", "conform",
     "epochs_done", "for_regularizer", "gather_indexed", "isolated_rng", "local_indices",
-    "tapped_features", "trait",
+    "tapped_features", "trained_weights", "trait",
 ]

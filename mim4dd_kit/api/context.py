@@ -109,6 +109,12 @@ class RunContext:
     #: where the regularizer's features are taken in each block (``Backbone.features``'s
     #: ``tap``; set by the engine from the regularizer's ``tap`` parameter)
     feature_tap: str = "output"
+    #: whether the synthetic side's features keep the graph of the network's own training
+    #: on the synthetic set (MTT's student, BPTT's unrolled model): False hands them from
+    #: the trained weights taken as given, so the regularizer's gradient reaches the
+    #: images through one forward pass instead of the whole unroll (set by the engine
+    #: from ``Regularizer.network_gradient``)
+    feature_network_gradient: bool = True
     #: how the regularizer reads the real side's block outputs: a row-wise reduction
     #: (``Regularizer.real_view``, e.g. per-channel means) a loss may take chunk by chunk
     #: with ``nograd_features(..., view=...)``; None: whole features (always None when

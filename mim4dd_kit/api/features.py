@@ -6,11 +6,16 @@ block's tensor elsewhere (``Backbone.features(x, tap=...)``: before the pooling,
 the closing nonlinearity). :func:`for_regularizer` returns the loss's own block outputs
 when the tap is ``"output"`` (no extra pass: the default path is unchanged) and one more
 pass of the same network at the tap otherwise.
+
+Where the base method trains the synthetic side's network on the synthetic set itself
+(MTT's student, BPTT's unrolled model), :func:`trained_weights` says whether the
+regularizer's gradient reaches the images through that training as well
+(``ctx.feature_network_gradient``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -40,3 +45,15 @@ def for_regularizer(
         if isinstance(net, nn.Module):
             return tapped_features(net, x, tap)
         return net(x, tap)
+
+
+def trained_weights(weights: Mapping[str, Tensor], network_gradient: bool
+                    ) -> dict[str, Tensor]:
+    """The weights a loss computes the synthetic side's features with, for a network it
+    trained on the synthetic set: ``weights`` as they are (``network_gradient`` true: the
+    regularizer's gradient reaches the images through the training too, the whole unroll)
+    or detached (false: the trained network is taken as given, and the gradient reaches
+    the images through this one forward pass only)."""
+    if network_gradient:
+        return dict(weights)
+    return {name: w.detach() for name, w in weights.items()}

@@ -136,6 +136,16 @@ class Regularizer(nn.Module):
         parameters model declares one, else ``"output"``."""
         return params.tap if "tap" in type(params).model_fields else "output"
 
+    @classmethod
+    def network_gradient(cls, params: Params) -> bool:
+        """Whether this regularizer's gradient reaches the synthetic images through the
+        training of the network that gives the synthetic side its features, where a base
+        method trains that network on the synthetic set (MTT's student, BPTT's unrolled
+        model): the ``network_gradient`` field of ``params`` where the parameters model
+        declares one, else True."""
+        return bool(getattr(params, "network_gradient", True)
+                    if "network_gradient" in type(params).model_fields else True)
+
     def real_view(self) -> Callable[[list[Tensor]], list[Tensor]] | None:
         """A row-wise reduction of the real side's block features (``"output"`` tap) that
         this regularizer reads exactly as it reads the features themselves (e.g.

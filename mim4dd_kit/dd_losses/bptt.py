@@ -16,7 +16,9 @@ so ``L_DD.backward()`` reaches the images (and a learned lr) through every kept 
 
 For MIM4DD the real features are the trained network's on the real batch, detached: a
 fixed target that carries no gradient back into the unroll (the paper's real network is
-independent of the synthetic set); the synthetic features keep their graph.
+independent of the synthetic set); the synthetic features keep their graph, through the
+unroll too, unless the regularizer sets ``network_gradient: false``
+(``ctx.feature_network_gradient``), which takes the trained model's weights as given.
 
 Memory: a kept step stores the activations of its forward and its double-backward graph,
 so memory is O(kept steps). With ``truncate = W`` only the last W steps keep a graph; the
@@ -39,7 +41,14 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ..api import DDLoss, LossOutput, RunContext, SyntheticState, for_regularizer
+from ..api import (
+    DDLoss,
+    LossOutput,
+    RunContext,
+    SyntheticState,
+    for_regularizer,
+    trained_weights,
+)
 from ..training.unroll import (
     FeaturesAndLogits,
     segment_length,
@@ -104,7 +113,8 @@ class BPTT(DDLoss):
         real_feats = for_regularizer(ctx.feature_tap, lambda x, t: functional_call(
             model, ({**w, **buffers},), (x,), {"tap": t})[0], real.detach(), real_feats,
             grad=False)
-        syn_feats, _ = functional_call(model, ({**w, **buffers},), (syn.images,),
+        trained = trained_weights(w, ctx.feature_network_gradient)
+        syn_feats, _ = functional_call(model, ({**trained, **buffers},), (syn.images,),
                                        {"tap": ctx.feature_tap})
         return LossOutput(loss, syn_feats, syn.labels, real_feats, real_y, logs)
 

@@ -167,6 +167,15 @@ class MIM4DDParams(Params):
         description="with rho: let the (rescaled) regularizer gradient reach a learned "
         "lr (MTT, BPTT); off keeps the lr the base method's alone",
     )
+    network_gradient: bool = Field(
+        True,
+        description="where the base method trains the synthetic side's network on the "
+        "synthetic set (MTT's student, BPTT's unrolled model): let the regularizer's "
+        "gradient reach the images through that training (true) or take the trained "
+        "network as given (false: the gradient passes one forward pass instead of the "
+        "whole unroll, and with rho the second backward costs one network's); no effect "
+        "on DM, DC, DSA, DREAM and CAFE",
+    )
     diagnostics_every: int = Field(
         10, ge=0,
         description="log gradient norms, MI bounds, score means and pixel std every N "

@@ -149,10 +149,15 @@ class Run(RegularizerSteps):
         self.build_context()
         info = self.data.info
         make_backbone = self.ctx.make_backbone
-        # where the regularizer's features are taken: the losses hand them over at this tap
-        tap = (trait(reg.load("regularizers", r.regularizer.name), "regularizers",
-                     "feature_tap")(reg.validate("regularizers", r.regularizer))
-               if r.regularizer is not None else "output")
+        # where the regularizer's features are taken (the losses hand them over at this
+        # tap), and whether the synthetic side's keep the graph of the network's training
+        tap = "output"
+        if r.regularizer is not None:
+            reg_cls = reg.load("regularizers", r.regularizer.name)
+            reg_params = reg.validate("regularizers", r.regularizer)
+            tap = trait(reg_cls, "regularizers", "feature_tap")(reg_params)
+            self.ctx.feature_network_gradient = trait(
+                reg_cls, "regularizers", "network_gradient")(reg_params)
         self.ctx.feature_tap = tap
         self.loss = reg.build("dd_losses", r.dd_loss, ctx=self.ctx)
         # parts whose randomness must not move the main stream (so lambda = 0 or no

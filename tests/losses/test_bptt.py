@@ -142,6 +142,27 @@ def test_real_features_carry_no_gradient_to_the_images(make_run, tmp_path):
         g is None for g in torch.autograd.grad(value, targets, allow_unused=True))
 
 
+def test_network_gradient_false_takes_the_trained_model_as_given(make_run, tmp_path):
+    r = make_run(tmp_path, regularizer={**MIM, "network_gradient": False},
+                 synthetic={"learn_lr": True})
+    assert r.ctx.feature_network_gradient is False
+    results = {}
+    for through in (False, True):
+        r.ctx.feature_network_gradient = through
+        torch.manual_seed(5)  # the same network, unroll and real batch both times
+        out = r.loss.compute(r.syn, 0, want_features=True)
+        value = r.reg(out.syn_feats, out.syn_labels, out.real_feats, out.real_labels)
+        results[through] = (out.syn_feats, *torch.autograd.grad(
+            value, [r.syn.images, r.syn.lr], allow_unused=True))
+    (f_off, img_off, lr_off), (f_on, img_on, lr_on) = results[False], results[True]
+    for a, b in zip(f_off, f_on, strict=True):
+        assert torch.equal(a.detach(), b.detach())
+    # the trained model taken as given: no path to the lr, and the images' gradient is
+    # the last forward pass's alone
+    assert lr_off is None and lr_on is not None and lr_on.abs() > 0
+    assert img_off.abs().sum() > 0 and not torch.allclose(img_off, img_on)
+
+
 def test_lambda_zero_reproduces_bptt_exactly(recipe, tmp_path):
     base = assert_lambda_zero_is_exact(lambda reg: recipe(regularizer=reg), tmp_path)
     assert base.lr is None  # the inner lr is fixed, not learned

@@ -137,6 +137,31 @@ def test_features_for_the_regularizer(make_run):
     assert r.syn.images.grad.abs().sum() > 0 and r.syn.lr.grad.abs() > 0
 
 
+def _regularizer_grads(r, network_gradient):
+    """(synthetic features, image gradient, lr gradient) of the regularizer at iteration 0,
+    the loss's draws fixed, with ``network_gradient`` as given."""
+    r.ctx.feature_network_gradient = network_gradient
+    torch.manual_seed(3)
+    out = r.loss.compute(r.syn, 0, want_features=True)
+    value = r.reg(out.syn_feats, out.syn_labels, out.real_feats, out.real_labels)
+    g_img, g_lr = torch.autograd.grad(value, [r.syn.images, r.syn.lr], allow_unused=True)
+    return out.syn_feats, g_img, g_lr
+
+
+def test_network_gradient_false_takes_the_student_as_given(make_run):
+    r = make_run(regularizer={**MIM, "network_gradient": False})
+    assert r.ctx.feature_network_gradient is False  # the engine reads the parameter
+    feats_off, img_off, lr_off = _regularizer_grads(r, False)
+    feats_on, img_on, lr_on = _regularizer_grads(r, True)
+    # the same features (the student after its steps) either way; only the graph differs
+    for a, b in zip(feats_off, feats_on, strict=True):
+        assert torch.equal(a.detach(), b.detach())
+    # taken as given, the student's weights do not depend on the lr, and the images get
+    # the gradient of the one forward pass alone, not the part through the unroll
+    assert lr_off is None and lr_on is not None and lr_on.abs() > 0
+    assert img_off.abs().sum() > 0 and not torch.allclose(img_off, img_on)
+
+
 def test_batchnorm_backbone_uses_the_expert_statistics_without_changing_them(make_run):
     r = make_run(backbone={"name": "convnet", "width": 8, "depth": 2, "norm": "batch"},
                  regularizer=MIM)

@@ -75,3 +75,16 @@ def test_the_real_view_is_offered_only_at_the_block_outputs(tiny_recipe, tmp_pat
         "name": "mim4dd", "preset": "critic_free", "tap": tap}), tmp_path)
     assert (r.ctx.real_view is not None) is viewed
     r.step(0)  # either way the step runs
+
+
+def test_network_gradient_changes_nothing_where_the_network_is_not_trained_on_the_set(
+        tiny_recipe, tmp_path):
+    """DM samples its network independently of the synthetic set: taking it 'as given'
+    is what it always does, so the run's images are the same to the bit."""
+    reg = {"name": "mim4dd", "preset": "critic_free"}
+    through = _trace(tiny_recipe(dd_loss={"name": "dm"}, regularizer=reg), tmp_path / "a",
+                     steps=3)[3]
+    given = _trace(tiny_recipe(dd_loss={"name": "dm"},
+                               regularizer={**reg, "network_gradient": False}),
+                   tmp_path / "b", steps=3)[3]
+    assert torch.equal(through, given)

@@ -26,7 +26,11 @@ the expert at θ*_{t+M} on a real batch (no gradient), the synthetic ones from t
 θ̂_N on the synthetic set; both
 batches go through one siamese augmentation draw (the same transformation per class), so
 the critic compares the same view of both sides, as the student's steps (augmented) and
-the expert's training (augmented real batches) do.
+the expert's training (augmented real batches) do. The student's features keep the graph
+of its steps, so the regularizer's gradient reaches the images (and α) through the unroll
+as well; with the regularizer's ``network_gradient: false`` the student's weights are
+taken as given (``ctx.feature_network_gradient``) and the gradient passes this one
+forward pass only.
 """
 
 from __future__ import annotations
@@ -38,7 +42,14 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
-from ...api import DDLoss, ExpertBuffers, LossOutput, RunContext, SyntheticState
+from ...api import (
+    DDLoss,
+    ExpertBuffers,
+    LossOutput,
+    RunContext,
+    SyntheticState,
+    trained_weights,
+)
 from ...core.errors import DataError
 from ...core.runtime import isolated_rng
 from ...training.unroll import (
@@ -161,8 +172,9 @@ class MTT(DDLoss):
         with torch.no_grad():
             real_feats, _ = functional_call(self.model, (target,), (real,),
                                             {"tap": ctx.feature_tap})
-        syn_feats, _ = functional_call(self.model, ({**w, **student_bufs},), (syn_view,),
-                                       {"tap": ctx.feature_tap})
+        student = trained_weights(w, ctx.feature_network_gradient)
+        syn_feats, _ = functional_call(self.model, ({**student, **student_bufs},),
+                                       (syn_view,), {"tap": ctx.feature_tap})
         return LossOutput(loss, syn_feats, syn.labels, real_feats, real_y, logs)
 
     def state_dict(self) -> dict[str, Any]:

@@ -156,6 +156,11 @@ def candidates() -> dict[str, dict[str, Any]]:
                                              "rho_window": 9, "rho_cap": 1.0}
         out["identity_classmean_rho1_cap2"] = {**out["identity_classmean_rho1"],
                                                "rho_window": 9, "rho_cap": 2.0}
+    if "network_gradient" in fields and "rho_window" in fields:
+        # MTT and BPTT: the shipped setting with the student / inner model taken as given
+        # (the regularizer's gradient through one forward pass, not the unroll)
+        out["identity_classmean_rho1_cap2_given"] = {
+            **out["identity_classmean_rho1_cap2"], "network_gradient": False}
     # a placebo: the shipped setting at a thousandth of its weight moves the images by a
     # negligible amount, so its paired differences measure how far a cell's outcome
     # moves from a tiny change of trajectory alone (the cell's own noise floor)

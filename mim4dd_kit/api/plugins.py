@@ -134,7 +134,7 @@ class Regularizer(nn.Module):
         """Where in each block the DD loss takes this regularizer's features
         (``Backbone.features``'s ``tap``): the ``tap`` field of ``params`` where the
         parameters model declares one, else ``"output"``."""
-        return params.tap if "tap" in type(params).model_fields else "output"
+        return _field(params, "tap", "output")
 
     @classmethod
     def network_gradient(cls, params: Params) -> bool:
@@ -143,8 +143,7 @@ class Regularizer(nn.Module):
         method trains that network on the synthetic set (MTT's student, BPTT's unrolled
         model): the ``network_gradient`` field of ``params`` where the parameters model
         declares one, else True."""
-        return bool(getattr(params, "network_gradient", True)
-                    if "network_gradient" in type(params).model_fields else True)
+        return bool(_field(params, "network_gradient", True))
 
     def real_view(self) -> Callable[[list[Tensor]], list[Tensor]] | None:
         """A row-wise reduction of the real side's block features (``"output"`` tap) that
@@ -187,12 +186,16 @@ class Regularizer(nn.Module):
         return dd_norm
 
 
-def _declared(plugin: Any, name: str, default: Any) -> Any:
-    """Field ``name`` of ``plugin.params`` where its parameters model declares it."""
-    params = vars(plugin).get("params")
+def _field(params: Params | None, name: str, default: Any) -> Any:
+    """Field ``name`` of ``params`` where its model declares it, else ``default``."""
     if params is not None and name in type(params).model_fields:
         return getattr(params, name)
     return default
+
+
+def _declared(plugin: Any, name: str, default: Any) -> Any:
+    """Field ``name`` of ``plugin.params`` where its parameters model declares it."""
+    return _field(vars(plugin).get("params"), name, default)
 
 
 class Evaluator:

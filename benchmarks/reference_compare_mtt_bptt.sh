@@ -28,6 +28,7 @@
 #   NICE       niceness of every process                     [15]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benchmarks/bptt_reference.sh
 
 METHOD=${1:?method: mtt or bptt}
 IPC=${2:?ipc}
@@ -122,16 +123,9 @@ torch.save(load_synthetic(sys.argv[1]).images.clone(), sys.argv[2])" \
 print('reference start == toolkit init: max |diff| =', float((a - b).abs().max()))" \
             "$INIT0" "$D/init_s$s.pt" | tee "$D/ref_s$s.init_check"
     else
-        sed -e "s/n_iters: 500000/n_iters: $ITERS/" -e 's/num_eval: 10/num_eval: 0/' \
-            -e "s#data_path: 'data'#data_path: $REF_DATA#" \
-            "$REF_DIR/configs/compressors_bptt_interventions.yml" \
-            > "$REF_DIR/configs/cmp_${ITERS}.yml"
-        REF_CMD=(python -W ignore "$SCRIPT" --note cmp --backbone_name ConvNet
-                 --config "cmp_${ITERS}.yml" --ipc "$IPC" --bptt_inner_steps 150
-                 --inner_optimizer SGD --inner_momentum 0.9 --dataset FashionMNIST
-                 --task_sampler_nc 10 --compressor_minibatch_size 10
-                 --compressor imgs_embedding_minibatch --downsample_scale 1 --zca 0
-                 --interventions none --validation_ratio 0)
+        bptt_reference_config "$REF_DIR" "$REF_DATA" "$ITERS" "cmp_${ITERS}"
+        bptt_reference_args cmp "cmp_${ITERS}" "$IPC"
+        REF_CMD=(python -W ignore "$SCRIPT" "${BPTT_REF_ARGS[@]}")
         echo "[$(date -u +%T)] reference seed $s: ${REF_CMD[*]}"
         RES=$D/ref_s$s/images.pt
         (cd "$REF_DIR" && /usr/bin/time -v -o "$D/ref_s$s.time" env NET_WIDTH="$WIDTH" \

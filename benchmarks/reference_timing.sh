@@ -52,11 +52,9 @@ if [ "$METHOD" = bptt ]; then
     LO=${LO:-2}
     HI=${HI:-12}
     REF_PP=.:${REF_PYTHONPATH:-/work/refs/sidebyside/pylib}
+    source benchmarks/bptt_reference.sh
     for n in "$LO" "$HI"; do  # the reference's config at each budget (outside the repository)
-        sed -e "s/n_iters: 500000/n_iters: $n/" -e 's/num_eval: 10/num_eval: 0/' \
-            -e "s#data_path: 'data'#data_path: $REF_DATA#" \
-            "$REF_DIR/configs/compressors_bptt_interventions.yml" \
-            > "$REF_DIR/configs/timing_$n.yml"
+        bptt_reference_config "$REF_DIR" "$REF_DATA" "$n" "timing_$n"
     done
     timed() {  # timed NAME CMD...: wall clock around one process and its peak RSS (KiB)
         local t0 t1
@@ -69,13 +67,9 @@ if [ "$METHOD" = bptt ]; then
         D=$OUT/bptt_r$r
         mkdir -p "$D"
         for n in "$LO" "$HI"; do
+            bptt_reference_args timing "timing_$n" 1
             (cd "$REF_DIR" && timed "$D/ref_$n" env NET_WIDTH=32 PYTHONPATH="$REF_PP" \
-                "$PY" -W ignore srcs/main.py --note timing --backbone_name ConvNet \
-                --config "timing_$n.yml" --ipc 1 --bptt_inner_steps 150 \
-                --inner_optimizer SGD --inner_momentum 0.9 --dataset FashionMNIST \
-                --task_sampler_nc 10 --compressor_minibatch_size 10 \
-                --compressor imgs_embedding_minibatch --downsample_scale 1 --zca 0 \
-                --interventions none --validation_ratio 0)
+                "$PY" -W ignore srcs/main.py "${BPTT_REF_ARGS[@]}")
             for ck in true false; do
                 timed "$D/mdk_ck${ck}_$n" .venv/bin/mdk run recipes/fashion_mnist_ipc1_bptt.yaml \
                     --overwrite --set seed=$r --set device=cpu --set backbone.width=32 \

@@ -3,14 +3,14 @@
 On a CPU, PyTorch's ``avg_pool2d`` kernels for NCHW tensors walk the window element by
 element: on the Fashion-MNIST evaluation network (100 images, width 128, 32x32 after the
 first conv) its forward and backward took a fifth of a training step. The same numbers
-come from two strided additions (rows, then columns) and, backwards, from one broadcast
-copy of the output gradient into each 2x2 window. :class:`AvgPool2x2` takes that path on
-CPU tensors in NCHW layout with even height and width, and ``nn.AvgPool2d``'s otherwise
-(CUDA, channels-last tensors, odd sizes, inside ``torch.compile``, which fuses the pool
-itself). The gradient is the same to the bit (a quarter of the output gradient in each
-window); the forward sums the four values as (a + b) + (c + d) instead of in one run, a
-difference of at most one rounding step. docs/performance.md has the measurements
-(``benchmarks/bench_pool.py``).
+come from two strided additions (rows, then columns) and, backwards, from two broadcast
+copies of a quarter of the output gradient (each value twice along its row, then each row
+twice). :class:`AvgPool2x2` takes that path on CPU tensors in NCHW layout with even height
+and width, and ``nn.AvgPool2d``'s otherwise (CUDA, channels-last tensors, odd sizes,
+inside ``torch.compile``, which fuses the pool itself). The gradient is the same to the bit
+(a quarter of the output gradient in each window); the forward sums the four values as
+(a + b) + (c + d) instead of in one run, a difference of at most one rounding step.
+docs/performance.md has the measurements (``benchmarks/bench_pool.py``).
 
 The function supports double backward (DC's gradient matching, BPTT's and MTT's unrolls
 differentiate through a network's backward), forward-mode derivatives and ``torch.func``
@@ -39,9 +39,12 @@ class _AvgPool2x2(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        # two copies, each with a contiguous inner run: columns doubled into (..., h, 2w),
+        # then each row doubled. One copy into (..., h, 2, w, 2) has an inner run of 2
+        # elements and is several times slower on a CPU (docs/performance.md).
         *lead, h, w = grad.shape
-        window = (grad * 0.25).unsqueeze(-1).unsqueeze(-3)  # (..., h, 1, w, 1)
-        return window.expand(*lead, h, 2, w, 2).reshape(*lead, 2 * h, 2 * w)
+        cols = (grad * 0.25).unsqueeze(-1).expand(*lead, h, w, 2).reshape(*lead, h, 1, 2 * w)
+        return cols.expand(*lead, h, 2, 2 * w).reshape(*lead, 2 * h, 2 * w)
 
     @staticmethod
     def jvp(ctx, tangent: Tensor) -> Tensor:  # forward mode: the map is linear

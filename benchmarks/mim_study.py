@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
 import sys
@@ -420,6 +421,27 @@ def score_test(dataset: str, ipc: int, method: str, variant: str, seed: int) -> 
 
 
 # -- rows ---------------------------------------------------------------------------------
+#: base methods that train the synthetic side's network on the synthetic set, where the
+#: regularizer's ``network_gradient`` changes anything (elsewhere the runs are identical)
+UNROLLED = ("mtt", "bptt")
+
+
+@functools.cache
+def default_takes_network_as_given() -> bool:
+    """Whether the installed default ``mim4dd`` sets ``network_gradient`` false."""
+    return (regularizer_params({"name": "mim4dd"}) or {}).get("network_gradient",
+                                                              True) is False
+
+
+def shipped_variant(chosen: str, method: str) -> str:
+    """The variant whose runs are labelled ``shipped`` in a cell of ``method``: the chosen
+    setting as the installed default runs it there, i.e. its ``_given`` twin on MTT and
+    BPTT when the default takes the trained network as given."""
+    if method in UNROLLED and default_takes_network_as_given():
+        return f"{chosen}_given"
+    return chosen
+
+
 def collect_rows() -> list[dict[str, Any]]:
     """Every finished run as JSON rows (one per split scored)."""
     rows = []
@@ -443,7 +465,8 @@ def collect_rows() -> list[dict[str, Any]]:
         test = read_json(cell.parent / "test.json")
         if test:
             variants = [rec["variant"]]
-            if choice.get("chosen") == rec["variant"]:
+            if choice.get("chosen") and (shipped_variant(choice["chosen"], rec["method"])
+                                         == rec["variant"]):
                 variants.append("shipped")
             for name in variants:
                 rows.append({**base, "variant": name, "split": "test",
@@ -690,9 +713,11 @@ def main_score(args) -> None:
     say(f"score: chosen on the validation split: {chosen} ({choice['score']})")
     if not chosen:
         return
-    for record in sorted(OUT.glob(f"*/ipc*/*/{chosen}/seed*/cell.json")):
+    for record in sorted(OUT.glob("*/ipc*/*/*/seed*/cell.json")):
         rec = read_json(record)
-        for variant in ("base", "literal", chosen):
+        if rec is None or rec["variant"] != shipped_variant(chosen, rec["method"]):
+            continue
+        for variant in ("base", "literal", rec["variant"]):
             score_test(rec["dataset"], rec["ipc"], rec["method"], variant, rec["seed"])
     write_rows()
 

@@ -182,16 +182,35 @@ def _loss_figure(cell: tuple, variants: list[str], out: Path) -> str | None:
 
 
 def _shipped_check(S, chosen: str) -> str:
-    """Whether the toolkit's default ``mim4dd`` settings are the chosen candidate's."""
+    """Whether the toolkit's default ``mim4dd`` settings are those of the runs the
+    ``shipped`` column holds: the chosen candidate on every base method (its
+    ``network_gradient`` aside, which changes nothing there) and, on MTT and BPTT, the
+    variant :func:`shipped_variant` names."""
     shipped = S.regularizer_params({"name": "mim4dd"})
-    cand = S.regularizer_params(S.CANDIDATES[chosen])
-    differ = sorted(k for k in set(shipped) | set(cand)
-                    if k != "preset" and shipped.get(k) != cand.get(k))
-    if not differ:
-        return (f"The toolkit's default `mim4dd` (preset `{shipped['preset']}`, what the "
-                f"`*_mim` recipes use) has every parameter of `{chosen}`.")
-    return (f"The toolkit's default `mim4dd` (preset `{shipped['preset']}`) differs from "
-            f"`{chosen}` in: {', '.join(differ)}.")
+    unrolled = S.shipped_variant(chosen, S.UNROLLED[0])
+
+    def differ(name: str, ignored: set[str]) -> list[str] | None:
+        if name not in S.CANDIDATES:
+            return None
+        cand = S.regularizer_params(S.CANDIDATES[name])
+        return sorted(k for k in set(shipped) | set(cand)
+                      if k not in ignored and shipped.get(k) != cand.get(k))
+
+    checks = [(chosen, "every base method" if unrolled == chosen else "DM, DSA and the "
+               "other bases without an unrolled network",
+               differ(chosen, {"preset", "network_gradient"}))]
+    if unrolled != chosen:
+        checks.append((unrolled, "MTT and BPTT", differ(unrolled, {"preset"})))
+    else:
+        checks[0] = (chosen, checks[0][1], differ(chosen, {"preset"}))
+    out = [f"The toolkit's default `mim4dd` is preset `{shipped['preset']}`, what the "
+           "`*_mim` recipes use."]
+    for name, where, keys in checks:
+        out.append(f"On {where} the `shipped` column holds `{name}`: "
+                   + ("not a candidate of this study." if keys is None
+                      else "the default has every parameter of it." if not keys
+                      else f"the default differs from it in {', '.join(keys)}."))
+    return " ".join(out)
 
 
 def _extra_seeds(rows: list[dict]) -> str:

@@ -55,12 +55,13 @@ LOSS_PARAMS = {
 }
 
 
-#: the regularizer of the "+ mim4dd" cases: the shipped default (the recipes' *_mim), the
-#: same with MTT's / BPTT's trained network taken as given (network_gradient: false), or
-#: the paper's literal objective with linear critics of 128 outputs
+#: the regularizer of the "+ mim4dd" cases: the shipped default (the recipes' *_mim; it
+#: takes MTT's / BPTT's trained network as given), the same with the regularizer's gradient
+#: through their unroll (network_gradient: true, shipped until 2026-12-01), or the paper's
+#: literal objective with linear critics of 128 outputs
 MIM_SETTINGS = {
     "shipped": {"name": "mim4dd"},
-    "shipped_given": {"name": "mim4dd", "network_gradient": False},
+    "shipped_through": {"name": "mim4dd", "network_gradient": True},
     "literal": {"name": "mim4dd", "preset": "literal", "lambda": 0.8,
                 "critic": {"name": "linear", "out_dim": 128}},
 }

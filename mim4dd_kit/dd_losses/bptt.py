@@ -17,8 +17,8 @@ so ``L_DD.backward()`` reaches the images (and a learned lr) through every kept 
 For MIM4DD the real features are the trained network's on the real batch, detached: a
 fixed target that carries no gradient back into the unroll (the paper's real network is
 independent of the synthetic set); the synthetic features keep their graph, through the
-unroll too, unless the regularizer sets ``network_gradient: false``
-(``ctx.feature_network_gradient``), which takes the trained model's weights as given.
+unroll too, unless the regularizer sets ``network_gradient: false`` (the default preset
+does; ``ctx.feature_network_gradient``), which takes the trained model's weights as given.
 
 Memory: a kept step stores the activations of its forward and its double-backward graph,
 so memory is O(kept steps). With ``truncate = W`` only the last W steps keep a graph; the

@@ -162,6 +162,15 @@ def test_network_gradient_false_takes_the_student_as_given(make_run):
     assert img_off.abs().sum() > 0 and not torch.allclose(img_off, img_on)
 
 
+@pytest.mark.parametrize(("preset", "given"), [("critic_free", True), ("literal", False)])
+def test_the_shipped_preset_takes_the_student_as_given_and_literal_does_not(
+        make_run, preset, given):
+    r = make_run(regularizer={"name": "mim4dd", "preset": preset})
+    assert r.ctx.feature_network_gradient is (not given)
+    _, _, g_lr = _regularizer_grads(r, r.ctx.feature_network_gradient)
+    assert (g_lr is None) is given
+
+
 def test_batchnorm_backbone_uses_the_expert_statistics_without_changing_them(make_run):
     r = make_run(backbone={"name": "convnet", "width": 8, "depth": 2, "norm": "batch"},
                  regularizer=MIM)

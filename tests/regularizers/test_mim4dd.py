@@ -285,8 +285,8 @@ def test_flattened_critic_input_reads_the_whole_features():
 def test_literal_preset_is_todays_objective():
     p = MIM4DD.Params(preset="literal")
     assert (p.discriminator, p.critic_input, p.critic_steps, p.critic_warmup, p.ramp,
-            p.rho, p.center, p.lam, p.critic.name) == ("sigmoid", "flatten", 0, 0, 0, None,
-                                                       False, 0.8, "linear")
+            p.rho, p.center, p.lam, p.critic.name, p.network_gradient) == (
+        "sigmoid", "flatten", 0, 0, 0, None, False, 0.8, "linear", True)
     # the literal objective is the hand-computed Eq. 2.15-2.17 (see the identity test)
     test_identity_critic_total_matches_manual_sum()
 
@@ -296,8 +296,9 @@ def test_critic_free_is_the_default_preset():
     assert p == MIM4DD.Params(preset="critic_free")
     assert (p.preset, p.discriminator, p.critic.name, p.critic_input, p.center, p.rho,
             p.ramp, p.critic_steps, p.critic_warmup, p.synthetic_side, p.rho_window,
-            p.rho_cap) == ("critic_free", "crd", "identity", "channel_mean", True, 1.0, 20, 0,
-                           0, "class_mean", 9, 2.0)
+            p.rho_cap, p.network_gradient) == ("critic_free", "crd", "identity",
+                                               "channel_mean", True, 1.0, 20, 0, 0,
+                                               "class_mean", 9, 2.0, False)
     reg = MIM4DD(p, num_classes=3, feature_dims=[4, 6], registry=default_registry(),
                  feature_shapes=[(4, 2, 2), (6, 1, 1)])
     assert sum(t.numel() for t in reg.parameters()) == 0  # nothing to train

@@ -28,9 +28,9 @@ batches go through one siamese augmentation draw (the same transformation per cl
 the critic compares the same view of both sides, as the student's steps (augmented) and
 the expert's training (augmented real batches) do. The student's features keep the graph
 of its steps, so the regularizer's gradient reaches the images (and α) through the unroll
-as well; with the regularizer's ``network_gradient: false`` the student's weights are
-taken as given (``ctx.feature_network_gradient``) and the gradient passes this one
-forward pass only.
+as well; with the regularizer's ``network_gradient: false`` (the default preset's) the
+student's weights are taken as given (``ctx.feature_network_gradient``) and the gradient
+passes this one forward pass only.
 """
 
 from __future__ import annotations

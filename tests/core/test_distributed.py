@@ -286,3 +286,30 @@ def test_a_failed_process_stops_its_peers_without_torchs_sigterm_warning(caplog)
     with pytest.raises(RunError, match="rank 0 stops here"):
         distributed.launch(2, _fail_on_rank_0, threads=1)
     assert "SIGTERM" not in caplog.text
+
+
+def _die_after_finishing() -> int:
+    """Finishes and records its work, then dies on its way out (as a library's teardown
+    sometimes did under load)."""
+    from mim4dd_kit.core import distributed as in_child
+
+    in_child.destroy = os.abort  # _child calls it after writing the record
+    return 10 * int(os.environ["RANK"])
+
+
+@pytest.mark.slow
+def test_a_process_that_dies_after_finishing_its_work_does_not_fail_the_run():
+    assert distributed.launch(2, _die_after_finishing, threads=1) == [0, 10]
+
+
+def _mark_at_exit(folder: str) -> int:
+    import atexit
+
+    atexit.register(lambda: (Path(folder) / os.environ["RANK"]).write_text("teardown ran"))
+    return 1
+
+
+@pytest.mark.slow
+def test_a_finished_process_leaves_without_the_interpreters_teardown(tmp_path):
+    assert distributed.launch(2, _mark_at_exit, str(tmp_path), threads=1) == [1, 1]
+    assert list(tmp_path.iterdir()) == []

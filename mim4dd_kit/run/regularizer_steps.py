@@ -60,6 +60,7 @@ class RunGuard:
 
     def __init__(self, reg) -> None:
         self.every = 0 if reg is None else reg.diagnostics_every()
+        self.has_reg = reg is not None
         self.std0: float | None = None
         self.high = 0
         self.warned: set[str] = set()
@@ -90,9 +91,10 @@ class RunGuard:
         elif math.isfinite(self.std0) and self.std0 > 0 and std > GUARD_STD_FACTOR * self.std0:
             self._warn("std", f"the synthetic images' pixel std is {std:.3g} at iteration "
                        f"{iteration + 1}, {std / self.std0:.1f}x its start ({self.std0:.3g}): "
-                       "the images are blowing up. Lower synthetic.lr, or the "
-                       "regularizer's weight (regularizer.lambda, or regularizer.rho / "
-                       "regularizer.preset: critic_free)")
+                       "the images are blowing up. Lower synthetic.lr"
+                       + (", or the regularizer's weight (regularizer.lambda, or "
+                          "regularizer.rho / regularizer.preset: critic_free)"
+                          if self.has_reg else ""))
         ratio = logs.get("grad_ratio")
         if ratio is None:
             return

@@ -141,6 +141,11 @@ def test_guard_warns_once_when_images_blow_up(tiny_recipe, tmp_path, capfd):
     distilled(recipe, tmp_path / "blow")
     err = capfd.readouterr().err
     assert err.count("pixel std") == 1 and "synthetic.lr" in err
+    # without a regularizer the advice names only what the run has
+    distilled(tiny_recipe(synthetic={"lr": 1e5, "iterations": 4}, regularizer=None),
+              tmp_path / "base")
+    err = capfd.readouterr().err
+    assert err.count("pixel std") == 1 and "synthetic.lr" in err and "regularizer" not in err
 
 
 def test_guard_warns_when_the_regularizer_dominates(tiny_recipe, tmp_path, capfd):

@@ -429,8 +429,7 @@ UNROLLED = ("mtt", "bptt")
 @functools.cache
 def default_takes_network_as_given() -> bool:
     """Whether the installed default ``mim4dd`` sets ``network_gradient`` false."""
-    return (regularizer_params({"name": "mim4dd"}) or {}).get("network_gradient",
-                                                              True) is False
+    return regularizer_params({"name": "mim4dd"})["network_gradient"] is False
 
 
 def shipped_variant(chosen: str, method: str) -> str:

@@ -196,13 +196,12 @@ def _shipped_check(S, chosen: str) -> str:
         return sorted(k for k in set(shipped) | set(cand)
                       if k not in ignored and shipped.get(k) != cand.get(k))
 
-    checks = [(chosen, "every base method" if unrolled == chosen else "DM, DSA and the "
-               "other bases without an unrolled network",
-               differ(chosen, {"preset", "network_gradient"}))]
-    if unrolled != chosen:
-        checks.append((unrolled, "MTT and BPTT", differ(unrolled, {"preset"})))
+    if unrolled == chosen:
+        checks = [(chosen, "every base method", differ(chosen, {"preset"}))]
     else:
-        checks[0] = (chosen, checks[0][1], differ(chosen, {"preset"}))
+        checks = [(chosen, "DM, DSA and the other bases without an unrolled network",
+                   differ(chosen, {"preset", "network_gradient"})),
+                  (unrolled, "MTT and BPTT", differ(unrolled, {"preset"}))]
     out = [f"The toolkit's default `mim4dd` is preset `{shipped['preset']}`, what the "
            "`*_mim` recipes use."]
     for name, where, keys in checks:

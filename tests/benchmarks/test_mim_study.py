@@ -4,23 +4,16 @@ setting on the validation split, and which runs the "shipped" label names."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("mim_study", BENCH / "mim_study.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["mim_study"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("mim_study")
 
 
 def _row(cell, variant, seed, mean, split="validation"):

@@ -3,27 +3,16 @@ reference code's formats (benchmarks/export_expert_buffer.py, export_reference_s
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from helpers import load_benchmark
 from mim4dd_kit.backbones.convnet import ConvNet
 from mim4dd_kit.io.synthetic import load_synthetic
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _fake_buffer(folder: Path, experts: int, epochs: int) -> tuple[ConvNet, list[torch.Tensor]]:
@@ -46,7 +35,7 @@ def _fake_buffer(folder: Path, experts: int, epochs: int) -> tuple[ConvNet, list
 
 
 def test_expert_export_splits_rows_into_the_networks_parameters(tmp_path):
-    mod = _load("export_expert_buffer")
+    mod = load_benchmark("export_expert_buffer")
     net, rows = _fake_buffer(tmp_path / "buf", experts=3, epochs=4)
     traj = mod.reference_trajectories(tmp_path / "buf", experts=2)
     assert len(traj) == 2 and all(len(t) == 5 for t in traj)  # first K; epochs + 1 rows
@@ -65,7 +54,7 @@ def test_expert_export_splits_rows_into_the_networks_parameters(tmp_path):
 
 
 def test_expert_export_refuses_an_empty_folder(tmp_path):
-    mod = _load("export_expert_buffer")
+    mod = load_benchmark("export_expert_buffer")
     (tmp_path / "buf").mkdir()
     (tmp_path / "buf" / "buffer.json").write_text("{}")
     with pytest.raises(SystemExit, match="no finished expert"):
@@ -73,7 +62,7 @@ def test_expert_export_refuses_an_empty_folder(tmp_path):
 
 
 def test_mtt_and_bptt_outputs_become_sets(tmp_path, monkeypatch):
-    mod = _load("export_reference_set")
+    mod = load_benchmark("export_reference_set")
     x = torch.randn(3, 1, 8, 8)
     y = torch.arange(3)
     run = tmp_path / "run"
@@ -104,7 +93,7 @@ def test_reference_rates_read_dc_and_cafe_logs(tmp_path):
     """Seconds per image update from a DC-style log (clock stamps every 10th outer
     iteration) and from a CAFE log (logging's stamps, the image updates each network
     served)."""
-    table = _load("reference_compare_table")
+    table = load_benchmark("reference_compare_table")
     dc = tmp_path / "dc.log"
     dc.write_text("[2026-11-30 10:00:00] training begins\n"
                   "[2026-11-30 10:00:10] iter = 0000, loss = 1.0\n"

@@ -3,7 +3,9 @@ set-up and the exactness checks shared by the DD-loss tests."""
 
 import copy
 import gzip
+import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,19 @@ from mim4dd_kit import testing
 
 #: the conformance checks' tiny recipe (digits, ConvNet width 8 depth 2, 6 iterations)
 TINY = {**copy.deepcopy(testing.TINY), "name": "tiny"}
+
+
+#: the repository's benchmarks folder (scripts, not a package)
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """Import ``benchmarks/<name>.py`` as the module ``name``."""
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def merged(base: dict, changes: dict) -> dict:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_benchmark
 from safetensors.torch import save_file
 
-from helpers import load_benchmark
 from mim4dd_kit.backbones.convnet import ConvNet
 from mim4dd_kit.io.synthetic import load_synthetic
 
